@@ -1,0 +1,1 @@
+"""Agents, mixers and the centralized information they condition on."""

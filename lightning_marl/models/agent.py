@@ -1,0 +1,97 @@
+"""The recurrent agent shared by all agents, and masked epsilon-greedy action selection."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lightning_marl.models.mixers.base import NEG_INF
+
+
+class RNNAgent(nn.Module):
+    """One GRU network shared by all agents: ``Q_i(tau_i, .)`` over A actions.
+
+    Input per agent and step: observation, one-hot agent id and one-hot last action (each
+    switchable). With ``dueling`` the head outputs a value ``V_i`` and advantage logits ``U_i``
+    and ``Q_i = V_i + U_i - max_b U_i(b)`` (max over available actions), so the greedy
+    advantage is exactly 0 (DuelMIX's agents).
+
+    ``forward`` unrolls a whole sequence ``[B, T, N, ...]`` with one ``nn.GRU`` call (the fast path);
+    ``step`` advances one time step ``[B, N, ...]`` for acting.
+    """
+
+    def __init__(self, obs_dim: int, n_agents: int, n_actions: int, hidden_dim: int = 64,
+                 agent_id: bool = True, last_action: bool = True, dueling: bool = False):
+        super().__init__()
+        self.n_agents, self.n_actions, self.hidden_dim = n_agents, n_actions, hidden_dim
+        self.agent_id, self.last_action, self.dueling = agent_id, last_action, dueling
+        in_dim = obs_dim + (n_agents if agent_id else 0) + (n_actions if last_action else 0)
+        self.fc_in = nn.Linear(in_dim, hidden_dim)
+        self.rnn = nn.GRU(hidden_dim, hidden_dim, batch_first=True)
+        self.fc_out = nn.Linear(hidden_dim, n_actions + (1 if dueling else 0))
+
+    def inputs(self, obs: torch.Tensor, last_action: Optional[torch.Tensor]) -> torch.Tensor:
+        """Agent input ``[*B, N, in_dim]`` from observations ``[*B,N,obs]`` and last actions ``[*B,N]``
+        (``None`` or -1 = no previous action)."""
+        parts = [obs]
+        if self.agent_id:
+            eye = torch.eye(self.n_agents, device=obs.device, dtype=obs.dtype)
+            parts.append(eye.expand(*obs.shape[:-1], self.n_agents))
+        if self.last_action:
+            if last_action is None:
+                parts.append(obs.new_zeros(*obs.shape[:-1], self.n_actions))
+            else:
+                onehot = F.one_hot(last_action.clamp(min=0), self.n_actions).to(obs.dtype)
+                parts.append(onehot * (last_action >= 0).unsqueeze(-1).to(obs.dtype))
+        return torch.cat(parts, dim=-1)
+
+    def _head(self, h: torch.Tensor, action_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        out = self.fc_out(h)
+        if not self.dueling:
+            return out
+        value, logits = out[..., :1], out[..., 1:]
+        masked = logits if action_mask is None else logits.masked_fill(~action_mask, NEG_INF)
+        return value + logits - masked.max(dim=-1, keepdim=True).values
+
+    def initial_state(self, batch: int, device=None) -> torch.Tensor:
+        return torch.zeros(batch, self.n_agents, self.hidden_dim, device=device)
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor, action_mask: Optional[torch.Tensor] = None,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unroll over a sequence from the episode start.
+
+        obs ``[B,T,N,obs]``, actions ``[B,T,N]`` (the actions taken at each step; the input at t
+        uses the action of t-1), action_mask ``[B,T,N,A]`` -> (Q ``[B,T,N,A]``, hidden ``[B,T,N,H]``).
+        """
+        b, t, n = obs.shape[:3]
+        last = torch.cat([torch.full_like(actions[:, :1], -1), actions[:, :-1]], dim=1)
+        x = F.relu(self.fc_in(self.inputs(obs, last)))
+        x = x.permute(0, 2, 1, 3).reshape(b * n, t, self.hidden_dim)
+        h, _ = self.rnn(x)
+        h = h.reshape(b, n, t, self.hidden_dim).permute(0, 2, 1, 3)
+        return self._head(h, action_mask), h
+
+    def step(self, obs: torch.Tensor, last_action: Optional[torch.Tensor], hidden: torch.Tensor,
+             action_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step: obs ``[B,N,obs]``, hidden ``[B,N,H]`` -> (Q ``[B,N,A]``, new hidden)."""
+        b, n = obs.shape[:2]
+        x = F.relu(self.fc_in(self.inputs(obs, last_action)))
+        _, h = self.rnn(x.reshape(b * n, 1, self.hidden_dim), hidden.reshape(1, b * n, self.hidden_dim))
+        h = h.reshape(b, n, self.hidden_dim)
+        return self._head(h, action_mask), h
+
+
+def epsilon_greedy(q_values: torch.Tensor, action_mask: torch.Tensor, epsilon: float,
+                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Masked epsilon-greedy: greedy over available actions, or with probability ``epsilon`` a uniform
+    random available action. ``[*B,N,A] -> [*B,N]``; an unavailable action is never chosen."""
+    mask = action_mask.bool()
+    greedy = q_values.masked_fill(~mask, NEG_INF).argmax(-1)
+    if epsilon <= 0:
+        return greedy
+    u = torch.rand(mask.shape, device=mask.device, generator=generator)
+    random = torch.where(mask, u, -1.0).argmax(-1)
+    explore = torch.rand(greedy.shape, device=mask.device, generator=generator) < epsilon
+    return torch.where(explore, random, greedy)

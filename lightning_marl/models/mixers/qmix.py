@@ -1,0 +1,55 @@
+"""QMIX (Rashid et al., 2018)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lightning_marl.models.mixers.base import Mixer, chosen_q
+
+
+def hypernet(in_dim: int, out_dim: int, layers: int, hidden: int) -> nn.Module:
+    """A hypernetwork: one linear layer, or two with a ReLU and ``hidden`` units."""
+    if layers == 1:
+        return nn.Linear(in_dim, out_dim)
+    if layers == 2:
+        return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+    raise ValueError(f"mixer.hypernet_layers={layers!r} is out of range; allowed: 1 or 2")
+
+
+class MonotonicMix(nn.Module):
+    """The monotone QMIX function ``f(x; z)`` of per-agent inputs ``x [*B,N]``:
+
+    ``f(x; z) = |W_2(z)|^T ELU(|W_1(z)|^T x + b_1(z)) + V(z)``, so that ``df/dx_i >= 0``.
+    """
+
+    def __init__(self, n_agents: int, central_dim: int, embed_dim: int = 32, hypernet_layers: int = 2,
+                 hypernet_embed: int = 64):
+        super().__init__()
+        self.n_agents, self.embed_dim = n_agents, embed_dim
+        self.hyper_w1 = hypernet(central_dim, n_agents * embed_dim, hypernet_layers, hypernet_embed)
+        self.hyper_w2 = hypernet(central_dim, embed_dim, hypernet_layers, hypernet_embed)
+        self.hyper_b1 = nn.Linear(central_dim, embed_dim)
+        self.hyper_v = nn.Sequential(nn.Linear(central_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, 1))
+
+    def forward(self, x: torch.Tensor, central: torch.Tensor) -> torch.Tensor:
+        w1 = self.hyper_w1(central).abs().view(*x.shape[:-1], self.n_agents, self.embed_dim)
+        b1 = self.hyper_b1(central)
+        hidden = F.elu((x.unsqueeze(-2) @ w1).squeeze(-2) + b1)
+        w2 = self.hyper_w2(central).abs()
+        return (hidden * w2).sum(-1) + self.hyper_v(central).squeeze(-1)
+
+
+class QMIXMixer(Mixer):
+    """QMIX: ``Q_tot = f(Q_1(a_1), ..., Q_N(a_N); z)`` with :class:`MonotonicMix` f (dQ_tot/dQ_i >= 0)."""
+
+    def __init__(self, n_agents: int, n_actions: int, central_dim: int, embed_dim: int = 32,
+                 hypernet_layers: int = 2, hypernet_embed: int = 64):
+        super().__init__(n_agents, n_actions, central_dim)
+        self.mix = MonotonicMix(n_agents, central_dim, embed_dim, hypernet_layers, hypernet_embed)
+
+    def forward(self, q_values: torch.Tensor, actions: torch.Tensor, central: torch.Tensor,
+                action_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.mix(chosen_q(q_values, actions), central)
