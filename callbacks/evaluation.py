@@ -1,0 +1,49 @@
+"""Greedy evaluation every N env steps: test return mean and every env statistic (win rate...)."""
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+
+
+class GreedyEvaluation(Callback):
+    """Runs ``episodes`` greedy episodes (epsilon 0) on the evaluation envs at the start of training,
+    whenever ``interval_env_steps`` env steps have passed since the last evaluation, and at the end.
+    Writes ``test/return_mean`` and ``test/<stat>_mean`` (e.g. ``test/battle_won_mean`` = win rate)
+    with the env-step count straight to the loggers, so no evaluation row is dropped."""
+
+    def __init__(self, interval_env_steps: int = 10_000, episodes: int = 32):
+        self.interval, self.episodes = interval_env_steps, episodes
+        self.last_eval_step = -1
+        self.history: list[dict[str, float]] = []
+
+    def evaluate(self, trainer, pl_module) -> dict[str, float]:
+        dm = trainer.datamodule
+        stats = dm.evaluate(pl_module, self.episodes)
+        metrics = {f"test/{k}_mean": v for k, v in stats.items()}
+        metrics.update({"env_steps": float(dm.env_steps), "episodes": float(dm.episodes)})
+        self.last_eval_step = dm.env_steps
+        self.history.append(metrics)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+        return metrics
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.last_eval_step < 0:
+            self.evaluate(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        steps = trainer.datamodule.env_steps
+        if self.interval > 0 and steps - self.last_eval_step >= self.interval:
+            self.evaluate(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.last_eval_step != trainer.datamodule.env_steps:
+            self.evaluate(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_eval_step": self.last_eval_step, "history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.last_eval_step, self.history = state["last_eval_step"], state["history"]

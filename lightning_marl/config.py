@@ -1,0 +1,61 @@
+"""Checks of config values, each failing with a message that names the value and what is allowed."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from omegaconf import DictConfig
+
+from lightning_marl.envs import ENVS
+from lightning_marl.models.central import MODES
+from lightning_marl.models.mixers import MIXERS
+from lightning_marl.registry import ConfigError, check
+
+# (dotted key, predicate, what is allowed)
+RULES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("seed", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    ("total_env_steps", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    ("data.num_envs", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    ("data.buffer_size", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1 (episodes)"),
+    ("data.batch_size", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1 (episodes)"),
+    ("data.updates_per_round", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    ("data.warmup_episodes", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    ("eval.interval_env_steps", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    ("eval.episodes", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    ("eval.num_envs", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    ("learner.lr", lambda v: v > 0, "a number > 0"),
+    ("learner.gamma", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    ("learner.td_lambda", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    ("learner.grad_clip", lambda v: v > 0, "a number > 0"),
+    ("learner.target_update_interval", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = soft)"),
+    ("learner.target_tau", lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    ("learner.epsilon_start", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    ("learner.epsilon_finish", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    ("learner.epsilon_anneal_steps", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    ("agent.hidden_dim", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+]
+
+
+def _get(cfg: DictConfig, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` on the first bad value (unknown names list the allowed ones)."""
+    ENVS.get(cfg.env.name)
+    MIXERS.get(cfg.mixer.name)
+    central = cfg.mixer.get("central_info", "state")
+    if central not in MODES:
+        raise ConfigError(f"unknown mixer.central_info {central!r}; allowed: {', '.join(MODES)}")
+    if cfg.data.batch_size > cfg.data.buffer_size:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} exceeds data.buffer_size={cfg.data.buffer_size}; "
+                          "allowed: batch_size <= buffer_size")
+    for key, predicate, allowed in RULES:
+        value = _get(cfg, key)
+        try:
+            ok = bool(predicate(value))
+        except TypeError:
+            ok = False
+        check(ok, key, value, allowed)

@@ -1,0 +1,1 @@
+"""Collection and replay: environments -> episode collector -> TensorDict replay -> batches."""

@@ -1,0 +1,95 @@
+"""Episode collection: a batch of environments plays one whole episode each per round.
+
+TorchRL's ``EnvBase.rollout(break_when_all_done=True)`` steps the batch until every game is
+done, stepping only unfinished games (partial steps, also across ``ParallelEnv`` workers).
+Rounds start at episode boundaries, so whole episodes go to replay and a run stopped between
+rounds resumes exactly. The policy keeps the agents' recurrent state for the round.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torch import nn
+
+from lightning_marl.envs.contract import ACTION, MASK, OBS, SHAPED_REWARD
+from lightning_marl.models.agent import epsilon_greedy
+
+
+class EpisodeActor:
+    """Masked epsilon-greedy acting with a recurrent agent over one round of episodes."""
+
+    def __init__(self, agent: nn.Module, epsilon: Callable[[], float], device: torch.device):
+        self.agent, self.epsilon, self.device = agent, epsilon, device
+        self.hidden: Optional[torch.Tensor] = None
+        self.last_action: Optional[torch.Tensor] = None
+
+    def begin(self, batch: int) -> None:
+        self.hidden = self.agent.initial_state(batch, device=self.device)
+        self.last_action = None
+
+    @torch.no_grad()
+    def __call__(self, td: TensorDictBase) -> TensorDictBase:
+        obs = td.get(OBS).to(self.device, non_blocking=True)
+        mask = td.get(MASK).to(self.device, non_blocking=True)
+        q, self.hidden = self.agent.step(obs, self.last_action, self.hidden, mask)
+        action = epsilon_greedy(q, mask, self.epsilon())
+        self.last_action = action
+        td.set(ACTION, action.to(td.device, non_blocking=True) if td.device is not None else action.cpu())
+        return td
+
+
+def episodes_from_rollout(rollout: TensorDictBase, length: int, stat_keys=()) -> tuple[TensorDict, dict]:
+    """Turn a ``[B, T']`` rollout into ``[B, length + 1]`` padded episodes and per-episode stats.
+
+    Episode keys: ``obs [L+1,N,O]``, ``avail [L+1,N,A]``, ``state [L+1,S]`` (index t = before step t;
+    index ``len`` holds the final observation), ``action [L+1,N]``, ``reward [L+1]``,
+    ``terminated [L+1]``, ``filled [L+1]`` (True for the episode's steps), optional
+    ``shaped_reward [L+1]``. Padding is zero (all actions available).
+    """
+    batch, steps = rollout.batch_size
+    nxt = rollout.get("next")
+    done = nxt.get("done").squeeze(-1)
+    before = done.long().cumsum(1) - done.long()
+    filled = before == 0
+    lengths = filled.sum(1)
+
+    def seq(key):  # value before each step, plus the final next value
+        return torch.cat([rollout.get(key)[:, :1], nxt.get(key)], dim=1)
+
+    fields = {
+        "obs": seq(OBS),
+        "avail": seq(MASK),
+        "state": seq("state"),
+        "action": rollout.get(ACTION),
+        "reward": nxt.get("reward").squeeze(-1) * filled,
+        "terminated": nxt.get("terminated").squeeze(-1) & filled,
+        "filled": filled,
+    }
+    if SHAPED_REWARD in nxt.keys():
+        fields["shaped_reward"] = nxt.get(SHAPED_REWARD).squeeze(-1) * filled
+    out = TensorDict({}, batch_size=[batch, length + 1], device=rollout.device)
+    for key, value in fields.items():
+        pad = value.new_zeros((batch, length + 1) + value.shape[2:])
+        pad[:, : value.shape[1]] = value
+        out.set(key, pad)
+    # unused steps get all actions available, so that no max runs over an empty set
+    has_obs = torch.arange(length + 1, device=done.device) <= lengths.unsqueeze(1)
+    out.set("avail", out.get("avail") | ~has_obs[..., None, None])
+    last = (lengths - 1).clamp(min=0)
+    idx = torch.arange(batch, device=done.device)
+    stats = {"return": fields["reward"].sum(1).float(), "length": lengths.float()}
+    for key in stat_keys:
+        stats[key] = nxt.get(key).squeeze(-1)[idx, last].float()
+    if "shaped_reward" in fields and "shaped_return" not in stats:
+        stats["shaped_return"] = fields["shaped_reward"].sum(1).float()
+    return out, stats
+
+
+def collect_episodes(env, actor: EpisodeActor, length: int) -> tuple[TensorDict, dict]:
+    """Play one episode in each of the env's games; returns padded episodes and their stats."""
+    actor.begin(env.batch_size[0])
+    rollout = env.rollout(length, policy=actor, auto_reset=True, break_when_any_done=False,
+                          break_when_all_done=True)
+    return episodes_from_rollout(rollout, length, getattr(env, "stat_keys", ()))

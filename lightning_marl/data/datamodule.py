@@ -1,0 +1,193 @@
+"""The LightningDataModule: environments, episode collector and a TensorDict replay of episodes."""
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator, Optional
+
+import lightning as L
+import torch
+from tensordict import TensorDict
+from torch.utils.data import DataLoader, IterableDataset
+from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+
+from lightning_marl.data.collector import EpisodeActor, collect_episodes
+from lightning_marl.envs import make_env
+from lightning_marl.envs.contract import MASK, OBS
+
+RANK_SEED_OFFSET = 100_003
+
+
+class _TrainingStream(IterableDataset):
+    """Alternates collection rounds and sampled batches until the env-step budget is spent."""
+
+    def __init__(self, dm: "MARLDataModule"):
+        self.dm = dm
+
+    def __iter__(self) -> Iterator[TensorDict]:
+        dm = self.dm
+        while not dm.budget_spent():
+            dm.collect_round()
+            if len(dm.replay) >= max(dm.batch_size, dm.warmup_episodes):
+                for _ in range(dm.updates_per_round):
+                    yield dm.sample()
+
+
+class MARLDataModule(L.LightningDataModule):
+    """Owns the training and evaluation environments, the collector and the episode replay.
+
+    Each collection round plays one episode in each of ``num_envs`` games with the module's
+    agent (epsilon-greedy), stores the padded episodes in replay and then yields
+    ``updates_per_round`` batches of ``batch_size`` episodes to the trainer. The counters
+    ``env_steps`` and ``episodes`` are what every schedule reads. Under DDP each rank has its
+    own environments (seed offset by rank) and replay; ranks stop together.
+    """
+
+    def __init__(self, env: dict, *, num_envs: int = 8, buffer_size: int = 5000, batch_size: int = 32,
+                 updates_per_round: int = 1, warmup_episodes: int = 32, total_env_steps: int = 10_000,
+                 eval_num_envs: int = 8, seed: int = 0, device: str = "cpu", keep_replay_in_checkpoint: bool = True):
+        super().__init__()
+        self.env_cfg = dict(env)
+        self.env_name = self.env_cfg.pop("name")
+        self.num_envs, self.buffer_size, self.batch_size = num_envs, buffer_size, batch_size
+        self.updates_per_round, self.warmup_episodes = updates_per_round, warmup_episodes
+        self.total_env_steps, self.eval_num_envs = total_env_steps, eval_num_envs
+        self.seed, self.env_device = seed, device
+        self.keep_replay_in_checkpoint = keep_replay_in_checkpoint
+        self.env_steps = 0
+        self.episodes = 0
+        self.rounds = 0
+        self.last_stats: dict[str, float] = {}
+        self.train_env = self.eval_env = None
+        self.replay: Optional[TensorDictReplayBuffer] = None
+        self._info: Optional[dict] = None
+        self._start_time = time.perf_counter()
+        self._start_steps = 0
+
+    # -- environment facts -------------------------------------------------------------
+    def _make(self, num_envs: int, seed: int):
+        return make_env(self.env_name, num_envs=num_envs, seed=seed, device=self.env_device, **self.env_cfg)
+
+    def env_info(self) -> dict[str, Any]:
+        """n_agents, n_actions, obs_dim, state_dim, episode_limit, stat_keys, shaped_reward."""
+        if self._info is None:
+            env = self.train_env if self.train_env is not None else self._make(1, self.seed)
+            spec = env.observation_spec
+            self._info = {
+                "n_agents": int(env.n_agents),
+                "n_actions": int(env.n_actions),
+                "obs_dim": int(spec[OBS].shape[-1]),
+                "state_dim": int(spec["state"].shape[-1]),
+                "episode_limit": int(env.episode_limit),
+                "stat_keys": tuple(getattr(env, "stat_keys", ())),
+                "shaped_reward": "shaped_reward" in spec.keys(),
+            }
+            if env is not self.train_env:
+                env.close()
+        return self._info
+
+    # -- Lightning hooks ---------------------------------------------------------------
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_env is not None:
+            return
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        base = self.seed + RANK_SEED_OFFSET * rank
+        self.train_env = self._make(self.num_envs, base)
+        self.eval_env = self._make(self.eval_num_envs, base + 50_000)
+        self.replay = TensorDictReplayBuffer(storage=LazyTensorStorage(self.buffer_size), batch_size=self.batch_size)
+
+    def teardown(self, stage: Optional[str] = None) -> None:
+        for env in (self.train_env, self.eval_env):
+            if env is not None and not env.is_closed:
+                env.close()
+        self.train_env = self.eval_env = None
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_TrainingStream(self), batch_size=None, num_workers=0, collate_fn=_identity)
+
+    # -- collection --------------------------------------------------------------------
+    def _actor(self, epsilon) -> EpisodeActor:
+        module = self.trainer.lightning_module
+        return EpisodeActor(module.agent, epsilon, module.device)
+
+    def budget_spent(self) -> bool:
+        spent = self.env_steps >= self.total_env_steps
+        if self.trainer is not None and self.trainer.world_size > 1:
+            spent = self.trainer.strategy.reduce_boolean_decision(spent, all=False)
+        return spent
+
+    def collect_round(self) -> dict[str, float]:
+        module = self.trainer.lightning_module
+        was_training = module.training
+        module.eval()
+        episodes, stats = collect_episodes(self.train_env, self._actor(lambda: module.epsilon),
+                                           self.env_info()["episode_limit"])
+        module.train(was_training)
+        self.replay.extend(episodes.to("cpu") if self.replay_on_cpu else episodes)
+        self.env_steps += int(stats["length"].sum())
+        self.episodes += int(episodes.batch_size[0])
+        self.rounds += 1
+        self.last_stats = {k: float(v.mean()) for k, v in stats.items()}
+        return self.last_stats
+
+    replay_on_cpu = True
+
+    def sample(self) -> TensorDict:
+        """B episodes, trimmed to the longest one in the batch (+1 for the final observation)."""
+        batch = self.replay.sample()
+        longest = int(batch.get("filled").sum(1).max())
+        return batch[:, : longest + 1]
+
+    def env_steps_per_second(self) -> float:
+        elapsed = time.perf_counter() - self._start_time
+        return (self.env_steps - self._start_steps) / max(elapsed, 1e-9)
+
+    @torch.no_grad()
+    def evaluate(self, module, episodes: int) -> dict[str, float]:
+        """Greedy episodes on the evaluation envs: mean return and mean of each env statistic."""
+        totals: dict[str, list] = {}
+        done = 0
+        was_training = module.training
+        module.eval()
+        while done < episodes:
+            _, stats = collect_episodes(self.eval_env, EpisodeActor(module.agent, lambda: 0.0, module.device),
+                                        self.env_info()["episode_limit"])
+            take = min(episodes - done, len(stats["return"]))
+            for key, value in stats.items():
+                totals.setdefault(key, []).append(value[:take])
+            done += take
+        module.train(was_training)
+        return {key: float(torch.cat(v).mean()) for key, v in totals.items()}
+
+    # -- checkpointing -----------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = {"env_steps": self.env_steps, "episodes": self.episodes, "rounds": self.rounds}
+        if self.keep_replay_in_checkpoint and self.replay is not None:
+            state["replay"] = self.replay.state_dict()
+        for name in ("train_env", "eval_env"):
+            env = getattr(self, name)
+            if env is not None and hasattr(env, "rng_state"):
+                state[name + "_rng"] = env.rng_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.env_steps, self.episodes, self.rounds = state["env_steps"], state["episodes"], state["rounds"]
+        self._start_steps = self.env_steps
+        self._start_time = time.perf_counter()
+        self._pending_state = state
+
+    def apply_pending_state(self) -> None:
+        """Restore replay and env RNGs once the environments exist (called after setup)."""
+        state = getattr(self, "_pending_state", None)
+        if state is None:
+            return
+        if "replay" in state and self.replay is not None:
+            self.replay.load_state_dict(state["replay"])
+        for name in ("train_env", "eval_env"):
+            env = getattr(self, name)
+            if name + "_rng" in state and env is not None and hasattr(env, "set_rng_state"):
+                env.set_rng_state(state[name + "_rng"])
+        self._pending_state = None
+
+
+def _identity(x):
+    return x

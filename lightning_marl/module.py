@@ -1,0 +1,118 @@
+"""The LightningModule: a shared recurrent agent, a pluggable mixer, their target copies, and the
+double-Q TD(lambda) loss."""
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+import lightning as L
+import torch
+
+from lightning_marl.models.agent import RNNAgent
+from lightning_marl.models.central import CentralInfo
+from lightning_marl.models.mixers import build_mixer
+from lightning_marl.models.mixers.base import NEG_INF
+from lightning_marl.targets import td_lambda_targets
+
+CENTRAL_KEYS = ("name", "central_info", "noise_dim", "detach_history", "dueling_agent")
+
+
+class MARLModule(L.LightningModule):
+    """Agents + mixer + targets, trained on batches of padded episodes.
+
+    Loss: ``mean over valid steps of (Q_tot(tau_t, a_t) - G_t)^2`` with ``G_t`` the TD(lambda)
+    target of :func:`~lightning_marl.targets.td_lambda_targets` built from the target mixer
+    evaluated at the online network's greedy actions (double Q). Gradients are clipped by norm.
+    """
+
+    def __init__(self, env_info: dict, agent: dict, mixer: dict, learner: dict):
+        super().__init__()
+        self.save_hyperparameters()
+        self.env_info, self.learner_cfg = dict(env_info), dict(learner)
+        n, a = env_info["n_agents"], env_info["n_actions"]
+        mixer = dict(mixer)
+        self.agent = RNNAgent(env_info["obs_dim"], n, a, hidden_dim=agent["hidden_dim"],
+                              agent_id=agent["agent_id"], last_action=agent["last_action"],
+                              dueling=bool(agent.get("dueling", False) or mixer.get("dueling_agent", False)))
+        self.central = CentralInfo(mixer.get("central_info", "state"), env_info["state_dim"], n, agent["hidden_dim"],
+                                   noise_dim=mixer.get("noise_dim", 16),
+                                   detach_history=mixer.get("detach_history", True))
+        params = {k: v for k, v in mixer.items() if k not in CENTRAL_KEYS}
+        self.mixer = build_mixer(mixer["name"], n_agents=n, n_actions=a, central_dim=self.central.dim, **params)
+        self.target_agent = copy.deepcopy(self.agent).requires_grad_(False)
+        self.target_mixer = copy.deepcopy(self.mixer).requires_grad_(False)
+        self.epsilon = float(learner["epsilon_start"])
+        self.reward_shaping_factor = 1.0 if env_info.get("shaped_reward") else 0.0
+
+    # -- targets -----------------------------------------------------------------------
+    @torch.no_grad()
+    def update_targets(self, tau: float = 1.0) -> None:
+        """Hard copy (tau = 1) or Polyak average of the online agent and mixer into the targets."""
+        for online, target in ((self.agent, self.target_agent), (self.mixer, self.target_mixer)):
+            for p, tp in zip(online.parameters(), target.parameters()):
+                tp.lerp_(p, tau)
+            for b, tb in zip(online.buffers(), target.buffers()):
+                tb.copy_(b)
+
+    # -- loss --------------------------------------------------------------------------
+    def td_loss(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg = self.learner_cfg
+        obs, avail, state = batch["obs"], batch["avail"], batch["state"]
+        actions, filled = batch["action"], batch["filled"][:, :-1].float()
+        reward = batch["reward"][:, :-1]
+        if "shaped_reward" in batch.keys() and self.reward_shaping_factor:
+            reward = reward + self.reward_shaping_factor * batch["shaped_reward"][:, :-1]
+        q, hidden = self.agent(obs, actions, avail)
+        z = self.central(state, hidden)
+        q_tot = self.mixer(q[:, :-1], actions[:, :-1], z[:, :-1], avail[:, :-1])
+        with torch.no_grad():
+            target_q, target_hidden = self.target_agent(obs, actions, avail)
+            chooser = q if cfg.get("double_q", True) else target_q
+            greedy = chooser.detach().masked_fill(~avail, NEG_INF).argmax(-1)
+            target_tot = self.target_mixer(target_q, greedy, self.central(state, target_hidden), avail)
+            targets = td_lambda_targets(reward, batch["terminated"][:, :-1], batch["filled"][:, :-1],
+                                        target_tot, cfg["gamma"], cfg["td_lambda"])
+        td_error = (q_tot - targets) * filled
+        n_valid = filled.sum().clamp(min=1)
+        loss = td_error.pow(2).sum() / n_valid
+        chosen = q[:, :-1].gather(-1, actions[:, :-1].unsqueeze(-1)).squeeze(-1)
+        stats = {
+            "loss": loss.detach(),
+            "td_error_abs": td_error.abs().sum().detach() / n_valid,
+            "q_taken_mean": (chosen.detach().mean(-1) * filled).sum() / n_valid,
+            "q_tot_mean": (q_tot.detach() * filled).sum() / n_valid,
+            "target_mean": (targets * filled).sum() / n_valid,
+        }
+        return loss, stats
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss, stats = self.td_loss(batch)
+        dm = self.trainer.datamodule
+        self.log_dict({f"train/{k}": v for k, v in stats.items() if k != "loss"}, on_step=True, batch_size=1)
+        self.log("loss", stats["loss"], on_step=True, prog_bar=True, batch_size=1)
+        counters = {"env_steps": float(dm.env_steps), "episodes": float(dm.episodes), "epsilon": self.epsilon,
+                    "env_steps_per_s": dm.env_steps_per_second()}
+        for key, value in dm.last_stats.items():
+            counters[f"train/{key}"] = value
+        self.log_dict(counters, on_step=True, batch_size=1)
+        self.log("ret", dm.last_stats.get("return", 0.0), prog_bar=True, on_step=True, batch_size=1)
+        self.log("steps", float(dm.env_steps), prog_bar=True, on_step=True, batch_size=1)
+        self.log("eps", self.epsilon, prog_bar=True, on_step=True, batch_size=1)
+        return loss
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.learner_cfg["grad_clip"])
+        self.log("train/grad_norm", norm, on_step=True, batch_size=1)
+
+    def configure_optimizers(self):
+        params = list(self.agent.parameters()) + list(self.mixer.parameters())
+        return torch.optim.Adam(params, lr=self.learner_cfg["lr"])
+
+    # -- checkpoint extras -------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["marl"] = {"epsilon": self.epsilon, "reward_shaping_factor": self.reward_shaping_factor}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        extra = checkpoint.get("marl", {})
+        self.epsilon = extra.get("epsilon", self.epsilon)
+        self.reward_shaping_factor = extra.get("reward_shaping_factor", self.reward_shaping_factor)

@@ -1,0 +1,28 @@
+"""TD(lambda) targets over padded episodes, with truncation kept apart from termination."""
+from __future__ import annotations
+
+import torch
+
+
+def td_lambda_targets(reward: torch.Tensor, terminated: torch.Tensor, filled: torch.Tensor,
+                      target_q: torch.Tensor, gamma: float, td_lambda: float) -> torch.Tensor:
+    """lambda-returns ``G_t`` for ``t < T`` from rewards ``[B,T]``, termination flags ``[B,T]``, the
+    validity mask ``filled [B,T]`` and target values ``Q̄ [B,T+1]`` (``Q̄_t`` = target Q_tot at step t,
+    greedy action of the online network for double Q).
+
+    ``G_t = r_t + gamma (1 - term_t) [(1 - lambda) Q̄_{t+1} + lambda G_{t+1}]`` while step t+1 is part
+    of the episode, and ``G_t = r_t + gamma (1 - term_t) Q̄_{t+1}`` at its last step: a terminated
+    episode does not bootstrap; a truncated one (time limit) bootstraps from ``Q̄`` of its final
+    observation. Entries where ``filled`` is False are meaningless (the loss masks them).
+    """
+    steps = reward.shape[1]
+    not_term = 1.0 - terminated.to(reward.dtype)
+    cont = torch.cat([filled[:, 1:], torch.zeros_like(filled[:, :1])], dim=1)
+    out = torch.empty_like(reward)
+    g_next = target_q[:, steps]
+    for t in range(steps - 1, -1, -1):
+        nxt = torch.where(cont[:, t], (1.0 - td_lambda) * target_q[:, t + 1] + td_lambda * g_next,
+                          target_q[:, t + 1])
+        g_next = reward[:, t] + gamma * not_term[:, t] * nxt
+        out[:, t] = g_next
+    return out
