@@ -1,0 +1,24 @@
+import pytest
+
+from lightning_marl.config import validate
+from lightning_marl.registry import ConfigError
+
+
+@pytest.mark.parametrize("override, message", [
+    ("env.name=atari", "unknown env 'atari'; allowed: box_pushing, matrix"),
+    ("mixer.name=qmax", "unknown mixer 'qmax'; allowed: "),
+    ("mixer.central_info=oracle", "unknown mixer.central_info 'oracle'; allowed: state, history"),
+    ("learner.gamma=1.5", "learner.gamma=1.5 is out of range; allowed: a number in [0, 1]"),
+    ("learner.td_lambda=-0.1", "learner.td_lambda=-0.1 is out of range"),
+    ("data.batch_size=0", "data.batch_size=0 is out of range; allowed: an integer >= 1"),
+    ("learner.lr=0", "learner.lr=0 is out of range; allowed: a number > 0"),
+    ("data.buffer_size=8", "data.batch_size=32 exceeds data.buffer_size=8"),
+])
+def test_bad_values_are_named_with_what_is_allowed(make_config, override, message):
+    with pytest.raises(ConfigError) as err:
+        validate(make_config([override]))
+    assert message in str(err.value)
+
+
+def test_the_default_config_is_valid(make_config):
+    validate(make_config([]))

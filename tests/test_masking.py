@@ -1,0 +1,64 @@
+import torch
+
+from lightning_marl.models.agent import RNNAgent, epsilon_greedy
+from lightning_marl.models.mixers.base import max_q
+
+
+def random_mask(shape, generator):
+    mask = torch.rand(shape, generator=generator) < 0.5
+    mask[..., 0] |= ~mask.any(-1)  # at least one available action
+    return mask
+
+
+def test_unavailable_action_is_never_chosen_at_any_epsilon():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2000, 3, 5, generator=g) * 10
+    mask = random_mask(q.shape, g)
+    q[~mask] = 1e6  # unavailable actions look best
+    for eps in (0.0, 0.3, 1.0):
+        actions = epsilon_greedy(q, mask, eps, generator=g)
+        assert mask.gather(-1, actions.unsqueeze(-1)).all(), f"unavailable action chosen at epsilon={eps}"
+
+
+def test_random_choice_covers_every_available_action():
+    g = torch.Generator().manual_seed(1)
+    mask = torch.tensor([[True, False, True, True]]).expand(4000, 1, 4)
+    actions = epsilon_greedy(torch.zeros(4000, 1, 4), mask, 1.0, generator=g)
+    counts = torch.bincount(actions.flatten(), minlength=4)
+    assert counts[1] == 0 and (counts[[0, 2, 3]] > 1200).all()
+
+
+def test_greedy_is_argmax_over_available_actions():
+    q = torch.tensor([[[5.0, 1.0, 3.0]]])
+    mask = torch.tensor([[[False, True, True]]])
+    assert epsilon_greedy(q, mask, 0.0).item() == 2
+
+
+def test_unavailable_action_never_wins_a_max():
+    q = torch.tensor([[9.0, 1.0, 2.0], [-1.0, -5.0, 7.0]])
+    mask = torch.tensor([[False, True, True], [True, True, False]])
+    assert max_q(q, mask).tolist() == [2.0, -1.0]
+
+
+def test_dueling_agent_greedy_advantage_is_zero_over_available_actions():
+    torch.manual_seed(0)
+    agent = RNNAgent(obs_dim=4, n_agents=3, n_actions=5, dueling=True)
+    obs = torch.randn(2, 6, 3, 4)
+    actions = torch.randint(0, 5, (2, 6, 3))
+    mask = random_mask((2, 6, 3, 5), torch.Generator().manual_seed(2))
+    q, hidden = agent(obs, actions, mask)
+    value = agent.fc_out(hidden)[..., 0]
+    assert torch.allclose(max_q(q, mask), value, atol=1e-5)
+
+
+def test_sequence_unroll_equals_step_by_step_acting():
+    torch.manual_seed(0)
+    agent = RNNAgent(obs_dim=4, n_agents=2, n_actions=3)
+    obs = torch.randn(5, 7, 2, 4)
+    actions = torch.randint(0, 3, (5, 7, 2))
+    q_seq, h_seq = agent(obs, actions)
+    hidden, last = agent.initial_state(5), None
+    for t in range(7):
+        q_t, hidden = agent.step(obs[:, t], last, hidden)
+        last = actions[:, t]
+        assert torch.allclose(q_t, q_seq[:, t], atol=1e-5) and torch.allclose(hidden, h_seq[:, t], atol=1e-5)

@@ -1,0 +1,61 @@
+import torch
+
+from lightning_marl.data.collector import EpisodeActor, collect_episodes
+from lightning_marl.models.agent import RNNAgent
+from tests.conftest import CountdownEnv
+
+
+def collect(lengths, limit, epsilon=1.0):
+    torch.manual_seed(0)
+    env = CountdownEnv(lengths, limit)
+    agent = RNNAgent(obs_dim=1, n_agents=2, n_actions=3)
+    return collect_episodes(env, EpisodeActor(agent, lambda: epsilon, torch.device("cpu")), limit)
+
+
+def test_episodes_are_padded_to_the_limit_with_a_validity_mask():
+    episodes, stats = collect([2, 5, 3], limit=5)
+    assert episodes.batch_size == (3, 6)
+    assert episodes["filled"].sum(1).tolist() == [2, 5, 3]
+    assert episodes["filled"][0].tolist() == [True, True, False, False, False, False]
+    assert stats["length"].tolist() == [2, 5, 3] and stats["return"].tolist() == [2, 5, 3]
+    assert episodes["reward"].sum(1).tolist() == [2, 5, 3]  # no reward in the padding
+
+
+def test_observation_sequence_ends_with_the_final_observation_then_zeros():
+    episodes, _ = collect([2, 4], limit=4)
+    # obs = steps left: 2,1,0 for game 0 (the final observation at index len), then padding zeros
+    assert episodes["obs"][0, :, 0, 0].tolist() == [2, 1, 0, 0, 0]
+    assert episodes["obs"][1, :, 0, 0].tolist() == [4, 3, 2, 1, 0]
+    assert episodes["state"][0, :3, 1].tolist() == [0, 1, 2]
+
+
+def test_truncation_is_not_termination():
+    episodes, _ = collect([2, 9], limit=4)  # game 1 runs into the time limit
+    assert episodes["terminated"][0].tolist() == [False, True, False, False, False]
+    assert not episodes["terminated"][1].any()
+    assert episodes["filled"][1].sum() == 4
+
+
+def test_padding_makes_every_action_available_and_keeps_real_masks():
+    episodes, _ = collect([1, 3], limit=3)
+    avail = episodes["avail"]
+    assert not avail[0, 0, 1, 2] and not avail[0, 1, 1, 2]  # real steps keep the env's mask
+    assert avail[0, 2:].all()                               # padding: all available
+    assert not avail[..., 1, 2][episodes["filled"]].any()
+
+
+def test_episode_statistics_are_read_at_the_last_step():
+    _, stats = collect([2, 5, 3], limit=5)
+    assert stats["steps_seen"].tolist() == [2, 5, 3]
+
+
+def test_replay_sampling_trims_to_the_longest_episode(make_config):
+    from lightning_marl.data.datamodule import MARLDataModule
+    from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+
+    episodes, _ = collect([2, 3, 1, 2], limit=6)
+    dm = MARLDataModule({"name": "matrix"}, batch_size=4)
+    dm.replay = TensorDictReplayBuffer(storage=LazyTensorStorage(10), batch_size=4)
+    dm.replay.extend(episodes)
+    batch = dm.sample()
+    assert batch.batch_size[1] == int(batch["filled"].sum(1).max()) + 1 <= 4
