@@ -303,7 +303,8 @@ def test_seeding_and_rng_state_restore():
     c = make_env(num_envs=64, random_init=True, seed=6)
     first = starts(a)
     assert torch.equal(first, starts(b)) and not torch.equal(first, starts(c))
-    saved = a.rng_state
+    saved = a.rng_state()
+    assert torch.equal(saved, a.get_rng_state())
     second = starts(a)
     assert not torch.equal(first, second)
     a.set_rng_state(saved)
