@@ -87,22 +87,30 @@ class MARLModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, stats = self.td_loss(batch)
-        dm = self.trainer.datamodule
-        self.log_dict({f"train/{k}": v for k, v in stats.items() if k != "loss"}, on_step=True, batch_size=1)
-        self.log("loss", stats["loss"], on_step=True, prog_bar=True, batch_size=1)
-        counters = {"env_steps": float(dm.env_steps), "episodes": float(dm.episodes), "epsilon": self.epsilon,
-                    "env_steps_per_s": dm.env_steps_per_second()}
-        for key, value in dm.last_stats.items():
-            counters[f"train/{key}"] = value
-        self.log_dict(counters, on_step=True, batch_size=1)
-        self.log("ret", dm.last_stats.get("return", 0.0), prog_bar=True, on_step=True, batch_size=1)
-        self.log("steps", float(dm.env_steps), prog_bar=True, on_step=True, batch_size=1)
-        self.log("eps", self.epsilon, prog_bar=True, on_step=True, batch_size=1)
+        if self._logging_step():
+            self.log_metrics(stats)
         return loss
+
+    def _logging_step(self) -> bool:
+        """Lightning only writes every ``log_every_n_steps``; skip the (slow) self.log calls in between."""
+        every = getattr(self.trainer, "log_every_n_steps", 1) or 1
+        return self.global_step % every == 0
+
+    def log_metrics(self, stats: dict[str, torch.Tensor]) -> None:
+        dm = self.trainer.datamodule
+        metrics = {f"train/{k}": float(v) for k, v in stats.items() if k != "loss"}
+        metrics.update({f"train/{k}": v for k, v in dm.last_stats.items()})
+        metrics.update({"loss": float(stats["loss"]), "env_steps": float(dm.env_steps),
+                        "episodes": float(dm.episodes), "epsilon": self.epsilon,
+                        "env_steps_per_s": dm.env_steps_per_second()})
+        self.log_dict(metrics, on_step=True, batch_size=1)
+        self.log_dict({"ret": dm.last_stats.get("return", 0.0), "steps": float(dm.env_steps), "eps": self.epsilon},
+                      on_step=True, prog_bar=True, logger=False, batch_size=1)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.learner_cfg["grad_clip"])
-        self.log("train/grad_norm", norm, on_step=True, batch_size=1)
+        if self._logging_step():
+            self.log("train/grad_norm", float(norm), on_step=True, batch_size=1)
 
     def configure_optimizers(self):
         params = list(self.agent.parameters()) + list(self.mixer.parameters())
