@@ -85,7 +85,12 @@ class MARLModule(L.LightningModule):
         }
         return loss, stats
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, dataloader_iter) -> torch.Tensor:
+        # Taking the iterator (instead of a batch) stops Lightning from prefetching the next batch,
+        # i.e. from collecting the next round before this update: acting always uses the newest
+        # weights, and a resumed run collects exactly what the uninterrupted run would have.
+        batch, _, _ = next(dataloader_iter)
+        batch = batch.to(self.device, non_blocking=True)
         loss, stats = self.td_loss(batch)
         if self._logging_step():
             self.log_metrics(stats)
@@ -93,8 +98,7 @@ class MARLModule(L.LightningModule):
 
     def _logging_step(self) -> bool:
         """Lightning only writes every ``log_every_n_steps``; skip the (slow) self.log calls in between."""
-        every = getattr(self.trainer, "log_every_n_steps", 1) or 1
-        return self.global_step % every == 0
+        return self.trainer._logger_connector.should_update_logs
 
     def log_metrics(self, stats: dict[str, torch.Tensor]) -> None:
         dm = self.trainer.datamodule

@@ -1,10 +1,12 @@
 """The LightningDataModule: environments, episode collector and a TensorDict replay of episodes."""
 from __future__ import annotations
 
+import random
 import time
 from typing import Any, Iterator, Optional
 
 import lightning as L
+import numpy as np
 import torch
 from tensordict import TensorDict
 from torch.utils.data import DataLoader, IterableDataset
@@ -18,18 +20,30 @@ RANK_SEED_OFFSET = 100_003
 
 
 class _TrainingStream(IterableDataset):
-    """Alternates collection rounds and sampled batches until the env-step budget is spent."""
+    """Alternates collection rounds and sampled batches until the env-step budget is spent.
+
+    ``dm.pending_updates`` counts the updates left in the current round, so that a run resumed
+    from a checkpoint taken inside a round finishes that round's updates before collecting again.
+    """
 
     def __init__(self, dm: "MARLDataModule"):
         self.dm = dm
 
     def __iter__(self) -> Iterator[TensorDict]:
         dm = self.dm
-        while not dm.budget_spent():
-            dm.collect_round()
-            if len(dm.replay) >= max(dm.batch_size, dm.warmup_episodes):
-                for _ in range(dm.updates_per_round):
-                    yield dm.sample()
+        dm.restore_rng_states()
+        while True:
+            if dm.pending_updates == 0:
+                if dm.budget_spent():
+                    if dm.trainer is not None:
+                        dm.trainer.should_stop = True  # epochs are unbounded: the env-step budget ends the run
+                    return
+                dm.collect_round()
+                ready = len(dm.replay) >= max(dm.batch_size, dm.warmup_episodes)
+                dm.pending_updates = dm.updates_per_round if ready else 0
+                continue
+            dm.pending_updates -= 1
+            yield dm.sample()
 
 
 class MARLDataModule(L.LightningDataModule):
@@ -56,6 +70,7 @@ class MARLDataModule(L.LightningDataModule):
         self.env_steps = 0
         self.episodes = 0
         self.rounds = 0
+        self.pending_updates = 0
         self.last_stats: dict[str, float] = {}
         self.train_env = self.eval_env = None
         self.replay: Optional[TensorDictReplayBuffer] = None
@@ -122,14 +137,12 @@ class MARLDataModule(L.LightningDataModule):
         episodes, stats = collect_episodes(self.train_env, self._actor(lambda: module.epsilon),
                                            self.env_info()["episode_limit"])
         module.train(was_training)
-        self.replay.extend(episodes.to("cpu") if self.replay_on_cpu else episodes)
+        self.replay.extend(episodes.to("cpu"))  # replay lives on the host; one copy per sampled batch
         self.env_steps += int(stats["length"].sum())
         self.episodes += int(episodes.batch_size[0])
         self.rounds += 1
         self.last_stats = {k: float(v.mean()) for k, v in stats.items()}
         return self.last_stats
-
-    replay_on_cpu = True
 
     def sample(self) -> TensorDict:
         """B episodes, trimmed to the longest one in the batch (+1 for the final observation)."""
@@ -160,7 +173,11 @@ class MARLDataModule(L.LightningDataModule):
 
     # -- checkpointing -----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        state = {"env_steps": self.env_steps, "episodes": self.episodes, "rounds": self.rounds}
+        """Counters, the round position, the replay contents (switchable), the environments' and
+        the global RNG states: with these a run stopped between two updates continues exactly."""
+        state = {"env_steps": self.env_steps, "episodes": self.episodes, "rounds": self.rounds,
+                 "pending_updates": self.pending_updates, "last_stats": dict(self.last_stats),
+                 "rng": _global_rng_states()}
         if self.keep_replay_in_checkpoint and self.replay is not None:
             state["replay"] = self.replay.state_dict()
         for name in ("train_env", "eval_env"):
@@ -170,23 +187,39 @@ class MARLDataModule(L.LightningDataModule):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Called by Lightning after :meth:`setup`, so environments and replay exist already."""
         self.env_steps, self.episodes, self.rounds = state["env_steps"], state["episodes"], state["rounds"]
-        self._start_steps = self.env_steps
-        self._start_time = time.perf_counter()
-        self._pending_state = state
-
-    def apply_pending_state(self) -> None:
-        """Restore replay and env RNGs once the environments exist (called after setup)."""
-        state = getattr(self, "_pending_state", None)
-        if state is None:
-            return
-        if "replay" in state and self.replay is not None:
+        self.pending_updates, self.last_stats = state["pending_updates"], dict(state["last_stats"])
+        self._start_steps, self._start_time = self.env_steps, time.perf_counter()
+        if "replay" in state:
             self.replay.load_state_dict(state["replay"])
         for name in ("train_env", "eval_env"):
             env = getattr(self, name)
-            if name + "_rng" in state and env is not None and hasattr(env, "set_rng_state"):
+            if name + "_rng" in state and hasattr(env, "set_rng_state"):
                 env.set_rng_state(state[name + "_rng"])
-        self._pending_state = None
+        self._pending_rng = state["rng"]
+
+    def restore_rng_states(self) -> None:
+        """Put back the global RNG states of the checkpoint, right before training resumes."""
+        rng = getattr(self, "_pending_rng", None)
+        if rng is not None:
+            _set_global_rng_states(rng)
+            self._pending_rng = None
+
+
+def _global_rng_states() -> dict[str, Any]:
+    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_global_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def _identity(x):

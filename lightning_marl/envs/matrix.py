@@ -67,15 +67,11 @@ class MatrixGameEnv(EnvBase):
 
     def _observe(self) -> TensorDict:
         b, n, a = self.batch_size[0], self.n_agents, self.n_actions
-        return TensorDict(
-            {
-                OBS: torch.ones(b, n, 1, device=self.device),
-                MASK: torch.ones(b, n, a, dtype=torch.bool, device=self.device),
-                "state": torch.ones(b, 1, device=self.device),
-            },
-            batch_size=self.batch_size,
-            device=self.device,
-        )
+        agents = TensorDict({OBS[1]: torch.ones(b, n, 1, device=self.device),
+                             MASK[1]: torch.ones(b, n, a, dtype=torch.bool, device=self.device)},
+                            batch_size=(b, n), device=self.device)
+        return TensorDict({"agents": agents, "state": torch.ones(b, 1, device=self.device)},
+                          batch_size=self.batch_size, device=self.device)
 
     def _reset(self, tensordict: Optional[TensorDictBase] = None, **kwargs) -> TensorDict:
         td = self._observe()
