@@ -47,6 +47,8 @@ def main(cfg: DictConfig) -> float:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     final = result["final"]
+    if not result["is_global_zero"]:
+        return final.get("test/return_mean", float("nan"))
     print(f"final greedy evaluation after {result['env_steps']} env steps: "
           + ", ".join(f"{k}={v:.3f}" for k, v in final.items() if k.startswith("test/")))
     print(f"metrics: {result['metrics_csv']}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from lightning.pytorch.callbacks import Callback
 
 
@@ -10,7 +11,8 @@ class GreedyEvaluation(Callback):
     """Runs ``episodes`` greedy episodes (epsilon 0) on the evaluation envs at the start of training,
     whenever ``interval_env_steps`` env steps have passed since the last evaluation, and at the end.
     Writes ``test/return_mean`` and ``test/<stat>_mean`` (e.g. ``test/battle_won_mean`` = win rate)
-    with the env-step count straight to the loggers, so no evaluation row is dropped."""
+    with the env-step count straight to the loggers, so no evaluation row is dropped. Under DDP
+    each rank evaluates ``episodes`` on its own envs and the means are averaged over ranks."""
 
     def __init__(self, interval_env_steps: int = 10_000, episodes: int = 32):
         self.interval, self.episodes = interval_env_steps, episodes
@@ -20,6 +22,9 @@ class GreedyEvaluation(Callback):
     def evaluate(self, trainer, pl_module) -> dict[str, float]:
         dm = trainer.datamodule
         stats = dm.evaluate(pl_module, self.episodes)
+        if trainer.world_size > 1:  # every rank evaluates on its own envs: average over ranks
+            stats = {k: float(trainer.strategy.reduce(torch.tensor(v, device=pl_module.device), reduce_op="mean"))
+                     for k, v in sorted(stats.items())}
         metrics = {f"test/{k}_mean": v for k, v in stats.items()}
         metrics.update({"env_steps": float(dm.env_steps), "episodes": float(dm.episodes)})
         self.last_eval_step = dm.env_steps

@@ -114,4 +114,5 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike, ckpt_path: Optional[str | o
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")  # the final state, after the final evaluation
     evaluation = next(cb for cb in callbacks if isinstance(cb, GreedyEvaluation))
     return {"final": evaluation.history[-1] if evaluation.history else {}, "run_dir": str(run_dir),
-            "metrics_csv": str(run_dir / "metrics.csv"), "env_steps": datamodule.env_steps}
+            "metrics_csv": str(run_dir / "metrics.csv"), "env_steps": datamodule.env_steps,
+            "is_global_zero": trainer.is_global_zero}

@@ -107,7 +107,7 @@ class MARLModule(L.LightningModule):
         metrics.update({"loss": float(stats["loss"]), "env_steps": float(dm.env_steps),
                         "episodes": float(dm.episodes), "epsilon": self.epsilon,
                         "env_steps_per_s": dm.env_steps_per_second()})
-        self.log_dict(metrics, on_step=True, batch_size=1)
+        self.log_dict(metrics, on_step=True, batch_size=1, sync_dist=self.trainer.world_size > 1)
         self.log_dict({"ret": dm.last_stats.get("return", 0.0), "steps": float(dm.env_steps), "eps": self.epsilon},
                       on_step=True, prog_bar=True, logger=False, batch_size=1)
 

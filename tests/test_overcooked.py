@@ -133,6 +133,11 @@ def test_unknown_layout_names_the_value_and_the_allowed_ones():
         OvercookedEnv(horizon=0)
 
 
+def _close(env) -> None:
+    if not env.is_closed:  # a batched env that never started has nothing to close
+        env.close()
+
+
 def _fixed_actions(steps: int, seed: int) -> torch.Tensor:
     return torch.randint(0, 6, (steps, 2, 2), generator=torch.Generator().manual_seed(seed))
 
@@ -167,7 +172,7 @@ def test_batch_of_two_behaves_like_two_single_games(parallel):
         roll = env.rollout(20, break_when_any_done=False, break_when_all_done=True)
         assert roll.batch_size == (2, horizon) and roll["next", "truncated"][:, -1].all()
     finally:
-        env.close()
+        _close(env)
 
 
 def test_partial_steps_freeze_finished_games():
@@ -179,14 +184,25 @@ def test_partial_steps_freeze_finished_games():
                                                              [False, False, False, False, True]]
         assert not roll["next", "terminated"].any()
     finally:
-        env.close()
+        _close(env)
+
+
+def test_parallel_auto_steps_in_turn_on_few_cores(monkeypatch):
+    import lightning_marl.envs.overcooked as overcooked
+
+    monkeypatch.setattr(overcooked, "_available_cpus", lambda: 2)
+    env = make_env(num_envs=2, horizon=5, parallel="auto")
+    assert isinstance(env, SerialEnv)
+    _close(env)
+    with pytest.raises(ConfigError, match="env.parallel"):
+        make_env(num_envs=2, parallel="sometimes")
 
 
 def test_make_env_single_game_is_a_batch_of_one():
     env = make_env(num_envs=1, horizon=5)
     assert isinstance(env, SerialEnv) and env.batch_size == (1,)
     assert env.rollout(10)[OBS].shape == (1, 5, 2, 96)
-    env.close()
+    _close(env)
 
 
 def test_render_episode_text_and_gif(tmp_path):

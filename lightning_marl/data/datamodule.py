@@ -106,6 +106,7 @@ class MARLDataModule(L.LightningDataModule):
             return
         rank = self.trainer.global_rank if self.trainer is not None else 0
         base = self.seed + RANK_SEED_OFFSET * rank
+        L.seed_everything(base, verbose=False)  # exploration and replay sampling differ across ranks
         self.train_env = self._make(self.num_envs, base)
         self.eval_env = self._make(self.eval_num_envs, base + 50_000)
         self.replay = TensorDictReplayBuffer(storage=LazyTensorStorage(self.buffer_size), batch_size=self.batch_size)

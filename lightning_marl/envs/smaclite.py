@@ -1,0 +1,264 @@
+"""SMACLite (github.com/uoe-agents/smaclite) behind the TorchRL contract of :mod:`.contract`.
+
+SMACLite re-implements the StarCraft Multi-Agent Challenge in Python/numpy (no StarCraft II).
+It is not on the package index: install it from its repository *without* its dependencies
+(it pins ``Rtree==1.0.0``, which has no Python 3.11 wheel), then the dependencies::
+
+    pip install --no-deps git+https://github.com/uoe-agents/smaclite.git
+    pip install "lightning_marl[smaclite]"   # gymnasium pygame scikit-learn "rtree>=1.1"
+
+One :class:`SMACliteEnv` is one game (batch size ``[]``); :func:`make_env` stacks ``num_envs``
+of them in a TorchRL ``ParallelEnv`` (one worker process per game) or ``SerialEnv``.
+
+Keys (N agents, A actions = 6 + number of attack/heal targets):
+
+==============================  ==========================================================
+``("agents", "observation")``   ``[N, obs_dim]`` ``get_obs()`` (zeros for dead agents)
+``("agents", "action_mask")``   ``[N, A]`` ``get_avail_actions()`` as bool (dead: no-op only)
+``"state"``                     ``[state_dim]`` ``get_state()`` (includes the last actions)
+``"reward"``                    ``[1]`` SMACLite's reward, already normalized as SMAC's
+                                (``reward_scale_rate=20``): damage + 10 per kill + 200 for
+                                the win, divided by ``max_reward / 20``, so that a
+                                perfect episode returns 20 (regenerating shields and
+                                enemy medivacs can push it slightly higher, as in SMAC)
+``"battle_won"``                ``[1]`` float: 0 at reset, then the info flag ``battle_won``
+``done/terminated/truncated``   terminated when either side is wiped out; at the map's
+                                episode limit (SMAC's, table :data:`EPISODE_LIMITS`) the
+                                game is truncated: ``terminated=False, truncated=True``
+==============================  ==========================================================
+
+Actions are passed to SMACLite as Python ints; an unavailable action makes SMACLite raise.
+A finished game (terminated or truncated) must be reset before it is stepped again: this
+wrapper raises if it is not (TorchRL's partial steps never do).
+
+Randomness: unit placement is fixed per map; the game's RNG only shuffles the order in which
+units act within a frame. Game ``i`` of :func:`make_env` is seeded ``seed + i``; the RNG runs
+on across resets.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import io
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
+
+from lightning_marl.envs.contract import ACTION, MASK, OBS, STATE, make_specs
+from lightning_marl.registry import ConfigError, check
+
+# SMAC's episode limits (oxwhirl/smac, smac/env/starcraft2/maps/smac_maps.py, "limit") for the 12
+# maps SMACLite ships (smaclite.env.maps.MapPreset). SMACLite itself has no time limit.
+EPISODE_LIMITS: dict[str, int] = {
+    "10m_vs_11m": 150,
+    "27m_vs_30m": 180,
+    "2c_vs_64zg": 400,
+    "2s3z": 120,
+    "2s_vs_1sc": 300,
+    "3s5z": 150,
+    "3s5z_vs_3s6z": 170,
+    "3s_vs_5z": 250,
+    "MMM": 150,
+    "MMM2": 180,
+    "bane_vs_bane": 200,
+    "corridor": 400,
+}
+STAT_KEYS = ("battle_won",)
+
+INSTALL_HINT = (
+    "SMACLite is not on the package index; install it from its repository without its dependencies "
+    "(its Rtree==1.0.0 pin has no Python 3.11 wheel), then its dependencies:\n"
+    "    pip install --no-deps git+https://github.com/uoe-agents/smaclite.git\n"
+    "    pip install \"lightning_marl[smaclite]\"   # i.e. gymnasium pygame scikit-learn \"rtree>=1.1\""
+)
+CPP_RVO2_HINT = (
+    "env.use_cpp_rvo2=true needs SMACLite's C++ collision solver, the `rvo2` module built from "
+    "github.com/micadam/SMAClite-Python-RVO2 (needs CMake, Cython and a C++ compiler):\n"
+    "    pip install cython cmake\n"
+    "    pip install --no-build-isolation git+https://github.com/micadam/SMAClite-Python-RVO2.git\n"
+    "or set env.use_cpp_rvo2=false (the numpy solver)."
+)
+
+
+# ----------------------------------------------------------------------------- package access
+
+def _import_smaclite():
+    """Import ``gymnasium`` and ``smaclite`` (which registers the ``smaclite/<map>-v0`` ids)."""
+    try:
+        gymnasium = importlib.import_module("gymnasium")
+        importlib.import_module("smaclite")
+    except ImportError as err:
+        raise ImportError(f"env=smaclite needs the SMACLite package ({err}).\n{INSTALL_HINT}") from err
+    return gymnasium
+
+
+def map_names() -> tuple[str, ...]:
+    """The maps SMACLite ships (its ``MapPreset`` enum), e.g. ``2s3z``, ``MMM2``, ``corridor``."""
+    _import_smaclite()
+    from smaclite.env.maps.map import MapPreset
+
+    return tuple(sorted(preset.value.name for preset in MapPreset))
+
+
+def check_map(map_name: str) -> None:
+    allowed = map_names()
+    if map_name not in allowed:
+        raise ConfigError(f"env.map={map_name!r} is not a SMACLite map; allowed: {', '.join(allowed)} "
+                          "(MMM and MMM2 are upper case)")
+
+
+def check_cpp_rvo2() -> None:
+    """Raise an ImportError with build instructions unless SMACLite's C++ ``rvo2`` module is importable."""
+    try:
+        rvo2 = importlib.import_module("rvo2")
+    except ImportError as err:
+        raise ImportError(f"{CPP_RVO2_HINT}\n({err})") from err
+    simulator = getattr(rvo2, "PyRVOSimulator", None)
+    if simulator is None or not all(hasattr(simulator, m) for m in ("removeAgent", "resetAgents")):
+        raise ImportError("the installed `rvo2` module is not SMACLite's fork (it lacks "
+                          f"PyRVOSimulator.removeAgent/resetAgents).\n{CPP_RVO2_HINT}")
+
+
+def episode_limit_for(map_name: str, episode_limit: Optional[int] = None) -> int:
+    """``episode_limit`` if given, else SMAC's limit for ``map_name``."""
+    if episode_limit is not None:
+        check(isinstance(episode_limit, int) and episode_limit >= 1, "env.episode_limit", episode_limit,
+              "an integer >= 1, or null for SMAC's limit of the map")
+        return episode_limit
+    if map_name not in EPISODE_LIMITS:
+        raise ConfigError(f"env.map={map_name!r} has no known SMAC episode limit; set env.episode_limit "
+                          f"(known: {', '.join(f'{k} {v}' for k, v in EPISODE_LIMITS.items())})")
+    return EPISODE_LIMITS[map_name]
+
+
+# ----------------------------------------------------------------------------- the env
+
+class SMACliteEnv(EnvBase):
+    """One SMACLite game (batch size ``[]``); see the module docstring for the keys."""
+
+    batch_locked = True
+
+    def __init__(self, map: str = "2s3z", seed: Optional[int] = None, device: Union[str, torch.device] = "cpu",
+                 use_cpp_rvo2: bool = False, episode_limit: Optional[int] = None):
+        gymnasium = _import_smaclite()
+        check_map(map)
+        limit = episode_limit_for(map, episode_limit)
+        check(isinstance(use_cpp_rvo2, bool), "env.use_cpp_rvo2", use_cpp_rvo2, "true | false")
+        if use_cpp_rvo2:
+            check_cpp_rvo2()
+        super().__init__(batch_size=torch.Size([]), device=device)
+        # The solver prints which port it uses: keep worker logs clean.
+        with contextlib.redirect_stdout(io.StringIO()):
+            wrapped = gymnasium.make(f"smaclite/{map}-v0", seed=seed, use_cpp_rvo2=use_cpp_rvo2,
+                                     disable_env_checker=True)
+        self._game = wrapped.unwrapped  # no wrapper needed: we call reset/step in order ourselves
+        self.map = map
+        self.n_agents = int(self._game.n_agents)
+        self.n_actions = int(self._game.n_actions)
+        self.n_enemies = int(self._game.n_enemies)
+        self.obs_dim = int(self._game.obs_size)
+        self.state_dim = int(self._game.state_size)
+        self.episode_limit = limit
+        self.use_cpp_rvo2 = use_cpp_rvo2
+        self.stat_keys: tuple[str, ...] = STAT_KEYS
+        make_specs(self, n_agents=self.n_agents, n_actions=self.n_actions, obs_dim=self.obs_dim,
+                   state_dim=self.state_dim, stat_keys=STAT_KEYS)
+        self._t = 0
+        self._finished = True  # reset before the first step
+        self._seed = seed
+
+    def _observe(self, obs) -> dict:
+        dev = self.device
+        mask = torch.as_tensor(np.stack(self._game.get_avail_actions()) > 0, device=dev)
+        self.full_action_spec[ACTION].update_mask(mask)  # so that rand_action() respects it
+        agents = TensorDict(
+            {
+                OBS[1]: torch.as_tensor(np.stack(obs), dtype=torch.float32, device=dev),
+                MASK[1]: mask,
+            },
+            batch_size=[self.n_agents],
+            device=dev,
+        )
+        return {OBS[0]: agents, STATE: torch.as_tensor(self._game.get_state(), dtype=torch.float32, device=dev)}
+
+    def _reset(self, tensordict: Optional[TensorDictBase] = None, **kwargs) -> TensorDict:
+        obs, _ = self._game.reset()
+        self._t = 0
+        self._finished = False
+        out = self._observe(obs)
+        false = torch.zeros(1, dtype=torch.bool, device=self.device)
+        out.update({"battle_won": torch.zeros(1, device=self.device), "done": false,
+                    "terminated": false.clone(), "truncated": false.clone()})
+        return TensorDict(out, batch_size=self.batch_size, device=self.device)
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDict:
+        if self._finished:
+            raise RuntimeError(f"SMACLite {self.map}: step() on a finished game (t={self._t}); reset it first")
+        actions = [int(a) for a in tensordict.get(ACTION).reshape(-1).tolist()]
+        obs, reward, terminated, _, info = self._game.step(actions)
+        self._t += 1
+        terminated = bool(terminated)
+        truncated = not terminated and self._t >= self.episode_limit  # a time-out is not a terminal
+        self._finished = terminated or truncated
+        out = self._observe(obs)
+        dev = self.device
+        out.update({
+            "reward": torch.tensor([float(reward)], dtype=torch.float32, device=dev),
+            "battle_won": torch.tensor([float(bool(info.get("battle_won", False)))], device=dev),
+            "done": torch.tensor([self._finished], device=dev),
+            "terminated": torch.tensor([terminated], device=dev),
+            "truncated": torch.tensor([truncated], device=dev),
+        })
+        return TensorDict(out, batch_size=self.batch_size, device=dev)
+
+    def _set_seed(self, seed: Optional[int]) -> None:
+        """Reseed the game's RNG (it orders the units' actions within a frame)."""
+        if seed is not None:
+            self._game.seed(int(seed))
+        self._seed = seed
+
+    def close(self, *, raise_if_closed: bool = True):
+        self._game.close()
+        return super().close(raise_if_closed=raise_if_closed)
+
+
+# ----------------------------------------------------------------------------- factory
+
+def _make_game(map: str, seed: int, device: str, use_cpp_rvo2: bool, episode_limit: Optional[int]) -> SMACliteEnv:
+    return SMACliteEnv(map=map, seed=seed, device=device, use_cpp_rvo2=use_cpp_rvo2, episode_limit=episode_limit)
+
+
+def make_env(num_envs: int = 1, seed: int = 0, device: str = "cpu", map: str = "2s3z", parallel: bool = True,
+             use_cpp_rvo2: bool = False, episode_limit: Optional[int] = None, start_method: Optional[str] = None,
+             **unused) -> Union[ParallelEnv, SerialEnv]:
+    """``num_envs`` SMACLite games (game ``i`` seeded ``seed + i``) batched to ``[num_envs]``: a
+    ``ParallelEnv`` (one worker process per game) when ``parallel`` and ``num_envs > 1``, else a
+    ``SerialEnv`` (all games in this process).
+
+    ``episode_limit``: None = SMAC's limit of the map (:data:`EPISODE_LIMITS`); reaching it
+    truncates the game. ``use_cpp_rvo2``: SMACLite's C++ collision solver (a separate build,
+    see :data:`CPP_RVO2_HINT`). ``start_method``: the workers' multiprocessing start method
+    (None: TorchRL's default, spawn).
+
+    The batch exposes ``n_agents``, ``n_actions``, ``n_enemies``, ``episode_limit``, ``stat_keys``,
+    ``obs_dim``, ``state_dim`` and ``map``. Call ``env.close()`` to stop the workers.
+    """
+    check(isinstance(num_envs, int) and num_envs >= 1, "data.num_envs", num_envs, "an integer >= 1")
+    check(parallel in (True, False), "env.parallel", parallel, "true | false")
+    # Validate (and read the sizes) in this process, so that a bad value raises here, not in a worker.
+    probe = SMACliteEnv(map=map, seed=seed, device=device, use_cpp_rvo2=use_cpp_rvo2, episode_limit=episode_limit)
+    probe.close()
+    factories = [functools.partial(_make_game, map, seed + i, str(device), use_cpp_rvo2, episode_limit)
+                 for i in range(num_envs)]
+    if parallel and num_envs > 1:
+        env = ParallelEnv(num_envs, factories, device=device, mp_start_method=start_method)
+    else:
+        env = SerialEnv(num_envs, factories, device=device)
+    for name in ("n_agents", "n_actions", "n_enemies", "episode_limit", "stat_keys", "obs_dim", "state_dim",
+                 "map"):
+        setattr(env, name, getattr(probe, name))
+    return env

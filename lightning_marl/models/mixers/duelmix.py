@@ -1,0 +1,60 @@
+"""DuelMIX: dueling value and advantage mixing with history-conditioned weights
+(the "weighted history mixer" of stateful value factorization)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lightning_marl.models.mixers.base import Mixer, chosen_q, max_q
+from lightning_marl.models.mixers.qplex import mlp
+from lightning_marl.registry import check
+
+
+class DuelMIXMixer(Mixer):
+    """DuelMIX, IGM-complete:
+
+    ``V_tot = sum_i w_i(z) V_i + b(z)`` with ``w_i = |W(z)|_i >= 0``;
+    ``A_tot = sum_i lambda_i(z, a) A_i`` with ``lambda_i = |L([z; onehot(a)])|_i + 1e-10 > 0``;
+    ``Q_tot = V_tot + A_tot``.
+
+    The agents carry dueling heads (``Q_i = V_i + A_i`` with ``A_i = 0`` at the greedy action), so
+    ``V_i = max_b Q_i(b)`` (over available actions) and ``A_i = Q_i(a_i) - V_i <= 0`` are read back
+    from ``q_values`` alone. ``A_tot <= 0`` with equality exactly at the greedy joint action, which
+    therefore maximizes ``Q_tot``. z is the joint history (``central_info: history``) by default.
+    ``W`` and ``b`` are MLPs on z (``hypernet_layers``, ``hypernet_embed``); ``L`` an MLP on
+    ``[z; onehot(a)]`` (``adv_hypernet_layers``, ``adv_hypernet_embed``).
+    """
+
+    def __init__(self, n_agents: int, n_actions: int, central_dim: int, hypernet_layers: int = 2,
+                 hypernet_embed: int = 64, adv_hypernet_layers: int = 2, adv_hypernet_embed: int = 64,
+                 dueling_agent: bool = True):
+        super().__init__(n_agents, n_actions, central_dim)
+        # ``dueling_agent`` is the trainer's key (it gives the agents dueling heads); accepted here so
+        # that the mixer config can be passed through whole. The mixer itself works on any utilities.
+        self.dueling_agent = bool(dueling_agent)
+        check(hypernet_layers in (1, 2, 3), "mixer.hypernet_layers", hypernet_layers, "1, 2 or 3")
+        check(adv_hypernet_layers in (1, 2, 3), "mixer.adv_hypernet_layers", adv_hypernet_layers, "1, 2 or 3")
+        self.hyper_w = mlp(central_dim, n_agents, hypernet_layers, hypernet_embed)
+        self.hyper_b = mlp(central_dim, 1, 2, hypernet_embed)
+        self.hyper_lambda = mlp(central_dim + n_agents * n_actions, n_agents, adv_hypernet_layers,
+                                adv_hypernet_embed)
+
+    def value_weights(self, central: torch.Tensor) -> torch.Tensor:
+        """``w_i(z) [*B,N]`` (>= 0)."""
+        return self.hyper_w(central).abs()
+
+    def advantage_weights(self, central: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """``lambda_i(z, a) [*B,N]`` (> 0)."""
+        onehot = F.one_hot(actions.long(), self.n_actions).to(central.dtype).flatten(-2)
+        return self.hyper_lambda(torch.cat([central, onehot], dim=-1)).abs() + 1e-10
+
+    def forward(self, q_values: torch.Tensor, actions: torch.Tensor, central: torch.Tensor,
+                action_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        v = max_q(q_values, action_mask)
+        adv = chosen_q(q_values, actions) - v
+        v_tot = (self.value_weights(central) * v).sum(-1) + self.hyper_b(central).squeeze(-1)
+        a_tot = (self.advantage_weights(central, actions) * adv).sum(-1)
+        return v_tot + a_tot

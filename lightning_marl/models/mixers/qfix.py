@@ -1,0 +1,184 @@
+"""The QFIX family: a thin "fixing" layer that makes a non-IGM-complete mixer (the "fixee":
+VDN or a light QMIX) IGM-complete (Baisero et al., "Fixing incomplete value function decomposition
+for multi-agent reinforcement learning").
+
+Notation: ``Q_i(a_i)`` the chosen utilities, ``V_i = max_b Q_i(b)`` over available actions,
+``A_i = Q_i(a_i) - V_i <= 0``; the fixee ``f`` gives ``Q_f = f(Q(a); z)``, ``V_f = f(max Q; z)``
+and ``A_f = Q_f - V_f <= 0`` (``f`` is monotone, so ``A_f = 0`` at the greedy joint action).
+The fixing weight is ``w(z, a) = |g([z; onehot(a)]) - t| + t + 1e-10 > t`` (``g`` an MLP, ``t`` the
+lower bound ``w_lower_bound``), the bias ``b(z)`` an MLP.
+
+=================  ===================================================  ======
+mixer              ``Q_fix``                                             ``t``
+=================  ===================================================  ======
+QFIX-sum/-mono     ``w A_f + b``                                         0
+Q+FIX-sum/-mono    ``Q_f + w sg(A_f) + b``                               -1
+QFIX-lin           ``sum_i w_i A_i + b``                                 0
+Q+FIX-lin          ``sum_i Q_i(a_i) + sum_i w_i sg(A_i) + b``            -1
+=================  ===================================================  ======
+
+(the ``-lin`` variants have one weight per agent and the VDN fixee ``Q_f = sum_i Q_i(a_i)``).
+
+Intervention annealing: ``Q_tot = Q_f + lambda_D (Q_fix - Q_f)`` with ``lambda_D`` in [0, 1] (the
+buffer ``intervention``, 1 by default, set by :meth:`QFIXMixer.set_intervention`). Writing
+``Q_f = V_f + A_f``, ``Q_tot = const(z) + c A_f`` with ``c = 1 - lambda_D + lambda_D w > 0`` (QFIX,
+``w > 0``) or ``c = 1 + lambda_D w > 0`` (Q+FIX, ``w > -1``): the greedy joint action maximizes
+``Q_tot`` for every ``lambda_D`` (per agent for the ``-lin`` variants).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lightning_marl.models.mixers.base import Mixer, chosen_q, max_q
+from lightning_marl.models.mixers.qmix import MonotonicMix
+from lightning_marl.models.mixers.qplex import mlp
+from lightning_marl.registry import check
+
+FIXEES = ("sum", "mono")
+
+
+def _own_fixee(config: dict, fixee: str) -> str:
+    """The registered variants fix their fixee; a ``fixee`` key, if given, must agree."""
+    given = config.pop("fixee", fixee)
+    check(given == fixee, "mixer.fixee", given, f"{fixee} for this mixer (choose the mixer by name instead)")
+    return fixee
+
+
+class QFIXMixer(Mixer):
+    """The generic QFIX mixer; the registered classes below fix ``fixee``, ``additive`` and ``per_agent``.
+
+    ``Q_tot = Q_f + lambda_D (Q_fix - Q_f)`` with
+    ``Q_fix = w A_f + b`` (``additive=False``) or ``Q_fix = Q_f + w sg(A_f) + b`` (``additive=True``),
+    ``w = |g([z; onehot(a)]) - t| + t + 1e-10``; with ``per_agent`` the fixee is VDN and
+    ``w A_f`` becomes ``sum_i w_i A_i``.
+
+    Config: ``fixee`` (``sum`` = VDN, ``mono`` = light QMIX with ``embed_dim``, ``hypernet_layers``,
+    ``hypernet_embed``), ``w_lower_bound`` (t; default 0 for QFIX, -1 for Q+FIX), ``w_hidden`` and
+    ``w_layers`` (g), ``b_hidden`` (b), ``detach_advantage`` (the sg() of Q+FIX, on by default).
+    """
+
+    additive: bool = False
+    per_agent: bool = False
+
+    def __init__(self, n_agents: int, n_actions: int, central_dim: int, fixee: str = "sum",
+                 w_lower_bound: Optional[float] = None, w_hidden: int = 64, w_layers: int = 2, b_hidden: int = 64,
+                 detach_advantage: bool = True, embed_dim: int = 32, hypernet_layers: int = 1,
+                 hypernet_embed: int = 64, intervention: float = 1.0):
+        super().__init__(n_agents, n_actions, central_dim)
+        check(fixee in FIXEES, "mixer.fixee", fixee, " or ".join(FIXEES))
+        check(not (self.per_agent and fixee != "sum"), "mixer.fixee", fixee,
+              "sum (the -lin variants mix per-agent advantages)")
+        if w_lower_bound is None:
+            w_lower_bound = -1.0 if self.additive else 0.0
+        lowest = -1.0 if self.additive else 0.0
+        check(float(w_lower_bound) >= lowest, "mixer.w_lower_bound", w_lower_bound,
+              f"a number >= {lowest:g} (IGM needs w > {lowest:g})")
+        self.fixee, self.w_lower_bound, self.detach_advantage = fixee, float(w_lower_bound), bool(detach_advantage)
+        self.mix = (MonotonicMix(n_agents, central_dim, embed_dim, hypernet_layers, hypernet_embed)
+                    if fixee == "mono" else None)
+        self.g = mlp(central_dim + n_agents * n_actions, n_agents if self.per_agent else 1, w_layers, w_hidden)
+        self.b = mlp(central_dim, 1, 2, b_hidden)
+        self.register_buffer("intervention", torch.tensor(1.0))
+        self.set_intervention(intervention)
+
+    def set_intervention(self, value: float) -> None:
+        """Set lambda_D in [0, 1] (0: the fixee alone, 1: the full fix)."""
+        value = float(value)
+        check(0.0 <= value <= 1.0, "mixer.intervention", value, "a number in [0, 1]")
+        self.intervention.fill_(value)
+
+    def fixee_value(self, x: torch.Tensor, central: torch.Tensor) -> torch.Tensor:
+        """``f(x; z)``: ``[*B,N] -> [*B]``."""
+        return x.sum(-1) if self.mix is None else self.mix(x, central)
+
+    def fix_weight(self, central: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """``w(z, a) = |g([z; onehot(a)]) - t| + t + 1e-10``: ``[*B]`` (``[*B,N]`` for the -lin variants)."""
+        onehot = F.one_hot(actions.long(), self.n_actions).to(central.dtype).flatten(-2)
+        g = self.g(torch.cat([central, onehot], dim=-1))
+        t = self.w_lower_bound
+        w = (g - t).abs() + t + 1e-10
+        return w if self.per_agent else w.squeeze(-1)
+
+    def forward(self, q_values: torch.Tensor, actions: torch.Tensor, central: torch.Tensor,
+                action_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        q = chosen_q(q_values, actions)
+        v = max_q(q_values, action_mask)
+        if self.per_agent:
+            q_f, adv = q.sum(-1), q - v                       # VDN fixee, per-agent advantages [*B,N]
+        else:
+            q_f = self.fixee_value(q, central)
+            adv = q_f - self.fixee_value(v, central)          # A_f [*B]
+        w = self.fix_weight(central, actions)
+        b = self.b(central).squeeze(-1)
+        if self.additive:
+            if self.detach_advantage:
+                adv = adv.detach()
+            fix = w * adv
+            q_fix = q_f + (fix.sum(-1) if self.per_agent else fix) + b
+        else:
+            fix = w * adv
+            q_fix = (fix.sum(-1) if self.per_agent else fix) + b
+        lam = self.intervention
+        return (1.0 - lam) * q_f + lam * q_fix
+
+
+class QFIXSumMixer(QFIXMixer):
+    """QFIX-sum: ``Q_tot = Q_f + lambda_D (w A_f + b - Q_f)``, fixee ``Q_f = sum_i Q_i(a_i)`` (VDN),
+    ``A_f = sum_i A_i``, ``w = |g(z, a)| + 1e-10 > 0``."""
+
+    def __init__(self, n_agents: int, n_actions: int, central_dim: int, **config):
+        super().__init__(n_agents, n_actions, central_dim, fixee=_own_fixee(config, "sum"), **config)
+
+
+class QFIXMonoMixer(QFIXMixer):
+    """QFIX-mono: ``Q_tot = Q_f + lambda_D (w A_f + b - Q_f)``, fixee a light QMIX
+    ``Q_f = f(Q(a); z)``, ``A_f = f(Q(a); z) - f(max Q; z)`` (single-layer hypernetworks, embed 32),
+    ``w = |g(z, a)| + 1e-10 > 0``."""
+
+    def __init__(self, n_agents: int, n_actions: int, central_dim: int, **config):
+        super().__init__(n_agents, n_actions, central_dim, fixee=_own_fixee(config, "mono"), **config)
+
+
+class QPlusFIXSumMixer(QFIXMixer):
+    """Q+FIX-sum: ``Q_tot = Q_f + lambda_D (w sg(A_f) + b)``, fixee ``Q_f = sum_i Q_i(a_i)`` (VDN),
+    ``w = |g(z, a) + 1| - 1 + 1e-10 > -1``."""
+
+    additive = True
+
+    def __init__(self, n_agents: int, n_actions: int, central_dim: int, **config):
+        super().__init__(n_agents, n_actions, central_dim, fixee=_own_fixee(config, "sum"), **config)
+
+
+class QPlusFIXMonoMixer(QFIXMixer):
+    """Q+FIX-mono: ``Q_tot = Q_f + lambda_D (w sg(A_f) + b)``, fixee a light QMIX ``Q_f = f(Q(a); z)``,
+    ``w = |g(z, a) + 1| - 1 + 1e-10 > -1``."""
+
+    additive = True
+
+    def __init__(self, n_agents: int, n_actions: int, central_dim: int, **config):
+        super().__init__(n_agents, n_actions, central_dim, fixee=_own_fixee(config, "mono"), **config)
+
+
+class QFIXLinMixer(QFIXMixer):
+    """QFIX-lin: ``Q_tot = Q_f + lambda_D (sum_i w_i A_i + b - Q_f)``, ``Q_f = sum_i Q_i(a_i)``,
+    one weight per agent ``w_i = |g_i(z, a)| + 1e-10 > 0``."""
+
+    per_agent = True
+
+    def __init__(self, n_agents: int, n_actions: int, central_dim: int, **config):
+        super().__init__(n_agents, n_actions, central_dim, fixee=_own_fixee(config, "sum"), **config)
+
+
+class QPlusFIXLinMixer(QFIXMixer):
+    """Q+FIX-lin: ``Q_tot = Q_f + lambda_D (sum_i w_i sg(A_i) + b)``, ``Q_f = sum_i Q_i(a_i)``,
+    one weight per agent ``w_i = |g_i(z, a) + 1| - 1 + 1e-10 > -1``."""
+
+    additive = True
+    per_agent = True
+
+    def __init__(self, n_agents: int, n_actions: int, central_dim: int, **config):
+        super().__init__(n_agents, n_actions, central_dim, fixee=_own_fixee(config, "sum"), **config)

@@ -1,0 +1,20 @@
+"""DDP on 2 CPU processes (gloo): same number of optimizer steps, parameters in sync, own envs per rank."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
+    proc = subprocess.run([sys.executable, "tests/ddp_probe.py", str(tmp_path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
+    assert r0["world_size"] == r1["world_size"] == 2
+    assert r0["global_step"] == r1["global_step"] > 0
+    assert r0["optimizer_steps"] == r1["optimizer_steps"] == r0["global_step"]
+    assert r0["params"] == r1["params"]  # gradients averaged: identical weights on both ranks
+    assert r0["first_actions"] != r1["first_actions"]  # each rank explores its own envs (seed offset)
+    assert (tmp_path / "run" / "metrics.csv").exists()
