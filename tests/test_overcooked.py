@@ -3,6 +3,7 @@ truncation at the horizon, batching (SerialEnv / ParallelEnv) and the shaping-fa
 from __future__ import annotations
 
 import functools
+import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,14 +13,15 @@ import torch
 from callbacks.reward_shaping import RewardShapingAnnealing, shaping_factor
 from lightning_marl.registry import ConfigError
 
-pytest.importorskip("overcooked_ai_py")
+from torchrl.envs import ParallelEnv, SerialEnv
+from torchrl.envs.utils import check_env_specs, step_mdp
 
-from overcooked_ai_py.mdp.actions import Action  # noqa: E402
-from torchrl.envs import ParallelEnv, SerialEnv  # noqa: E402
-from torchrl.envs.utils import check_env_specs, step_mdp  # noqa: E402
+from lightning_marl.envs.contract import ACTION, MASK, OBS
+from lightning_marl.envs.overcooked import CLASSIC_LAYOUTS, OvercookedEnv, make_env, render_episode
 
-from lightning_marl.envs.contract import ACTION, MASK, OBS  # noqa: E402
-from lightning_marl.envs.overcooked import CLASSIC_LAYOUTS, OvercookedEnv, make_env, render_episode  # noqa: E402
+# the env tests need the optional package (the shaping-callback test does not)
+needs_overcooked = pytest.mark.skipif(importlib.util.find_spec("overcooked_ai_py") is None,
+                                      reason="overcooked-ai is not installed (pip install 'lightning_marl[overcooked]')")
 
 N, S, E, W, STAY, INTERACT = range(6)
 # (W, H) of each classic layout's grid
@@ -56,6 +58,7 @@ def _play(env: OvercookedEnv, script, other=STAY):
     return out
 
 
+@needs_overcooked
 @pytest.mark.parametrize("layout", CLASSIC_LAYOUTS)
 def test_layouts_reset_and_step_with_documented_shapes(layout):
     env = OvercookedEnv(layout=layout, horizon=10)
@@ -76,6 +79,7 @@ def test_layouts_reset_and_step_with_documented_shapes(layout):
     assert env.obs_grid_shape == (26, width, height)
 
 
+@needs_overcooked
 def test_lossless_observations_and_global_state():
     env = OvercookedEnv(layout="asymmetric_advantages", obs="lossless", state="lossless_global")
     check_env_specs(env)
@@ -91,8 +95,11 @@ def test_lossless_observations_and_global_state():
     assert mixed[OBS].shape == (2, 96) and mixed["state"].shape == (26 * 5 * 4,)
 
 
+@needs_overcooked
 def test_scripted_soup_reward_arrives_at_the_right_step():
     env = OvercookedEnv(layout="cramped_room")
+    from overcooked_ai_py.mdp.actions import Action
+
     assert env._actions == list(Action.INDEX_TO_ACTION)
     steps = _play(env, SOUP_SCRIPT[:1])
     assert env.state.players[0].position == (1, 1) and env.state.players[0].orientation == (0, -1)  # 0 = north
@@ -112,6 +119,7 @@ def test_scripted_soup_reward_arrives_at_the_right_step():
     assert sum(float(td["reward"]) for td in _play(env, early)) == 0.0
 
 
+@needs_overcooked
 def test_horizon_is_a_truncation_not_a_terminal():
     env = OvercookedEnv(layout="forced_coordination", horizon=4)
     roll = env.rollout(10)
@@ -121,6 +129,7 @@ def test_horizon_is_a_truncation_not_a_terminal():
     assert not roll["next", "terminated"].any()
 
 
+@needs_overcooked
 def test_unknown_layout_names_the_value_and_the_allowed_ones():
     with pytest.raises(ConfigError, match="not_a_kitchen") as err:
         OvercookedEnv(layout="not_a_kitchen")
@@ -158,6 +167,7 @@ def _batch_matches_single_games(env, actions: torch.Tensor, horizon: int) -> Non
         td = step_mdp(td)
 
 
+@needs_overcooked
 @pytest.mark.parametrize("parallel", [False, True])
 def test_batch_of_two_behaves_like_two_single_games(parallel):
     horizon = 6
@@ -169,12 +179,15 @@ def test_batch_of_two_behaves_like_two_single_games(parallel):
         assert env.stat_keys == ("soups", "sparse_return", "shaped_return")
         assert env.obs_grid_shape == (26, 5, 5)
         _batch_matches_single_games(env, _fixed_actions(horizon, seed=3), horizon)
+        # answered in this process (a ParallelEnv would forward unknown names to its workers)
+        env.set_rng_state(env.rng_state())
         roll = env.rollout(20, break_when_any_done=False, break_when_all_done=True)
         assert roll.batch_size == (2, horizon) and roll["next", "truncated"][:, -1].all()
     finally:
         _close(env)
 
 
+@needs_overcooked
 def test_partial_steps_freeze_finished_games():
     env = SerialEnv(2, [functools.partial(OvercookedEnv, horizon=3), functools.partial(OvercookedEnv, horizon=5)])
     try:
@@ -187,6 +200,7 @@ def test_partial_steps_freeze_finished_games():
         _close(env)
 
 
+@needs_overcooked
 def test_parallel_auto_steps_in_turn_on_few_cores(monkeypatch):
     import lightning_marl.envs.overcooked as overcooked
 
@@ -198,6 +212,7 @@ def test_parallel_auto_steps_in_turn_on_few_cores(monkeypatch):
         make_env(num_envs=2, parallel="sometimes")
 
 
+@needs_overcooked
 def test_make_env_single_game_is_a_batch_of_one():
     env = make_env(num_envs=1, horizon=5)
     assert isinstance(env, SerialEnv) and env.batch_size == (1,)
@@ -205,6 +220,7 @@ def test_make_env_single_game_is_a_batch_of_one():
     _close(env)
 
 
+@needs_overcooked
 def test_render_episode_text_and_gif(tmp_path):
     script = [[a, STAY] for a in SOUP_SCRIPT]
     info = render_episode("cramped_room", script, tmp_path / "soup.txt")
