@@ -176,7 +176,8 @@ class MARLDataModule(L.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         """Counters, the round position, the replay contents (switchable), the environments' and
         the global RNG states: with these a run stopped between two updates continues exactly."""
-        state = {"env_steps": self.env_steps, "episodes": self.episodes, "rounds": self.rounds,
+        state = {"env": {"name": self.env_name, **self.env_cfg}, "seed": self.seed,
+                 "env_steps": self.env_steps, "episodes": self.episodes, "rounds": self.rounds,
                  "pending_updates": self.pending_updates, "last_stats": dict(self.last_stats),
                  "rng": _global_rng_states()}
         if self.keep_replay_in_checkpoint and self.replay is not None:

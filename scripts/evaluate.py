@@ -1,0 +1,99 @@
+"""Greedy evaluation of a checkpoint: test return and win rate (where the env reports one) with 95%
+confidence intervals, and optionally a rendering of one greedy episode.
+
+    python scripts/evaluate.py outputs/.../checkpoints/last.ckpt --episodes 100 [--render] [--seed 123]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lightning_marl.data.collector import EpisodeActor, collect_episodes  # noqa: E402
+from lightning_marl.envs import make_env  # noqa: E402
+from lightning_marl.envs.contract import ACTION  # noqa: E402
+from lightning_marl.module import MARLModule  # noqa: E402
+from lightning_marl.stats import mean_ci  # noqa: E402
+
+
+def load(ckpt: str | Path) -> tuple[MARLModule, dict, int]:
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    module = MARLModule(**state["hyper_parameters"])
+    module.load_state_dict(state["state_dict"])
+    data = state["MARLDataModule"]
+    return module.eval(), dict(data["env"]), int(data["seed"])
+
+
+@torch.no_grad()
+def evaluate(ckpt: str | Path, episodes: int = 32, num_envs: int = 8, seed: int | None = None) -> dict:
+    """Greedy episodes on fresh envs (seeded ``seed``, default: the run's seed + 1e6)."""
+    module, env_cfg, run_seed = load(ckpt)
+    name = env_cfg.pop("name")
+    env = make_env(name, num_envs=min(num_envs, episodes), seed=run_seed + 1_000_000 if seed is None else seed, **env_cfg)
+    per_episode: dict[str, list] = {}
+    actor = EpisodeActor(module.agent, lambda: 0.0, torch.device("cpu"))
+    while len(per_episode.get("return", [])) < episodes:
+        _, stats = collect_episodes(env, actor, module.env_info["episode_limit"])
+        for key, value in stats.items():
+            per_episode.setdefault(key, []).extend(value.tolist())
+    env.close()
+    result = {"episodes": episodes}
+    for key, values in per_episode.items():
+        mean, half = mean_ci(values[:episodes])
+        result[key] = {"mean": mean, "ci95": half}
+    return result
+
+
+@torch.no_grad()
+def render_episode(ckpt: str | Path, seed: int = 0) -> list[str]:
+    """Text frames of one greedy episode, for envs that can render a game (``env.render(index)``)."""
+    module, env_cfg, _ = load(ckpt)
+    name = env_cfg.pop("name")
+    env = make_env(name, num_envs=1, seed=seed, **env_cfg)
+    if not callable(getattr(env, "render", None)):
+        raise SystemExit(f"env {name!r} has no text rendering")
+    actor = EpisodeActor(module.agent, lambda: 0.0, torch.device("cpu"))
+    actor.begin(1)
+    td = env.reset()
+    frames = [env.render(0)]
+    for t in range(module.env_info["episode_limit"]):
+        td = env.step(actor(td))
+        frames.append(f"t={t + 1} actions={td[ACTION][0].tolist()} reward={float(td['next', 'reward'][0]):.1f}\n"
+                      + env.render(0))
+        if bool(td["next", "done"][0]):
+            break
+        td = env.step_mdp(td) if hasattr(env, "step_mdp") else td["next"]
+    env.close()
+    return frames
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint")
+    parser.add_argument("--episodes", type=int, default=32)
+    parser.add_argument("--num-envs", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--render", action="store_true", help="print the frames of one greedy episode")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    result = evaluate(args.checkpoint, args.episodes, args.num_envs, args.seed)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.episodes} greedy episodes of {args.checkpoint}")
+        for key, value in result.items():
+            if isinstance(value, dict):
+                label = "win rate" if key == "battle_won" else key
+                print(f"  {label:>16}: {value['mean']:.3f} ± {value['ci95']:.3f} (95% CI)")
+    if args.render:
+        for frame in render_episode(args.checkpoint, seed=args.seed or 0):
+            print(frame, end="\n\n")
+
+
+if __name__ == "__main__":
+    main()
