@@ -1,7 +1,8 @@
 """Checks of config values, each failing with a message that names the value and what is allowed."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig
 
@@ -31,6 +32,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("learner.epsilon_start", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     ("learner.epsilon_finish", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     ("learner.epsilon_anneal_steps", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    ("learner.intervention_anneal_steps", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = off)"),
     ("agent.hidden_dim", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
 ]
 
@@ -59,3 +61,15 @@ def validate(cfg: DictConfig) -> None:
         except TypeError:
             ok = False
         check(ok, key, value, allowed)
+
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """The training config that ``python train.py <overrides>`` would see (for scripts and tests)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))

@@ -13,6 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from callbacks.epsilon import EpsilonAnnealing
 from callbacks.evaluation import GreedyEvaluation
+from callbacks.qfix_annealing import InterventionAnnealing
+from callbacks.reward_shaping import RewardShapingAnnealing
 from callbacks.target_update import TargetNetworkUpdate
 from lightning_marl.checkpointing import AtomicCheckpointIO, ContinuingCSVLogger
 from lightning_marl.config import validate
@@ -44,9 +46,14 @@ class FlushLoggersOnCheckpoint(Callback):
             logger.save()
 
 
-def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
+def build_callbacks(cfg: DictConfig, run_dir: Path, env_info: dict) -> list:
     learner = cfg.learner
-    callbacks = [
+    callbacks = []
+    if env_info.get("shaped_reward"):
+        callbacks.append(RewardShapingAnnealing(cfg.env.get("shaping_anneal_steps", 0)))
+    if learner.get("intervention_anneal_steps", 0):
+        callbacks.append(InterventionAnnealing(learner.intervention_anneal_steps))
+    callbacks += [
         EpsilonAnnealing(learner.epsilon_start, learner.epsilon_finish, learner.epsilon_anneal_steps),
         TargetNetworkUpdate(learner.target_update_interval, learner.target_tau),
         GreedyEvaluation(cfg.eval.interval_env_steps, cfg.eval.episodes),
@@ -102,7 +109,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike, ckpt_path: Optional[str | o
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule.env_info())
-    callbacks = build_callbacks(cfg, run_dir) + list(extra_callbacks)
+    callbacks = build_callbacks(cfg, run_dir, datamodule.env_info()) + list(extra_callbacks)
     trainer = L.Trainer(
         max_epochs=-1, max_steps=-1, logger=build_loggers(cfg, run_dir, resumed_step), callbacks=callbacks,
         default_root_dir=str(run_dir), use_distributed_sampler=False, num_sanity_val_steps=0,

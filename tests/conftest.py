@@ -1,24 +1,16 @@
 """Shared test helpers: composing the project's Hydra config, and a tiny env with known episode lengths."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional, Sequence
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from tensordict import TensorDict
 from torchrl.envs import EnvBase
 
 from lightning_marl.envs.contract import ACTION, MASK, OBS, make_specs
 
-CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
-
-
-def compose_config(overrides: Sequence[str] = ()):
-    """The composed training config, as ``python train.py <overrides>`` would see it."""
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+from lightning_marl.config import compose as compose_config
 
 
 @pytest.fixture
