@@ -62,3 +62,19 @@ def test_sequence_unroll_equals_step_by_step_acting():
         q_t, hidden = agent.step(obs[:, t], last, hidden)
         last = actions[:, t]
         assert torch.allclose(q_t, q_seq[:, t], atol=1e-5) and torch.allclose(hidden, h_seq[:, t], atol=1e-5)
+
+
+def test_gru_unroll_equals_the_per_step_grucell_loop():
+    from lightning_marl.models.agent import stepwise_unroll
+
+    torch.manual_seed(3)
+    agent = RNNAgent(obs_dim=6, n_agents=5, n_actions=4, dueling=True)
+    obs = torch.randn(3, 9, 5, 6)
+    actions = torch.randint(0, 4, (3, 9, 5))
+    mask = random_mask((3, 9, 5, 4), torch.Generator().manual_seed(4))
+    q_fast, h_fast = agent(obs, actions, mask)
+    q_slow, h_slow = stepwise_unroll(agent, obs, actions, mask)
+    assert torch.allclose(q_fast, q_slow, atol=1e-5) and torch.allclose(h_fast, h_slow, atol=1e-5)
+    g_fast = torch.autograd.grad(q_fast.sum(), agent.rnn.weight_hh_l0)[0]
+    g_slow = torch.autograd.grad(q_slow.sum(), agent.rnn.weight_hh_l0)[0]
+    assert torch.allclose(g_fast, g_slow, atol=1e-4)

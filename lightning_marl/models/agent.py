@@ -83,6 +83,25 @@ class RNNAgent(nn.Module):
         return self._head(h, action_mask), h
 
 
+def stepwise_unroll(agent: RNNAgent, obs: torch.Tensor, actions: torch.Tensor,
+                    action_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference implementation of :meth:`RNNAgent.forward`: a per-time-step GRUCell loop (as in
+    PyMARL) with the same weights. Kept for the equality test and the unroll benchmark."""
+    b, t, n = obs.shape[:3]
+    rnn = agent.rnn
+    h = obs.new_zeros(b * n, agent.hidden_dim)
+    last = None
+    qs, hs = [], []
+    for step in range(t):
+        x = F.relu(agent.fc_in(agent.inputs(obs[:, step], last))).reshape(b * n, -1)
+        h = torch.gru_cell(x, h, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+        hidden = h.view(b, n, -1)
+        qs.append(agent._head(hidden, None if action_mask is None else action_mask[:, step]))
+        hs.append(hidden)
+        last = actions[:, step]
+    return torch.stack(qs, 1), torch.stack(hs, 1)
+
+
 def epsilon_greedy(q_values: torch.Tensor, action_mask: torch.Tensor, epsilon: float,
                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Masked epsilon-greedy: greedy over available actions, or with probability ``epsilon`` a uniform
