@@ -115,6 +115,9 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike, ckpt_path: Optional[str | o
         default_root_dir=str(run_dir), use_distributed_sampler=False, num_sanity_val_steps=0,
         enable_model_summary=False, plugins=[AtomicCheckpointIO()],
         **OmegaConf.to_container(cfg.trainer, resolve=True))
+    if trainer.is_global_zero:
+        print(f"run folder: {run_dir}  (metrics: {run_dir / 'metrics.csv'}, checkpoints: {run_dir / 'checkpoints'})",
+              flush=True)
     # our own checkpoints hold replay TensorDicts and RNG states: trusted, loaded with weights_only=False
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None,
                 weights_only=False if ckpt_path else None)
