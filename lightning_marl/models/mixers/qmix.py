@@ -37,7 +37,8 @@ class MonotonicMix(nn.Module):
     def forward(self, x: torch.Tensor, central: torch.Tensor) -> torch.Tensor:
         w1 = self.hyper_w1(central).abs().view(*x.shape[:-1], self.n_agents, self.embed_dim)
         b1 = self.hyper_b1(central)
-        hidden = F.elu((x.unsqueeze(-2) @ w1).squeeze(-2) + b1)
+        # (x^T W_1) as a broadcast multiply-sum: many tiny bmm calls are far slower on CPU
+        hidden = F.elu((x.unsqueeze(-1) * w1).sum(-2) + b1)
         w2 = self.hyper_w2(central).abs()
         return (hidden * w2).sum(-1) + self.hyper_v(central).squeeze(-1)
 
