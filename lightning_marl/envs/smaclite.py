@@ -41,6 +41,8 @@ import contextlib
 import functools
 import importlib
 import io
+import os
+import pickle
 from typing import Optional, Union
 
 import numpy as np
@@ -143,7 +145,7 @@ class SMACliteEnv(EnvBase):
     batch_locked = True
 
     def __init__(self, map: str = "2s3z", seed: Optional[int] = None, device: Union[str, torch.device] = "cpu",
-                 use_cpp_rvo2: bool = False, episode_limit: Optional[int] = None):
+                 use_cpp_rvo2: bool = False, episode_limit: Optional[int] = None, game_index: int = 0):
         gymnasium = _import_smaclite()
         check_map(map)
         limit = episode_limit_for(map, episode_limit)
@@ -170,6 +172,7 @@ class SMACliteEnv(EnvBase):
         self._t = 0
         self._finished = True  # reset before the first step
         self._seed = seed
+        self.game_index = game_index  # position in a batch (make_env), for set_batch_rng_state
 
     def _observe(self, obs) -> dict:
         dev = self.device
@@ -221,6 +224,20 @@ class SMACliteEnv(EnvBase):
             self._game.seed(int(seed))
         self._seed = seed
 
+    def rng_state(self) -> torch.Tensor:
+        """The game's RNG state (numpy bit generator, pickled into a uint8 tensor), for checkpoints."""
+        state = pickle.dumps(self._game._np_random.bit_generator.state)
+        return torch.frombuffer(bytearray(state), dtype=torch.uint8).clone()
+
+    get_rng_state = game_rng_state = rng_state
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        self._game._np_random.bit_generator.state = pickle.loads(bytes(state.cpu().numpy().tobytes()))
+
+    def set_batch_rng_state(self, states) -> None:
+        """Take this game's entry (``game_index``) of a batch's states (see :class:`SMACliteSerialEnv`)."""
+        self.set_rng_state(states[self.game_index])
+
     def close(self, *, raise_if_closed: bool = True):
         self._game.close()
         return super().close(raise_if_closed=raise_if_closed)
@@ -228,16 +245,54 @@ class SMACliteEnv(EnvBase):
 
 # ----------------------------------------------------------------------------- factory
 
-def _make_game(map: str, seed: int, device: str, use_cpp_rvo2: bool, episode_limit: Optional[int]) -> SMACliteEnv:
-    return SMACliteEnv(map=map, seed=seed, device=device, use_cpp_rvo2=use_cpp_rvo2, episode_limit=episode_limit)
+class _SMACliteBatch:
+    """What the batched envs answer in this process.
+
+    A ``ParallelEnv`` forwards unknown attributes to its workers (``hasattr(env, name)`` is always
+    True there, and calling a name the games lack kills them), so the checkpoint hooks are defined
+    here: ``rng_state()`` gathers the games' RNG states (a list, game ``i`` at index ``i``) and
+    ``set_rng_state(states)`` gives each game its own. ``close()`` of a batch that is closed
+    already is a no-op.
+    """
+
+    def close(self, *, raise_if_closed: bool = False) -> None:
+        super().close(raise_if_closed=raise_if_closed)
+
+    def rng_state(self) -> list:
+        return list(getattr(self, "game_rng_state")())
+
+    get_rng_state = rng_state
+
+    def set_rng_state(self, states) -> None:
+        getattr(self, "set_batch_rng_state")([torch.as_tensor(s) for s in states])
 
 
-def make_env(num_envs: int = 1, seed: int = 0, device: str = "cpu", map: str = "2s3z", parallel: bool = True,
+class SMACliteParallelEnv(_SMACliteBatch, ParallelEnv):
+    """A ``ParallelEnv`` of SMACLite games (one worker process each)."""
+
+
+class SMACliteSerialEnv(_SMACliteBatch, SerialEnv):
+    """A ``SerialEnv`` of SMACLite games (stepped in turn in this process)."""
+
+
+def _make_game(map: str, seed: int, device: str, use_cpp_rvo2: bool, episode_limit: Optional[int],
+               game_index: int = 0) -> SMACliteEnv:
+    return SMACliteEnv(map=map, seed=seed, device=device, use_cpp_rvo2=use_cpp_rvo2, episode_limit=episode_limit,
+                       game_index=game_index)
+
+
+def make_env(num_envs: int = 1, seed: int = 0, device: str = "cpu", map: str = "2s3z",
+             parallel: Union[bool, str] = True,
              use_cpp_rvo2: bool = False, episode_limit: Optional[int] = None, start_method: Optional[str] = None,
              **unused) -> Union[ParallelEnv, SerialEnv]:
     """``num_envs`` SMACLite games (game ``i`` seeded ``seed + i``) batched to ``[num_envs]``: a
     ``ParallelEnv`` (one worker process per game) when ``parallel`` and ``num_envs > 1``, else a
-    ``SerialEnv`` (all games in this process).
+    ``SerialEnv`` (all games in this process). ``parallel="auto"``: workers only when this process
+    may use at least ``num_envs`` CPU cores.
+
+    The workers exchange data through pipes (``use_buffers=False``): the parent then blocks until
+    they are done, whereas with TorchRL's shared buffers it spin-polls them and burns a core that
+    the games need on a small machine. A step's data is a few KB, next to ~10-30 ms of game time.
 
     ``episode_limit``: None = SMAC's limit of the map (:data:`EPISODE_LIMITS`); reaching it
     truncates the game. ``use_cpp_rvo2``: SMACLite's C++ collision solver (a separate build,
@@ -248,17 +303,28 @@ def make_env(num_envs: int = 1, seed: int = 0, device: str = "cpu", map: str = "
     ``obs_dim``, ``state_dim`` and ``map``. Call ``env.close()`` to stop the workers.
     """
     check(isinstance(num_envs, int) and num_envs >= 1, "data.num_envs", num_envs, "an integer >= 1")
-    check(parallel in (True, False), "env.parallel", parallel, "true | false")
+    check(parallel in (True, False, "auto"), "env.parallel", parallel, "true | false | auto")
+    if parallel == "auto":
+        parallel = _available_cpus() >= num_envs
     # Validate (and read the sizes) in this process, so that a bad value raises here, not in a worker.
     probe = SMACliteEnv(map=map, seed=seed, device=device, use_cpp_rvo2=use_cpp_rvo2, episode_limit=episode_limit)
     probe.close()
-    factories = [functools.partial(_make_game, map, seed + i, str(device), use_cpp_rvo2, episode_limit)
+    factories = [functools.partial(_make_game, map, seed + i, str(device), use_cpp_rvo2, episode_limit, i)
                  for i in range(num_envs)]
     if parallel and num_envs > 1:
-        env = ParallelEnv(num_envs, factories, device=device, mp_start_method=start_method)
+        env = SMACliteParallelEnv(num_envs, factories, device=device, mp_start_method=start_method,
+                                  use_buffers=False)
     else:
-        env = SerialEnv(num_envs, factories, device=device)
+        env = SMACliteSerialEnv(num_envs, factories, device=device)
+    env.start()  # build the games now: errors surface here, and rng_state() works before any rollout
     for name in ("n_agents", "n_actions", "n_enemies", "episode_limit", "stat_keys", "obs_dim", "state_dim",
                  "map"):
         setattr(env, name, getattr(probe, name))
     return env
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

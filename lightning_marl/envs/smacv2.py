@@ -116,7 +116,8 @@ def check_game(map_name: str) -> None:
     """FileNotFoundError with instructions unless StarCraft II and the map file are where pysc2 looks."""
     root = sc2_path()
     if not os.path.isdir(os.path.join(root, "Versions")):
-        where = f"SC2PATH={os.environ['SC2PATH']!r}" if "SC2PATH" in os.environ else f"the default {root!r} (SC2PATH unset)"
+        where = (f"SC2PATH={os.environ['SC2PATH']!r}" if "SC2PATH" in os.environ
+                 else f"the default {root!r} (SC2PATH unset)")
         raise FileNotFoundError(f"StarCraft II was not found at {where}: no 'Versions' folder there.\n{GAME_HINT}")
     file = map_params(map_name).get("map_name", map_name)
     path = os.path.join(root, "Maps", "SMAC_Maps", f"{file}.SC2Map")
@@ -220,6 +221,32 @@ class SMACv2ContractEnv(SMACv2Env):
 
 # ----------------------------------------------------------------------------- factory
 
+class _SMACv2Batch:
+    """What the batched envs answer in this process (a ``ParallelEnv`` forwards unknown names to its
+    workers, and calling one the games lack kills them). ``rng_state()``: the game's randomness
+    lives in StarCraft II and cannot be saved, so a resumed run is not bit-exact (an empty
+    tensor). ``close()`` of a closed batch is a no-op."""
+
+    def close(self, *, raise_if_closed: bool = False) -> None:
+        super().close(raise_if_closed=raise_if_closed)
+
+    def rng_state(self) -> torch.Tensor:
+        return torch.empty(0)
+
+    get_rng_state = rng_state
+
+    def set_rng_state(self, state) -> None:
+        return None
+
+
+class SMACv2ParallelEnv(_SMACv2Batch, ParallelEnv):
+    """A ``ParallelEnv`` of SMACv2 games (one worker process and one StarCraft II each)."""
+
+
+class SMACv2SerialEnv(_SMACv2Batch, SerialEnv):
+    """A ``SerialEnv`` of SMACv2 games."""
+
+
 def _make_game(map_name: str, capability_config: Optional[dict], env_args: dict, seed: int,
                device: str) -> SMACv2ContractEnv:
     return SMACv2ContractEnv(map_name=map_name, capability_config=copy.deepcopy(capability_config), seed=seed,
@@ -256,9 +283,9 @@ def make_env(num_envs: int = 1, seed: int = 0, device: str = "cpu", map: str = "
     probe.close()
     factories = [functools.partial(_make_game, map, capability, args, seed + i, str(device)) for i in range(num_envs)]
     if parallel and num_envs > 1:
-        env = ParallelEnv(num_envs, factories, device=device, mp_start_method=start_method)
+        env = SMACv2ParallelEnv(num_envs, factories, device=device, mp_start_method=start_method, use_buffers=False)
     else:
-        env = SerialEnv(num_envs, factories, device=device)
+        env = SMACv2SerialEnv(num_envs, factories, device=device)
     for name, value in info.items():
         setattr(env, name, value)
     return env
