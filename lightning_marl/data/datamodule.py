@@ -97,7 +97,7 @@ class MARLDataModule(L.LightningDataModule):
                 "shaped_reward": "shaped_reward" in spec.keys(),
             }
             if env is not self.train_env:
-                env.close()
+                env.close(raise_if_closed=False)
         return self._info
 
     # -- Lightning hooks ---------------------------------------------------------------
@@ -113,8 +113,8 @@ class MARLDataModule(L.LightningDataModule):
 
     def teardown(self, stage: Optional[str] = None) -> None:
         for env in (self.train_env, self.eval_env):
-            if env is not None and not env.is_closed:
-                env.close()
+            if env is not None:
+                env.close(raise_if_closed=False)
         self.train_env = self.eval_env = None
 
     def train_dataloader(self) -> DataLoader:
@@ -184,7 +184,7 @@ class MARLDataModule(L.LightningDataModule):
             state["replay"] = self.replay.state_dict()
         for name in ("train_env", "eval_env"):
             env = getattr(self, name)
-            if env is not None and hasattr(env, "rng_state"):
+            if env is not None and _has_method(env, "rng_state"):
                 state[name + "_rng"] = env.rng_state()
         return state
 
@@ -197,7 +197,7 @@ class MARLDataModule(L.LightningDataModule):
             self.replay.load_state_dict(state["replay"])
         for name in ("train_env", "eval_env"):
             env = getattr(self, name)
-            if name + "_rng" in state and hasattr(env, "set_rng_state"):
+            if name + "_rng" in state and _has_method(env, "set_rng_state"):
                 env.set_rng_state(state[name + "_rng"])
         self._pending_rng = state["rng"]
 
@@ -207,6 +207,11 @@ class MARLDataModule(L.LightningDataModule):
         if rng is not None:
             _set_global_rng_states(rng)
             self._pending_rng = None
+
+
+def _has_method(env, name: str) -> bool:
+    """Looked up on the class: batched TorchRL envs forward unknown attributes to their workers."""
+    return callable(getattr(type(env), name, None))
 
 
 def _global_rng_states() -> dict[str, Any]:
