@@ -55,7 +55,7 @@ def summarize(groups: dict[str, list[pd.Series]], grid: np.ndarray):
         curves[label] = (np.array(mean), np.array(half))
         final = mean_ci([s.iloc[-1] for s in series])
         best = mean_ci([s.max() for s in series])
-        table.append((label, len(series), final, best))
+        table.append((label, len(series), final, best, [float(s.iloc[-1]) for s in series]))
     return curves, table
 
 
@@ -65,6 +65,8 @@ def main(argv=None) -> None:
     parser.add_argument("--metric", default="test/return_mean", help="e.g. test/return_mean, test/battle_won_mean")
     parser.add_argument("--out", default="learning_curves.png")
     parser.add_argument("--points", type=int, default=100, help="env-step grid size for averaging")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="also count, per group, the seeds whose final value is >= this")
     args = parser.parse_args(argv)
     runs = find_runs(args.paths)
     if not runs:
@@ -89,9 +91,11 @@ def main(argv=None) -> None:
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)
     print(f"saved {args.out}")
-    print(f"{'group':<24} {'seeds':>5} {'final':>18} {'best':>18}")
-    for label, n, final, best in table:
-        print(f"{label:<24} {n:>5} {final[0]:>9.3f} ± {final[1]:<6.3f} {best[0]:>9.3f} ± {best[1]:<6.3f}")
+    extra = f"  final >= {args.threshold:g}" if args.threshold is not None else ""
+    print(f"{'group':<24} {'seeds':>5} {'final':>18} {'best':>18}{extra}")
+    for label, n, final, best, finals in table:
+        count = f"  {sum(v >= args.threshold for v in finals)}/{n}" if args.threshold is not None else ""
+        print(f"{label:<24} {n:>5} {final[0]:>9.3f} ± {final[1]:<6.3f} {best[0]:>9.3f} ± {best[1]:<6.3f}{count}")
 
 
 if __name__ == "__main__":
