@@ -29,7 +29,7 @@ def build_datamodule(cfg: DictConfig) -> MARLDataModule:
         batch_size=cfg.data.batch_size, updates_per_round=cfg.data.updates_per_round,
         warmup_episodes=cfg.data.warmup_episodes, total_env_steps=cfg.total_env_steps,
         eval_num_envs=cfg.eval.num_envs, seed=cfg.seed, device=cfg.device,
-        keep_replay_in_checkpoint=cfg.checkpoint.replay)
+        keep_replay_in_checkpoint=cfg.checkpoint.replay, async_collection=cfg.data.get("async_collection", False))
 
 
 def build_module(cfg: DictConfig, env_info: dict) -> MARLModule:

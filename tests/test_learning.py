@@ -35,3 +35,15 @@ def test_train_py_rejects_an_unknown_mixer_with_the_list():
     proc = run_train("mixer.name=qmax")
     assert proc.returncode == 2
     assert "unknown mixer 'qmax'" in proc.stderr and "qmix" in proc.stderr and "vdn" in proc.stderr
+
+
+def test_background_collection_learns_and_stops_its_thread(make_config, tmp_path):
+    import threading
+
+    cfg = make_config(["env=matrix", "env.game=additive", "mixer=vdn", "seed=1", "total_env_steps=3000",
+                       "learner.epsilon_anneal_steps=1000", "eval.interval_env_steps=1000",
+                       "data.async_collection=true", "trainer.enable_progress_bar=false"])
+    result = run(cfg, tmp_path)
+    assert result["final"]["test/return_mean"] == pytest.approx(5.0)
+    assert result["env_steps"] >= 3000
+    assert not any(t.name == "marl-collector" and t.is_alive() for t in threading.enumerate())

@@ -20,8 +20,9 @@ from lightning_marl.models.agent import epsilon_greedy
 class EpisodeActor:
     """Masked epsilon-greedy acting with a recurrent agent over one round of episodes."""
 
-    def __init__(self, agent: nn.Module, epsilon: Callable[[], float], device: torch.device):
-        self.agent, self.epsilon, self.device = agent, epsilon, device
+    def __init__(self, agent: nn.Module, epsilon: Callable[[], float], device: torch.device,
+                 generator: Optional[torch.Generator] = None):
+        self.agent, self.epsilon, self.device, self.generator = agent, epsilon, device, generator
         self.hidden: Optional[torch.Tensor] = None
         self.last_action: Optional[torch.Tensor] = None
 
@@ -34,7 +35,7 @@ class EpisodeActor:
         obs = td.get(OBS).to(self.device, non_blocking=True)
         mask = td.get(MASK).to(self.device, non_blocking=True)
         q, self.hidden = self.agent.step(obs, self.last_action, self.hidden, mask)
-        action = epsilon_greedy(q, mask, self.epsilon())
+        action = epsilon_greedy(q, mask, self.epsilon(), generator=self.generator)
         self.last_action = action
         td.set(ACTION, action.to(td.device, non_blocking=True) if td.device is not None else action.cpu())
         return td

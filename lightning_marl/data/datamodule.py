@@ -1,7 +1,10 @@
 """The LightningDataModule: environments, episode collector and a TensorDict replay of episodes."""
 from __future__ import annotations
 
+import copy
+import queue
 import random
+import threading
 import time
 from typing import Any, Iterator, Optional
 
@@ -35,6 +38,7 @@ class _TrainingStream(IterableDataset):
         while True:
             if dm.pending_updates == 0:
                 if dm.budget_spent():
+                    dm.stop_background_collection()
                     if dm.trainer is not None:
                         dm.trainer.should_stop = True  # epochs are unbounded: the env-step budget ends the run
                     return
@@ -54,11 +58,17 @@ class MARLDataModule(L.LightningDataModule):
     ``updates_per_round`` batches of ``batch_size`` episodes to the trainer. The counters
     ``env_steps`` and ``episodes`` are what every schedule reads. Under DDP each rank has its
     own environments (seed offset by rank) and replay; ranks stop together.
+
+    With ``async_collection`` a background thread plays the rounds with a copy of the agent
+    (refreshed after every round the learner takes in) while the learner trains: environments in
+    worker processes (``ParallelEnv``) then step while the learner computes. Acting lags the
+    learner by up to two rounds, and runs are no longer bitwise reproducible.
     """
 
     def __init__(self, env: dict, *, num_envs: int = 8, buffer_size: int = 5000, batch_size: int = 32,
                  updates_per_round: int = 1, warmup_episodes: int = 32, total_env_steps: int = 10_000,
-                 eval_num_envs: int = 8, seed: int = 0, device: str = "cpu", keep_replay_in_checkpoint: bool = True):
+                 eval_num_envs: int = 8, seed: int = 0, device: str = "cpu", keep_replay_in_checkpoint: bool = True,
+                 async_collection: bool = False):
         super().__init__()
         self.env_cfg = dict(env)
         self.env_name = self.env_cfg.pop("name")
@@ -67,6 +77,8 @@ class MARLDataModule(L.LightningDataModule):
         self.total_env_steps, self.eval_num_envs = total_env_steps, eval_num_envs
         self.seed, self.env_device = seed, device
         self.keep_replay_in_checkpoint = keep_replay_in_checkpoint
+        self.async_collection = async_collection
+        self._producer: Optional[_BackgroundCollector] = None
         self.env_steps = 0
         self.episodes = 0
         self.rounds = 0
@@ -112,6 +124,7 @@ class MARLDataModule(L.LightningDataModule):
         self.replay = TensorDictReplayBuffer(storage=LazyTensorStorage(self.buffer_size), batch_size=self.batch_size)
 
     def teardown(self, stage: Optional[str] = None) -> None:
+        self.stop_background_collection()
         for env in (self.train_env, self.eval_env):
             if env is not None:
                 env.close(raise_if_closed=False)
@@ -132,18 +145,29 @@ class MARLDataModule(L.LightningDataModule):
         return spent
 
     def collect_round(self) -> dict[str, float]:
+        """Play one round (or take the background collector's next one) and store it in replay."""
         module = self.trainer.lightning_module
-        was_training = module.training
-        module.eval()
-        episodes, stats = collect_episodes(self.train_env, self._actor(lambda: module.epsilon),
-                                           self.env_info()["episode_limit"])
-        module.train(was_training)
+        if self.async_collection:
+            if self._producer is None:
+                self._producer = _BackgroundCollector(self, module)
+            episodes, stats = self._producer.next_round()
+        else:
+            was_training = module.training
+            module.eval()
+            episodes, stats = collect_episodes(self.train_env, self._actor(lambda: module.epsilon),
+                                               self.env_info()["episode_limit"])
+            module.train(was_training)
         self.replay.extend(episodes.to("cpu"))  # replay lives on the host; one copy per sampled batch
         self.env_steps += int(stats["length"].sum())
         self.episodes += int(episodes.batch_size[0])
         self.rounds += 1
         self.last_stats = {k: float(v.mean()) for k, v in stats.items()}
         return self.last_stats
+
+    def stop_background_collection(self) -> None:
+        if self._producer is not None:
+            self._producer.stop()
+            self._producer = None
 
     def sample(self) -> TensorDict:
         """B episodes, trimmed to the longest one in the batch (+1 for the final observation)."""
@@ -207,6 +231,53 @@ class MARLDataModule(L.LightningDataModule):
         if rng is not None:
             _set_global_rng_states(rng)
             self._pending_rng = None
+
+
+class _BackgroundCollector:
+    """Plays collection rounds in a thread with its own copy of the agent and RNG; hands them over
+    through a queue of one round, so at most one finished round waits while the next is played."""
+
+    def __init__(self, dm: MARLDataModule, module):
+        self.module = module
+        self.agent = copy.deepcopy(module.agent).eval().requires_grad_(False)
+        self.generator = torch.Generator(device=module.device).manual_seed(dm.seed + 7_919 * (dm.rounds + 1))
+        self.rounds: "queue.Queue" = queue.Queue(maxsize=1)
+        self.weights: Optional[dict] = None
+        self.weights_lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.env, self.limit = dm.train_env, dm.env_info()["episode_limit"]
+        self.thread = threading.Thread(target=self._run, name="marl-collector", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        actor = EpisodeActor(self.agent, lambda: self.module.epsilon, self.module.device, generator=self.generator)
+        try:
+            while not self.stopping.is_set():
+                with self.weights_lock:
+                    weights, self.weights = self.weights, None
+                if weights is not None:
+                    self.agent.load_state_dict(weights)
+                item = collect_episodes(self.env, actor, self.limit)
+                while not self.stopping.is_set():
+                    try:
+                        self.rounds.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as err:  # surfaced in the training loop by next_round()
+            self.rounds.put(err)
+
+    def next_round(self):
+        item = self.rounds.get()
+        if isinstance(item, BaseException):
+            raise RuntimeError("background collection failed") from item
+        with self.weights_lock:  # the next round the thread starts uses the newest weights
+            self.weights = {k: v.detach().clone() for k, v in self.module.agent.state_dict().items()}
+        return item
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=60)
 
 
 def _has_method(env, name: str) -> bool:
