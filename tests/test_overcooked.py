@@ -202,9 +202,9 @@ def test_partial_steps_freeze_finished_games():
 
 @needs_overcooked
 def test_parallel_auto_steps_in_turn_on_few_cores(monkeypatch):
-    import lightning_marl.envs.overcooked as overcooked
+    import lightning_marl.envs.batching as batching
 
-    monkeypatch.setattr(overcooked, "_available_cpus", lambda: 2)
+    monkeypatch.setattr(batching, "available_cpus", lambda: 2)
     env = make_env(num_envs=2, horizon=5, parallel="auto")
     assert isinstance(env, SerialEnv)
     _close(env)

@@ -55,6 +55,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
 from torchrl.envs.utils import step_mdp
 
+from lightning_marl.envs.batching import GameBatch, batch_games
 from lightning_marl.envs.contract import ACTION, MASK, OBS, SHAPED_REWARD, STATE, make_specs
 from lightning_marl.registry import ConfigError, check
 
@@ -348,33 +349,11 @@ def _save_gif(env: OvercookedEnv, states: list, path: Path) -> Path:
 
 # ----------------------------------------------------------------------------- factory
 
-class _OvercookedBatch:
-    """What the batched envs answer in this process, without asking their workers.
-
-    ``close()`` of a batch that never started (or was closed already) is a no-op: the data module
-    may build a batch only to read its specs, which does not start TorchRL's workers.
-    ``rng_state()`` / ``set_rng_state()``: the games have no randomness (an empty tensor). They
-    are defined here because a ``ParallelEnv`` forwards unknown attributes to its workers:
-    ``hasattr(env, name)`` is always True there, and calling a name the games lack kills them.
-    """
-
-    def close(self, *, raise_if_closed: bool = False) -> None:
-        super().close(raise_if_closed=raise_if_closed)
-
-    def rng_state(self) -> torch.Tensor:
-        return torch.empty(0)
-
-    get_rng_state = rng_state
-
-    def set_rng_state(self, state) -> None:
-        return None
-
-
-class OvercookedParallelEnv(_OvercookedBatch, ParallelEnv):
+class OvercookedParallelEnv(GameBatch, ParallelEnv):
     """A ``ParallelEnv`` of Overcooked games (one worker process each)."""
 
 
-class OvercookedSerialEnv(_OvercookedBatch, SerialEnv):
+class OvercookedSerialEnv(GameBatch, SerialEnv):
     """A ``SerialEnv`` of Overcooked games (stepped in turn in this process)."""
 
 
@@ -403,22 +382,8 @@ def make_env(num_envs: int = 1, seed: int = 0, device: str = "cpu", layout: str 
     probe = OvercookedEnv(layout=layout, horizon=horizon, obs=obs, state=state, seed=seed, device=device)
     factories = [functools.partial(_make_game, layout, horizon, obs, state, seed + i, str(device))
                  for i in range(num_envs)]
-    check(parallel in (True, False, "auto"), "env.parallel", parallel, "true | false | auto")
-    if parallel == "auto":
-        parallel = _available_cpus() > num_envs
-    if parallel and num_envs > 1:
-        env = OvercookedParallelEnv(num_envs, factories, device=device, mp_start_method=start_method)
-    else:
-        env = OvercookedSerialEnv(num_envs, factories, device=device)
-    for name in ("n_agents", "n_actions", "episode_limit", "stat_keys", "obs_dim", "state_dim", "obs_grid_shape",
-                 "layout", "horizon"):
-        setattr(env, name, getattr(probe, name))
-    return env
-
-
-
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    # the games have no randomness: GameBatch's empty RNG state is all a checkpoint needs
+    return batch_games(factories, probe, ("n_agents", "n_actions", "episode_limit", "stat_keys", "obs_dim",
+                                          "state_dim", "obs_grid_shape", "layout", "horizon"),
+                       parallel=parallel, device=device, parallel_cls=OvercookedParallelEnv,
+                       serial_cls=OvercookedSerialEnv, start_method=start_method, spare_cores=1)

@@ -41,7 +41,6 @@ import contextlib
 import functools
 import importlib
 import io
-import os
 import pickle
 from typing import Optional, Union
 
@@ -50,6 +49,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
 
+from lightning_marl.envs.batching import GameBatch, batch_games
 from lightning_marl.envs.contract import ACTION, MASK, OBS, STATE, make_specs
 from lightning_marl.registry import ConfigError, check
 
@@ -245,23 +245,17 @@ class SMACliteEnv(EnvBase):
 
 # ----------------------------------------------------------------------------- factory
 
-class _SMACliteBatch:
+class _SMACliteBatch(GameBatch):
     """What the batched envs answer in this process.
 
     A ``ParallelEnv`` forwards unknown attributes to its workers (``hasattr(env, name)`` is always
     True there, and calling a name the games lack kills them), so the checkpoint hooks are defined
     here: ``rng_state()`` gathers the games' RNG states (a list, game ``i`` at index ``i``) and
-    ``set_rng_state(states)`` gives each game its own. ``close()`` of a batch that is closed
-    already is a no-op.
+    ``set_rng_state(states)`` gives each game its own.
     """
-
-    def close(self, *, raise_if_closed: bool = False) -> None:
-        super().close(raise_if_closed=raise_if_closed)
 
     def rng_state(self) -> list:
         return list(getattr(self, "game_rng_state")())
-
-    get_rng_state = rng_state
 
     def set_rng_state(self, states) -> None:
         getattr(self, "set_batch_rng_state")([torch.as_tensor(s) for s in states])
@@ -304,27 +298,14 @@ def make_env(num_envs: int = 1, seed: int = 0, device: str = "cpu", map: str = "
     """
     check(isinstance(num_envs, int) and num_envs >= 1, "data.num_envs", num_envs, "an integer >= 1")
     check(parallel in (True, False, "auto"), "env.parallel", parallel, "true | false | auto")
-    if parallel == "auto":
-        parallel = _available_cpus() >= num_envs
     # Validate (and read the sizes) in this process, so that a bad value raises here, not in a worker.
     probe = SMACliteEnv(map=map, seed=seed, device=device, use_cpp_rvo2=use_cpp_rvo2, episode_limit=episode_limit)
     probe.close()
     factories = [functools.partial(_make_game, map, seed + i, str(device), use_cpp_rvo2, episode_limit, i)
                  for i in range(num_envs)]
-    if parallel and num_envs > 1:
-        env = SMACliteParallelEnv(num_envs, factories, device=device, mp_start_method=start_method,
-                                  use_buffers=False)
-    else:
-        env = SMACliteSerialEnv(num_envs, factories, device=device)
+    env = batch_games(factories, probe, ("n_agents", "n_actions", "n_enemies", "episode_limit", "stat_keys",
+                                         "obs_dim", "state_dim", "map"),
+                      parallel=parallel, device=device, parallel_cls=SMACliteParallelEnv,
+                      serial_cls=SMACliteSerialEnv, start_method=start_method, use_buffers=False)
     env.start()  # build the games now: errors surface here, and rng_state() works before any rollout
-    for name in ("n_agents", "n_actions", "n_enemies", "episode_limit", "stat_keys", "obs_dim", "state_dim",
-                 "map"):
-        setattr(env, name, getattr(probe, name))
     return env
-
-
-def _available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1

@@ -49,6 +49,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import ParallelEnv, SerialEnv
 from torchrl.envs.libs.smacv2 import SMACv2Env
 
+from lightning_marl.envs.batching import GameBatch
 from lightning_marl.envs.contract import ACTION, MASK, OBS, STATE, make_specs
 from lightning_marl.registry import ConfigError, check
 
@@ -221,29 +222,13 @@ class SMACv2ContractEnv(SMACv2Env):
 
 # ----------------------------------------------------------------------------- factory
 
-class _SMACv2Batch:
-    """What the batched envs answer in this process (a ``ParallelEnv`` forwards unknown names to its
-    workers, and calling one the games lack kills them). ``rng_state()``: the game's randomness
-    lives in StarCraft II and cannot be saved, so a resumed run is not bit-exact (an empty
-    tensor). ``close()`` of a closed batch is a no-op."""
-
-    def close(self, *, raise_if_closed: bool = False) -> None:
-        super().close(raise_if_closed=raise_if_closed)
-
-    def rng_state(self) -> torch.Tensor:
-        return torch.empty(0)
-
-    get_rng_state = rng_state
-
-    def set_rng_state(self, state) -> None:
-        return None
-
-
-class SMACv2ParallelEnv(_SMACv2Batch, ParallelEnv):
+# The game's randomness lives in StarCraft II and cannot be saved: GameBatch's empty RNG state, so a
+# resumed SMACv2 run is not bit-exact.
+class SMACv2ParallelEnv(GameBatch, ParallelEnv):
     """A ``ParallelEnv`` of SMACv2 games (one worker process and one StarCraft II each)."""
 
 
-class SMACv2SerialEnv(_SMACv2Batch, SerialEnv):
+class SMACv2SerialEnv(GameBatch, SerialEnv):
     """A ``SerialEnv`` of SMACv2 games."""
 
 
