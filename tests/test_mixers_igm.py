@@ -284,6 +284,10 @@ def test_bad_qfix_config_is_refused():
         build_mixer("qplusfix_sum", n_agents=2, n_actions=3, central_dim=4, w_lower_bound=-2.0)
     with pytest.raises(ConfigError):
         build_mixer("qfix_sum", n_agents=2, n_actions=3, central_dim=4, fixee="mono")
+    with pytest.raises(ConfigError):
+        build_mixer("qfix_mono", n_agents=2, n_actions=3, central_dim=4, detach_advantage=True)
+    with pytest.raises(ConfigError):
+        build_mixer("qfix_lin", n_agents=2, n_actions=3, central_dim=4, fixee="mono")
 
 
 def test_intervention_annealing_callback():

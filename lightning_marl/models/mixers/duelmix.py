@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from lightning_marl.models.mixers.base import Mixer, chosen_q, max_q

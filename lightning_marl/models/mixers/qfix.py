@@ -30,7 +30,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from lightning_marl.models.mixers.base import Mixer, chosen_q, max_q
@@ -58,7 +57,8 @@ class QFIXMixer(Mixer):
 
     Config: ``fixee`` (``sum`` = VDN, ``mono`` = light QMIX with ``embed_dim``, ``hypernet_layers``,
     ``hypernet_embed``), ``w_lower_bound`` (t; default 0 for QFIX, -1 for Q+FIX), ``w_hidden`` and
-    ``w_layers`` (g), ``b_hidden`` (b), ``detach_advantage`` (the sg() of Q+FIX, on by default).
+    ``w_layers`` (g), ``b_hidden`` (b), ``detach_advantage`` (the sg() of Q+FIX, on by default; QFIX
+    never detaches), ``intervention`` (the initial lambda_D).
     """
 
     additive: bool = False
@@ -66,7 +66,7 @@ class QFIXMixer(Mixer):
 
     def __init__(self, n_agents: int, n_actions: int, central_dim: int, fixee: str = "sum",
                  w_lower_bound: Optional[float] = None, w_hidden: int = 64, w_layers: int = 2, b_hidden: int = 64,
-                 detach_advantage: bool = True, embed_dim: int = 32, hypernet_layers: int = 1,
+                 detach_advantage: Optional[bool] = None, embed_dim: int = 32, hypernet_layers: int = 1,
                  hypernet_embed: int = 64, intervention: float = 1.0):
         super().__init__(n_agents, n_actions, central_dim)
         check(fixee in FIXEES, "mixer.fixee", fixee, " or ".join(FIXEES))
@@ -77,6 +77,10 @@ class QFIXMixer(Mixer):
         lowest = -1.0 if self.additive else 0.0
         check(float(w_lower_bound) >= lowest, "mixer.w_lower_bound", w_lower_bound,
               f"a number >= {lowest:g} (IGM needs w > {lowest:g})")
+        if detach_advantage is None:
+            detach_advantage = self.additive
+        check(self.additive or not detach_advantage, "mixer.detach_advantage", detach_advantage,
+              "false for QFIX (only Q+FIX detaches its advantage; QFIX learns the utilities through it)")
         self.fixee, self.w_lower_bound, self.detach_advantage = fixee, float(w_lower_bound), bool(detach_advantage)
         self.mix = (MonotonicMix(n_agents, central_dim, embed_dim, hypernet_layers, hypernet_embed)
                     if fixee == "mono" else None)
