@@ -53,9 +53,10 @@ def timed_rounds(env, actor, limit: int, seconds: float) -> tuple[float, int]:
     return steps / (time.perf_counter() - start), steps
 
 
-def env_only(cfg, seconds: float) -> float:
+def env_only(cfg, seconds: float, num_envs: int | None = None) -> float:
     env_cfg = dict(cfg.env)
-    env = make_env(env_cfg.pop("name"), num_envs=cfg.data.num_envs, seed=cfg.seed, device=cfg.device, **env_cfg)
+    env = make_env(env_cfg.pop("name"), num_envs=num_envs or cfg.data.num_envs, seed=cfg.seed, device=cfg.device,
+                   **env_cfg)
     rate, _ = timed_rounds(env, RandomActor(), env.episode_limit, seconds)
     env.close()
     return rate
@@ -146,12 +147,24 @@ def main(argv=None) -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="time per measurement (a-c)")
     parser.add_argument("--budget", type=int, default=None, help="env steps of the end-to-end run (d)")
     parser.add_argument("--unroll", action="store_true", help="also compare the GRU unroll with a GRUCell loop")
+    parser.add_argument("--env-only", type=int, nargs="+", metavar="NUM_ENVS",
+                        help="only (a), for each of these batch sizes, with the ratio to the first")
     parser.add_argument("--unroll-shape", type=int, nargs=3, default=(32, 120, 5), metavar=("B", "T", "N"))
     args = parser.parse_args(argv)
     cfg = compose(args.overrides)
     torch.set_num_threads(int(cfg.threads or torch.get_num_threads()))
     print(f"config: env={cfg.env.name} mixer={cfg.mixer.name} num_envs={cfg.data.num_envs} "
           f"batch={cfg.data.batch_size} updates/round={cfg.data.updates_per_round} threads={torch.get_num_threads()}")
+    if args.env_only:
+        first = None
+        for n in args.env_only:
+            rate = env_only(cfg, args.seconds, n)
+            first = first or rate
+            env_cfg = dict(cfg.env)
+            agents = make_env(env_cfg.pop("name"), num_envs=1, **env_cfg).n_agents
+            print(f"(a) num_envs={n:<6} env steps/s {rate:12.1f}   agent-steps/s {rate * agents:12.1f}   "
+                  f"x{rate / first:.1f} of num_envs={args.env_only[0]}")
+        return
     a = env_only(cfg, args.seconds)
     b, c, shape = collection_and_updates(cfg, args.seconds)
     d = end_to_end(cfg, args.budget or max(2000, int(a * args.seconds * 2)))
