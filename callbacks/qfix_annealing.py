@@ -47,7 +47,7 @@ class InterventionAnnealing(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._update(trainer, pl_module):
-            pl_module.log("intervention", self.value, on_step=True, on_epoch=False)
+            pl_module.log("intervention", self.value, on_step=True, on_epoch=False, batch_size=1)
 
     def state_dict(self) -> dict[str, Any]:
         return {"anneal_steps": self.anneal_steps, "value": self.value}

@@ -47,3 +47,11 @@ def test_background_collection_learns_and_stops_its_thread(make_config, tmp_path
     assert result["final"]["test/return_mean"] == pytest.approx(5.0)
     assert result["env_steps"] >= 3000
     assert not any(t.name == "marl-collector" and t.is_alive() for t in threading.enumerate())
+
+
+def test_qfix_intervention_annealing_runs_in_training_and_reaches_one(make_config, tmp_path):
+    cfg = make_config(["env=matrix", "mixer=qfix_sum", "total_env_steps=600", "learner.intervention_anneal_steps=400",
+                       "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false"])
+    run(cfg, tmp_path)
+    lam = pd.read_csv(tmp_path / "metrics.csv")["intervention"].dropna()
+    assert lam.iloc[0] < 0.5 and lam.iloc[-1] == pytest.approx(1.0) and lam.is_monotonic_increasing

@@ -267,3 +267,18 @@ def test_shaping_factor_anneals_linearly_to_zero():
     assert shaping_factor(10, 0) == 0.0  # 0 steps = no shaping at all
     with pytest.raises(ConfigError, match="shaping_anneal_steps"):
         RewardShapingAnnealing(anneal_steps=-1)
+
+
+@needs_overcooked
+def test_training_on_overcooked_anneals_the_shaping_factor(tmp_path):
+    import pandas as pd
+
+    from lightning_marl.config import compose
+    from lightning_marl.experiment import run
+
+    cfg = compose(["env=overcooked", "env.horizon=10", "env.parallel=false", "env.shaping_anneal_steps=100",
+                   "mixer=qmix", "total_env_steps=160", "data.warmup_episodes=2", "data.batch_size=2",
+                   "eval.episodes=2", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false"])
+    run(cfg, tmp_path)
+    factor = pd.read_csv(tmp_path / "metrics.csv")["shaping_factor"].dropna()
+    assert factor.iloc[0] > 0.5 and factor.iloc[-1] == 0.0
