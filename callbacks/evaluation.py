@@ -30,8 +30,9 @@ class GreedyEvaluation(Callback):
         self.last_eval_step = dm.env_steps
         self.history.append(metrics)
         if trainer.is_global_zero:
+            step = max(trainer.global_step - 1, 0)  # the index of the update just done, as training rows use
             for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=trainer.global_step)
+                logger.log_metrics(metrics, step=step)
         return metrics
 
     def on_train_start(self, trainer, pl_module) -> None:

@@ -36,8 +36,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class _ContinuingWriter(ExperimentWriter):
-    """Lightning's CSV writer deletes an existing metrics file; this one keeps its rows (those up to
-    ``keep_until_step``; later rows belong to training that the resumed run replays) and header."""
+    """Lightning's CSV writer deletes an existing metrics file; this one keeps its rows and header.
+    With ``keep_until_step`` (the checkpoint's global step S) it keeps only the rows logged by the
+    S updates before the checkpoint (``step < S``: a row's step is the index of the update that
+    logged it); later rows belong to updates the resumed run replays and logs again."""
 
     def __init__(self, log_dir: str, keep_until_step: Optional[int] = None):
         self.keep_until_step = keep_until_step
@@ -50,7 +52,7 @@ class _ContinuingWriter(ExperimentWriter):
             reader = csv.DictReader(f)
             keys = list(reader.fieldnames or [])
             rows = [r for r in reader
-                    if self.keep_until_step is None or r.get("step") in (None, "") or int(r["step"]) <= self.keep_until_step]
+                    if self.keep_until_step is None or r.get("step") in (None, "") or int(r["step"]) < self.keep_until_step]
         with open(self.metrics_file_path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=keys)
             writer.writeheader()

@@ -88,12 +88,13 @@ def test_sigkill_during_training_then_resume(tmp_path):
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)  # not corrupt
     killed_at = last["global_step"]
     before = pd.read_csv(run_dir / "metrics.csv")
-    assert before["step"].max() >= killed_at  # metrics up to the checkpoint were on disk
+    # a row's step is the index of the update that logged it: updates 0..killed_at-1 made the checkpoint
+    assert before["step"].max() >= killed_at - 1  # metrics up to the checkpoint were on disk
     resumed = subprocess.run([sys.executable, "train.py", f"resume={run_dir}", "trainer.enable_progress_bar=false"],
                              cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     after = pd.read_csv(run_dir / "metrics.csv")
-    kept = before[before["step"] <= killed_at]
+    kept = before[before["step"] < killed_at]
     assert_one_metric_stream(after)
     assert set(kept["step"]) <= set(after["step"])  # earlier metrics survive
     assert after["env_steps"].max() >= 4000 and after["step"].max() > killed_at
