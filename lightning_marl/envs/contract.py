@@ -86,3 +86,9 @@ def make_specs(
         shape=batch,
         device=dev,
     )
+
+
+def reset_flags(shape=(1,), device=None) -> dict:
+    """``done``/``terminated``/``truncated`` all False, as every reset returns them."""
+    false = torch.zeros(*shape, dtype=torch.bool, device=device)
+    return {"done": false, "terminated": false.clone(), "truncated": false.clone()}

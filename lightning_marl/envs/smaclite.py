@@ -50,7 +50,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
 
 from lightning_marl.envs.batching import GameBatch, batch_games
-from lightning_marl.envs.contract import ACTION, MASK, OBS, STATE, make_specs
+from lightning_marl.envs.contract import ACTION, MASK, OBS, STATE, make_specs, reset_flags
 from lightning_marl.registry import ConfigError, check
 
 # SMAC's episode limits (oxwhirl/smac, smac/env/starcraft2/maps/smac_maps.py, "limit") for the 12
@@ -193,9 +193,7 @@ class SMACliteEnv(EnvBase):
         self._t = 0
         self._finished = False
         out = self._observe(obs)
-        false = torch.zeros(1, dtype=torch.bool, device=self.device)
-        out.update({"battle_won": torch.zeros(1, device=self.device), "done": false,
-                    "terminated": false.clone(), "truncated": false.clone()})
+        out.update({"battle_won": torch.zeros(1, device=self.device), **reset_flags((1,), self.device)})
         return TensorDict(out, batch_size=self.batch_size, device=self.device)
 
     def _step(self, tensordict: TensorDictBase) -> TensorDict:

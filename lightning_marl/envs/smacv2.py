@@ -50,7 +50,7 @@ from torchrl.envs import ParallelEnv, SerialEnv
 from torchrl.envs.libs.smacv2 import SMACv2Env
 
 from lightning_marl.envs.batching import GameBatch
-from lightning_marl.envs.contract import ACTION, MASK, OBS, STATE, make_specs
+from lightning_marl.envs.contract import ACTION, MASK, OBS, STATE, make_specs, reset_flags
 from lightning_marl.registry import ConfigError, check
 
 STAT_KEYS = ("battle_won",)
@@ -196,9 +196,7 @@ class SMACv2ContractEnv(SMACv2Env):
         self._env.reset()  # the capability wrapper may return None (it retries internally): read back
         self._finished = False
         out = self._observe()
-        false = torch.zeros(1, dtype=torch.bool, device=self.device)
-        out.update({"battle_won": torch.zeros(1, device=self.device), "done": false,
-                    "terminated": false.clone(), "truncated": false.clone()})
+        out.update({"battle_won": torch.zeros(1, device=self.device), **reset_flags((1,), self.device)})
         return TensorDict(out, batch_size=self.batch_size, device=self.device)
 
     def _step(self, tensordict: TensorDictBase) -> TensorDict:
