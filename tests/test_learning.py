@@ -55,3 +55,14 @@ def test_qfix_intervention_annealing_runs_in_training_and_reaches_one(make_confi
     run(cfg, tmp_path)
     lam = pd.read_csv(tmp_path / "metrics.csv")["intervention"].dropna()
     assert lam.iloc[0] < 0.5 and lam.iloc[-1] == pytest.approx(1.0) and lam.is_monotonic_increasing
+
+
+@pytest.mark.slow
+def test_default_box_pushing_job_learns_to_deliver_boxes(make_config, tmp_path):
+    """The default job (Box Pushing 4x4, QFIX-sum, 100k env steps, seed 0): greedy return starts at
+    -10 (no box) and must end above 9 (at least one box home). ~2.5 min on 2 cores."""
+    cfg = make_config(["trainer.enable_progress_bar=false"])
+    result = run(cfg, tmp_path)
+    tests = pd.read_csv(result["metrics_csv"]).dropna(subset=["test/return_mean"])
+    assert tests["test/return_mean"].iloc[0] < 0
+    assert result["final"]["test/return_mean"] > 9.0
