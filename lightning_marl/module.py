@@ -3,7 +3,7 @@ double-Q TD(lambda) loss."""
 from __future__ import annotations
 
 import copy
-from typing import Any, Optional
+from typing import Any
 
 import lightning as L
 import torch

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torchrl.envs.utils import step_mdp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_marl.data.collector import EpisodeActor, collect_episodes  # noqa: E402
@@ -66,7 +67,7 @@ def render_episode(ckpt: str | Path, seed: int = 0) -> list[str]:
                       + env.render(0))
         if bool(td["next", "done"][0]):
             break
-        td = env.step_mdp(td) if hasattr(env, "step_mdp") else td["next"]
+        td = step_mdp(td)
     env.close()
     return frames
 

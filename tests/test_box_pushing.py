@@ -10,7 +10,7 @@ from tensordict import TensorDict
 from torchrl.envs.utils import check_env_specs
 
 from lightning_marl.envs import make_env as make_any_env
-from lightning_marl.envs.box_pushing import ALLOWED_GRIDS, BoxPushingEnv, make_env
+from lightning_marl.envs.box_pushing import ALLOWED_GRIDS, make_env
 from lightning_marl.envs.contract import ACTION, MASK, OBS
 from lightning_marl.registry import ConfigError
 

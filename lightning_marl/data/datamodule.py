@@ -17,7 +17,7 @@ from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 
 from lightning_marl.data.collector import EpisodeActor, collect_episodes
 from lightning_marl.envs import make_env
-from lightning_marl.envs.contract import MASK, OBS
+from lightning_marl.envs.contract import OBS
 
 RANK_SEED_OFFSET = 100_003
 

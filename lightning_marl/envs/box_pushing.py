@@ -68,7 +68,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
-from lightning_marl.envs.contract import ACTION, MASK, OBS, make_specs
+from lightning_marl.envs.contract import ACTION, make_specs
 from lightning_marl.registry import ConfigError
 
 ALLOWED_GRIDS = tuple(range(4, 31, 2))  # 4, 6, 8, ..., 30 (the big box needs an even width)
