@@ -19,6 +19,8 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.buffer_size", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1 (episodes)"),
     ("data.batch_size", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1 (episodes)"),
     ("data.updates_per_round", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    ("data.collector_processes", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = collect in-process)"),
+    ("data.worker_start_method", lambda v: v in (None, "spawn", "fork", "forkserver"), "null, spawn, fork or forkserver"),
     ("data.warmup_episodes", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
     ("eval.interval_env_steps", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
     ("eval.episodes", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
@@ -54,6 +56,14 @@ def validate(cfg: DictConfig) -> None:
     if cfg.data.batch_size > cfg.data.buffer_size:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} exceeds data.buffer_size={cfg.data.buffer_size}; "
                           "allowed: batch_size <= buffer_size")
+    processes = cfg.data.get("collector_processes", 0)
+    if isinstance(processes, int) and processes > 0:
+        if cfg.data.num_envs % processes:
+            raise ConfigError(f"data.num_envs={cfg.data.num_envs} is not a multiple of data.collector_processes="
+                              f"{processes}; allowed: num_envs = games per worker x collector_processes")
+        if cfg.data.get("async_collection", False):
+            raise ConfigError("data.async_collection=true with data.collector_processes="
+                              f"{processes}; allowed: one of the two (worker processes already collect asynchronously)")
     for key, predicate, allowed in RULES:
         value = _get(cfg, key)
         try:

@@ -29,7 +29,9 @@ def build_datamodule(cfg: DictConfig) -> MARLDataModule:
         batch_size=cfg.data.batch_size, updates_per_round=cfg.data.updates_per_round,
         warmup_episodes=cfg.data.warmup_episodes, total_env_steps=cfg.total_env_steps,
         eval_num_envs=cfg.eval.num_envs, seed=cfg.seed, device=cfg.device,
-        keep_replay_in_checkpoint=cfg.checkpoint.replay, async_collection=cfg.data.get("async_collection", False))
+        keep_replay_in_checkpoint=cfg.checkpoint.replay, async_collection=cfg.data.get("async_collection", False),
+        collector_processes=cfg.data.get("collector_processes", 0),
+        worker_start_method=cfg.data.get("worker_start_method", None))
 
 
 def build_module(cfg: DictConfig, env_info: dict) -> MARLModule:

@@ -3,17 +3,19 @@
   (a) env-only steps/s with a uniformly random policy over available actions
   (b) collection steps/s with the agent's epsilon-greedy policy
   (c) training updates/s at the configured batch (episodes x their length)
-  (d) end-to-end env steps/s of a real training run (collection + updates at the configured ratio)
+  (d) end-to-end env steps/s of a real training run (collection + updates at the configured ratio,
+      timed from the first update, i.e. after the replay warm-up)
   and the ratios (d)/(a), (b)/(a).
 
     python scripts/benchmark.py env=box_pushing mixer=qfix_sum data.num_envs=64 --seconds 10
-    python scripts/benchmark.py env=matrix --unroll        # + nn.GRU unroll vs a GRUCell loop
+    python scripts/benchmark.py mixer=qmix --unroll         # training update: nn.GRU unroll vs a GRUCell loop
 
 Arguments other than the --options are Hydra overrides, as for train.py.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 import time
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import Callback
+from tensordict import TensorDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_marl.config import compose  # noqa: E402
@@ -28,7 +31,7 @@ from lightning_marl.data.collector import EpisodeActor, collect_episodes  # noqa
 from lightning_marl.envs import make_env  # noqa: E402
 from lightning_marl.envs.contract import ACTION, MASK  # noqa: E402
 from lightning_marl.experiment import build_module, run  # noqa: E402
-from lightning_marl.models.agent import RNNAgent, stepwise_unroll  # noqa: E402
+from lightning_marl.models.agent import stepwise_unroll  # noqa: E402
 
 
 class RandomActor:
@@ -53,8 +56,10 @@ def timed_rounds(env, actor, limit: int, seconds: float) -> tuple[float, int]:
     return steps / (time.perf_counter() - start), steps
 
 
-def env_only(cfg, seconds: float, num_envs: int | None = None) -> float:
+def env_only(cfg, seconds: float, num_envs: int | None = None, in_process: bool = False) -> float:
     env_cfg = dict(cfg.env)
+    if in_process and "parallel" in env_cfg:
+        env_cfg["parallel"] = False
     env = make_env(env_cfg.pop("name"), num_envs=num_envs or cfg.data.num_envs, seed=cfg.seed, device=cfg.device,
                    **env_cfg)
     rate, _ = timed_rounds(env, RandomActor(), env.episode_limit, seconds)
@@ -98,16 +103,27 @@ def collection_and_updates(cfg, seconds: float) -> tuple[float, float, str]:
 
 
 class _Clock(Callback):
-    def on_train_start(self, trainer, pl_module):
-        self.start, self.steps0 = time.perf_counter(), trainer.datamodule.env_steps
+    """Env steps per second from the first update (after the replay warm-up) to the last one (the
+    final evaluation that follows it is not timed)."""
 
-    def on_train_end(self, trainer, pl_module):
-        self.rate = (trainer.datamodule.env_steps - self.steps0) / (time.perf_counter() - self.start)
+    start = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.start is None:
+            self.start, self.steps0 = time.perf_counter(), trainer.datamodule.env_steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.end, self.steps1 = time.perf_counter(), trainer.datamodule.env_steps
+
+    @property
+    def rate(self) -> float:
+        return (self.steps1 - self.steps0) / (self.end - self.start)
 
 
 def end_to_end(cfg, budget: int) -> float:
     cfg.total_env_steps = budget
     cfg.eval.interval_env_steps = budget * 10  # evaluation outside the timed window only
+    cfg.eval.episodes = cfg.eval.num_envs
     cfg.checkpoint.every_n_updates = 0
     cfg.trainer.enable_progress_bar = False
     clock = _Clock()
@@ -116,29 +132,62 @@ def end_to_end(cfg, budget: int) -> float:
     return clock.rate
 
 
-def unroll_comparison(batch: int, steps: int, agents: int, repeats: int) -> None:
-    """nn.GRU over the whole sequence vs a per-time-step GRUCell loop, same weights, forward+backward."""
-    torch.manual_seed(0)
-    agent = RNNAgent(obs_dim=80, n_agents=agents, n_actions=11)
-    obs = torch.randn(batch, steps, agents, 80)
-    actions = torch.randint(0, 11, (batch, steps, agents))
-    fast, _ = agent(obs, actions)
-    slow, _ = stepwise_unroll(agent, obs, actions)
-    diff = (fast - slow).abs().max().item()
+def synthetic_batch(batch: int, steps: int, agents: int, obs_dim: int = 80, n_actions: int = 11,
+                    state_dim: int = 120) -> TensorDict:
+    """A replay batch of full-length episodes with SMACLite 2s3z-like sizes (random contents)."""
+    g = torch.Generator().manual_seed(0)
+    filled = torch.ones(batch, steps + 1, dtype=torch.bool)
+    filled[:, -1] = False
+    terminated = torch.zeros(batch, steps + 1, dtype=torch.bool)
+    terminated[:, steps - 1] = True
+    return TensorDict({
+        "obs": torch.randn(batch, steps + 1, agents, obs_dim, generator=g),
+        "avail": (torch.rand(batch, steps + 1, agents, n_actions, generator=g) < 0.8) | (torch.arange(n_actions) == 0),
+        "state": torch.randn(batch, steps + 1, state_dim, generator=g),
+        "action": torch.randint(0, n_actions, (batch, steps + 1, agents), generator=g),
+        "reward": torch.rand(batch, steps + 1, generator=g),
+        "terminated": terminated, "filled": filled,
+    }, batch_size=[batch, steps + 1])
 
-    def timeit(fn) -> float:
-        fn(agent, obs, actions)[0].sum().backward()
+
+def unroll_comparison(batch: int, steps: int, agents: int, repeats: int, mixer: str = "qmix") -> None:
+    """One training update (TD loss of online and target agents + mixer, backward, clipping, Adam) with
+    the agents unrolled by one nn.GRU call vs by a per-time-step GRUCell loop (PyMARL's way), same
+    weights and batch; prints both speeds and the largest difference of loss and gradients."""
+    cfg = compose([f"mixer={mixer}"])
+    info = {"n_agents": agents, "n_actions": 11, "obs_dim": 80, "state_dim": 120, "episode_limit": steps,
+            "shaped_reward": False}
+    data = synthetic_batch(batch, steps, agents)
+    results = {}
+    for name in ("nn.GRU unroll", "GRUCell step loop"):
+        torch.manual_seed(0)
+        module = build_module(cfg, info).train()
+        if name == "GRUCell step loop":
+            for agent in (module.agent, module.target_agent):
+                agent.forward = functools.partial(stepwise_unroll, agent)
+        optimizer = module.configure_optimizers()
+
+        def update() -> torch.Tensor:
+            loss, _ = module.td_loss(data)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.learner.grad_clip)
+            return loss
+
+        loss = update()  # the first update is compared (same weights, same batch)
+        grads = torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None])
         start = time.perf_counter()
         for _ in range(repeats):
-            fn(agent, obs, actions)[0].sum().backward()
-        return (time.perf_counter() - start) / repeats
-
-    t_fast = timeit(lambda a, o, u: a(o, u))
-    t_slow = timeit(stepwise_unroll)
-    print(f"agent unroll, batch {batch} episodes x {steps} steps x {agents} agents (forward + backward):")
-    print(f"  nn.GRU unroll      {1 / t_fast:8.2f} it/s")
-    print(f"  GRUCell step loop  {1 / t_slow:8.2f} it/s")
-    print(f"  speed-up           {t_slow / t_fast:8.2f}x   (max |Q difference| {diff:.2e})")
+            update()
+            optimizer.step()
+        results[name] = (repeats / (time.perf_counter() - start), loss.detach(), grads)
+    (fast, loss_f, grad_f), (slow, loss_s, grad_s) = results.values()
+    print(f"training update, {mixer}, batch {batch} episodes x {steps} steps x {agents} agents "
+          "(online + target unroll, mixer, TD(lambda), backward, Adam):")
+    for name, (rate, _, _) in results.items():
+        print(f"  {name:<18} {rate:8.2f} updates/s")
+    print(f"  speed-up           {fast / slow:8.2f}x   (|loss difference| {(loss_f - loss_s).abs().item():.2e}, "
+          f"max |gradient difference| {(grad_f - grad_s).abs().max().item():.2e})")
 
 
 def main(argv=None) -> None:
@@ -146,15 +195,20 @@ def main(argv=None) -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. env=box_pushing mixer=qmix")
     parser.add_argument("--seconds", type=float, default=5.0, help="time per measurement (a-c)")
     parser.add_argument("--budget", type=int, default=None, help="env steps of the end-to-end run (d)")
-    parser.add_argument("--unroll", action="store_true", help="also compare the GRU unroll with a GRUCell loop")
+    parser.add_argument("--unroll", action="store_true",
+                        help="only compare training updates with the nn.GRU unroll and with a GRUCell loop")
     parser.add_argument("--env-only", type=int, nargs="+", metavar="NUM_ENVS",
                         help="only (a), for each of these batch sizes, with the ratio to the first")
     parser.add_argument("--unroll-shape", type=int, nargs=3, default=(32, 120, 5), metavar=("B", "T", "N"))
+    parser.add_argument("--repeats", type=int, default=10, help="updates timed per variant (--unroll)")
     args = parser.parse_args(argv)
     cfg = compose(args.overrides)
     torch.set_num_threads(int(cfg.threads or torch.get_num_threads()))
     print(f"config: env={cfg.env.name} mixer={cfg.mixer.name} num_envs={cfg.data.num_envs} "
           f"batch={cfg.data.batch_size} updates/round={cfg.data.updates_per_round} threads={torch.get_num_threads()}")
+    if args.unroll:
+        unroll_comparison(*args.unroll_shape, repeats=args.repeats, mixer=cfg.mixer.name)
+        return
     if args.env_only:
         first = None
         for n in args.env_only:
@@ -165,16 +219,21 @@ def main(argv=None) -> None:
             print(f"(a) num_envs={n:<6} env steps/s {rate:12.1f}   agent-steps/s {rate * agents:12.1f}   "
                   f"x{rate / first:.1f} of num_envs={args.env_only[0]}")
         return
-    a = env_only(cfg, args.seconds)
+    processes = cfg.data.get("collector_processes", 0)
+    if processes:  # the reference is what one worker process steps on its own
+        games = cfg.data.num_envs // processes
+        a = env_only(cfg, args.seconds, games, in_process=True)
+        a_label = f"(a) env-only steps/s, one worker ({games} game{'s' if games > 1 else ''} in-process)"
+    else:
+        a = env_only(cfg, args.seconds)
+        a_label = "(a) env-only steps/s (random policy)"
     b, c, shape = collection_and_updates(cfg, args.seconds)
     d = end_to_end(cfg, args.budget or max(2000, int(a * args.seconds * 2)))
-    print(f"(a) env-only steps/s (random policy) {a:12.1f}")
+    print(f"{a_label:<37}{a:12.1f}")
     print(f"(b) collection steps/s (policy)      {b:12.1f}")
     print(f"(c) training updates/s ({shape}) {c:8.2f}")
     print(f"(d) end-to-end env steps/s           {d:12.1f}")
     print(f"(d)/(a) = {d / a:.3f}    (b)/(a) = {b / a:.3f}")
-    if args.unroll:
-        unroll_comparison(*args.unroll_shape, repeats=5)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from lightning_marl.registry import ConfigError
     ("data.batch_size=0", "data.batch_size=0 is out of range; allowed: an integer >= 1"),
     ("learner.lr=0", "learner.lr=0 is out of range; allowed: a number > 0"),
     ("data.buffer_size=8", "data.batch_size=32 exceeds data.buffer_size=8"),
+    ("data.collector_processes=3", "data.num_envs=8 is not a multiple of data.collector_processes=3"),
+    ("data.worker_start_method=threads", "data.worker_start_method='threads' is out of range; allowed: null, spawn"),
 ])
 def test_bad_values_are_named_with_what_is_allowed(make_config, override, message):
     with pytest.raises(ConfigError) as err:
@@ -22,3 +24,8 @@ def test_bad_values_are_named_with_what_is_allowed(make_config, override, messag
 
 def test_the_default_config_is_valid(make_config):
     validate(make_config([]))
+
+
+def test_worker_processes_and_the_background_thread_are_alternatives(make_config):
+    with pytest.raises(ConfigError, match="data.async_collection=true with data.collector_processes=2"):
+        validate(make_config(["data.collector_processes=2", "data.async_collection=true"]))

@@ -49,6 +49,23 @@ def test_background_collection_learns_and_stops_its_thread(make_config, tmp_path
     assert not any(t.name == "marl-collector" and t.is_alive() for t in threading.enumerate())
 
 
+def test_collector_processes_learn_and_stop_their_workers(make_config, tmp_path):
+    import multiprocessing
+
+    cfg = make_config(["env=matrix", "env.game=additive", "mixer=vdn", "seed=2", "total_env_steps=3000",
+                       "learner.epsilon_anneal_steps=1000", "eval.interval_env_steps=1000",
+                       "data.collector_processes=2", "data.num_envs=8", "data.worker_start_method=fork",
+                       "trainer.enable_progress_bar=false"])
+    result = run(cfg, tmp_path)
+    assert result["final"]["test/return_mean"] == pytest.approx(5.0)
+    assert result["env_steps"] >= 3000
+    metrics = pd.read_csv(result["metrics_csv"])
+    # the workers act with the published weights and epsilon: late training episodes are near-optimal
+    # (a uniformly random joint action returns 7/3 on average)
+    assert metrics["train/return"].dropna().iloc[-5:].mean() > 4.0
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("marl-collector")]
+
+
 def test_qfix_intervention_annealing_runs_in_training_and_reaches_one(make_config, tmp_path):
     cfg = make_config(["env=matrix", "mixer=qfix_sum", "total_env_steps=600", "learner.intervention_anneal_steps=400",
                        "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false"])

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 
 from lightning_marl.data.collector import EpisodeActor, collect_episodes
+from lightning_marl.data.workers import CollectorProcesses
 from lightning_marl.envs import make_env
 from lightning_marl.envs.contract import OBS
 
@@ -63,12 +64,18 @@ class MARLDataModule(L.LightningDataModule):
     (refreshed after every round the learner takes in) while the learner trains: environments in
     worker processes (``ParallelEnv``) then step while the learner computes. Acting lags the
     learner by up to two rounds, and runs are no longer bitwise reproducible.
+
+    With ``collector_processes = P > 0`` the training games live in P worker processes
+    (:class:`~lightning_marl.data.workers.CollectorProcesses`), ``num_envs / P`` games each, and a
+    round is whatever one worker finished: environments step on every core while the learner
+    trains (not bitwise reproducible either).
     """
 
     def __init__(self, env: dict, *, num_envs: int = 8, buffer_size: int = 5000, batch_size: int = 32,
                  updates_per_round: int = 1, warmup_episodes: int = 32, total_env_steps: int = 10_000,
                  eval_num_envs: int = 8, seed: int = 0, device: str = "cpu", keep_replay_in_checkpoint: bool = True,
-                 async_collection: bool = False):
+                 async_collection: bool = False, collector_processes: int = 0,
+                 worker_start_method: Optional[str] = None):
         super().__init__()
         self.env_cfg = dict(env)
         self.env_name = self.env_cfg.pop("name")
@@ -78,7 +85,10 @@ class MARLDataModule(L.LightningDataModule):
         self.seed, self.env_device = seed, device
         self.keep_replay_in_checkpoint = keep_replay_in_checkpoint
         self.async_collection = async_collection
+        self.collector_processes, self.worker_start_method = int(collector_processes), worker_start_method
         self._producer: Optional[_BackgroundCollector] = None
+        self._workers: Optional[CollectorProcesses] = None
+        self._base_seed = seed
         self.env_steps = 0
         self.episodes = 0
         self.rounds = 0
@@ -119,7 +129,9 @@ class MARLDataModule(L.LightningDataModule):
         rank = self.trainer.global_rank if self.trainer is not None else 0
         base = self.seed + RANK_SEED_OFFSET * rank
         L.seed_everything(base, verbose=False)  # exploration and replay sampling differ across ranks
-        self.train_env = self._make(self.num_envs, base)
+        self._base_seed = base
+        if not self.collector_processes:  # otherwise the worker processes own the training games
+            self.train_env = self._make(self.num_envs, base)
         self.eval_env = self._make(self.eval_num_envs, base + 50_000)
         self.replay = TensorDictReplayBuffer(storage=LazyTensorStorage(self.buffer_size), batch_size=self.batch_size)
 
@@ -147,7 +159,15 @@ class MARLDataModule(L.LightningDataModule):
     def collect_round(self) -> dict[str, float]:
         """Play one round (or take the background collector's next one) and store it in replay."""
         module = self.trainer.lightning_module
-        if self.async_collection:
+        if self.collector_processes:
+            if self._workers is None:
+                self._workers = CollectorProcesses(
+                    self.env_name, self.env_cfg, module.agent, module.epsilon, processes=self.collector_processes,
+                    games=self.num_envs // self.collector_processes, seed=self._base_seed + 104_729 * self.rounds,
+                    start_method=self.worker_start_method)
+            self._workers.publish(module.agent, module.epsilon)
+            episodes, stats = self._workers.next_round()
+        elif self.async_collection:
             if self._producer is None:
                 self._producer = _BackgroundCollector(self, module)
             episodes, stats = self._producer.next_round()
@@ -165,6 +185,9 @@ class MARLDataModule(L.LightningDataModule):
         return self.last_stats
 
     def stop_background_collection(self) -> None:
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
         if self._producer is not None:
             self._producer.stop()
             self._producer = None

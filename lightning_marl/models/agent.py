@@ -47,8 +47,10 @@ class RNNAgent(nn.Module):
                 parts.append(onehot * (last_action >= 0).unsqueeze(-1).to(obs.dtype))
         return torch.cat(parts, dim=-1)
 
-    def _head(self, h: torch.Tensor, action_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        out = self.fc_out(h)
+    def _head(self, h: torch.Tensor, action_mask: Optional[torch.Tensor], out: Optional[torch.Tensor] = None,
+              ) -> torch.Tensor:
+        """Q-values from hidden states ``h`` (or from the output layer's result ``out``, if given)."""
+        out = self.fc_out(h) if out is None else out
         if not self.dueling:
             return out
         value, logits = out[..., :1], out[..., 1:]
@@ -70,8 +72,10 @@ class RNNAgent(nn.Module):
         x = F.relu(self.fc_in(self.inputs(obs, last)))
         x = x.permute(0, 2, 1, 3).reshape(b * n, t, self.hidden_dim)
         h, _ = self.rnn(x)
+        # the output layer runs on the contiguous [B*N, T, H] states (on a permuted view it is a slow bmm)
+        out = self.fc_out(h).reshape(b, n, t, -1).permute(0, 2, 1, 3)
         h = h.reshape(b, n, t, self.hidden_dim).permute(0, 2, 1, 3)
-        return self._head(h, action_mask), h
+        return self._head(h, action_mask, out), h
 
     def step(self, obs: torch.Tensor, last_action: Optional[torch.Tensor], hidden: torch.Tensor,
              action_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:

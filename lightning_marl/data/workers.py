@@ -1,0 +1,110 @@
+"""Collection in worker processes: each worker owns its games and a copy of the agent and plays
+whole episodes on its own, so the environments step on every core while the learner trains.
+
+The learner publishes its agent weights and epsilon into shared memory after each round it takes
+in; a worker picks them up before its next round. Rounds arrive in whatever order the workers
+finish them, so such runs are not bitwise reproducible (the in-process collector is).
+"""
+from __future__ import annotations
+
+import copy
+import queue
+from typing import Any, Optional
+
+import torch
+import torch.multiprocessing as mp
+
+from lightning_marl.data.collector import EpisodeActor, collect_episodes
+
+WORKER_SEED_OFFSET = 7_919
+
+
+def _worker(index: int, env_name: str, env_cfg: dict, games: int, seed: int, shared_agent, lock, epsilon,
+            version, rounds: "mp.Queue", stopping) -> None:
+    torch.set_num_threads(1)
+    from lightning_marl.envs import make_env  # imported in the worker (spawn start method)
+
+    try:
+        env = make_env(env_name, num_envs=games, seed=seed, **env_cfg)
+        agent = copy.deepcopy(shared_agent)
+        generator = torch.Generator().manual_seed(seed)
+        actor = EpisodeActor(agent, lambda: epsilon.value, torch.device("cpu"), generator=generator)
+        seen = -1
+        while not stopping.is_set():
+            if version.value != seen:
+                with lock:
+                    seen = version.value
+                    agent.load_state_dict(shared_agent.state_dict())
+            item = collect_episodes(env, actor, env.episode_limit)
+            while not stopping.is_set():
+                try:
+                    rounds.put((index, item), timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+        env.close()
+    except BaseException as err:  # reported by next_round() in the training process
+        rounds.put((index, RuntimeError(f"collector worker {index} failed: {err!r}")))
+
+
+class CollectorProcesses:
+    """``processes`` workers, each playing one episode in each of its ``games`` per round.
+
+    ``next_round()`` returns the next finished round (padded episodes and their stats, as
+    :func:`~lightning_marl.data.collector.collect_episodes`); ``publish(agent, epsilon)`` hands the
+    newest weights to the workers; ``close()`` stops them.
+    """
+
+    def __init__(self, env_name: str, env_cfg: dict, agent: torch.nn.Module, epsilon: float, *,
+                 processes: int, games: int, seed: int, start_method: Optional[str] = None):
+        ctx = mp.get_context(start_method or "spawn")
+        env_cfg = dict(env_cfg, device="cpu")
+        if "parallel" in env_cfg:  # a worker steps its own games in turn
+            env_cfg["parallel"] = False
+        self.agent = copy.deepcopy(agent).cpu().eval().requires_grad_(False)
+        self.agent.share_memory()
+        self.lock, self.epsilon, self.version = ctx.Lock(), ctx.Value("d", float(epsilon)), ctx.Value("l", 0)
+        self.rounds, self.stopping = ctx.Queue(maxsize=processes), ctx.Event()
+        self.workers = [
+            ctx.Process(target=_worker, name=f"marl-collector-{i}", daemon=True,
+                        args=(i, env_name, env_cfg, games, seed + WORKER_SEED_OFFSET * (i + 1), self.agent, self.lock,
+                              self.epsilon, self.version, self.rounds, self.stopping))
+            for i in range(processes)
+        ]
+        for worker in self.workers:
+            worker.start()
+
+    @torch.no_grad()
+    def publish(self, agent: torch.nn.Module, epsilon: float) -> None:
+        with self.lock:
+            for mine, theirs in zip(self.agent.state_dict().values(), agent.state_dict().values()):
+                mine.copy_(theirs)
+            self.version.value += 1
+        self.epsilon.value = float(epsilon)
+
+    def next_round(self) -> tuple[Any, dict]:
+        while True:
+            try:
+                index, item = self.rounds.get(timeout=1.0)
+            except queue.Empty:
+                dead = [w.name for w in self.workers if not w.is_alive()]
+                if dead:
+                    raise RuntimeError(f"collector workers died: {', '.join(dead)}")
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            episodes, stats = item
+            return episodes.clone(), {k: v.clone() for k, v in stats.items()}
+
+    def close(self) -> None:
+        self.stopping.set()
+        try:  # unblock workers waiting on a full queue
+            while True:
+                self.rounds.get_nowait()
+        except (queue.Empty, OSError, ValueError):
+            pass
+        for worker in self.workers:
+            worker.join(timeout=10)
+            if worker.is_alive():
+                worker.terminate()
+        self.rounds.close()
