@@ -12,9 +12,24 @@ from lightning_marl.models.agent import RNNAgent
 from lightning_marl.models.central import CentralInfo
 from lightning_marl.models.mixers import build_mixer
 from lightning_marl.models.mixers.base import NEG_INF
+from lightning_marl.registry import ConfigError
 from lightning_marl.targets import td_lambda_targets
 
 CENTRAL_KEYS = ("name", "central_info", "noise_dim", "detach_history", "dueling_agent")
+
+
+def compiled_calls(setting: Any, **modules: torch.nn.Module) -> dict[str, Any]:
+    """The callables the loss uses: the modules themselves, or ``torch.compile`` of them
+    (``learner.compile``: false, true = inductor, or a backend name such as ``eager`` or
+    ``aot_eager``; dynamic shapes, since batches are trimmed to their longest episode). The
+    modules stay as they are, so checkpoints and acting (``agent.step``) do not change."""
+    if setting is False or setting is None:
+        return dict(modules)
+    backend = "inductor" if setting is True else str(setting)
+    if backend not in torch._dynamo.list_backends(exclude_tags=()):
+        raise ConfigError(f"learner.compile={setting!r} is out of range; allowed: false, true (inductor) or a "
+                          f"torch.compile backend: {', '.join(torch._dynamo.list_backends())}")
+    return {name: torch.compile(module, backend=backend, dynamic=True) for name, module in modules.items()}
 
 
 class MARLModule(L.LightningModule):
@@ -41,6 +56,8 @@ class MARLModule(L.LightningModule):
         self.mixer = build_mixer(mixer["name"], n_agents=n, n_actions=a, central_dim=self.central.dim, **params)
         self.target_agent = copy.deepcopy(self.agent).requires_grad_(False)
         self.target_mixer = copy.deepcopy(self.mixer).requires_grad_(False)
+        self.calls = compiled_calls(learner.get("compile", False), agent=self.agent, mixer=self.mixer,
+                                    target_agent=self.target_agent, target_mixer=self.target_mixer)
         self.epsilon = float(learner["epsilon_start"])
         self.reward_shaping_factor = 1.0 if env_info.get("shaped_reward") else 0.0
 
@@ -62,14 +79,15 @@ class MARLModule(L.LightningModule):
         reward = batch["reward"][:, :-1]
         if "shaped_reward" in batch.keys() and self.reward_shaping_factor:
             reward = reward + self.reward_shaping_factor * batch["shaped_reward"][:, :-1]
-        q, hidden = self.agent(obs, actions, avail)
+        call = self.calls
+        q, hidden = call["agent"](obs, actions, avail)
         z = self.central(state, hidden)
-        q_tot = self.mixer(q[:, :-1], actions[:, :-1], z[:, :-1], avail[:, :-1])
+        q_tot = call["mixer"](q[:, :-1], actions[:, :-1], z[:, :-1], avail[:, :-1])
         with torch.no_grad():
-            target_q, target_hidden = self.target_agent(obs, actions, avail)
+            target_q, target_hidden = call["target_agent"](obs, actions, avail)
             chooser = q if cfg.get("double_q", True) else target_q
             greedy = chooser.detach().masked_fill(~avail, NEG_INF).argmax(-1)
-            target_tot = self.target_mixer(target_q, greedy, self.central(state, target_hidden), avail)
+            target_tot = call["target_mixer"](target_q, greedy, self.central(state, target_hidden), avail)
             targets = td_lambda_targets(reward, batch["terminated"][:, :-1], batch["filled"][:, :-1],
                                         target_tot, cfg["gamma"], cfg["td_lambda"])
         td_error = (q_tot - targets) * filled

@@ -9,6 +9,7 @@
 
     python scripts/benchmark.py env=box_pushing mixer=qfix_sum data.num_envs=64 --seconds 10
     python scripts/benchmark.py mixer=qmix --unroll         # training update: nn.GRU unroll vs a GRUCell loop
+    python scripts/benchmark.py mixer=qmix --compile        # training update: torch.compile vs eager
 
 Arguments other than the --options are Hydra overrides, as for train.py.
 """
@@ -150,44 +151,75 @@ def synthetic_batch(batch: int, steps: int, agents: int, obs_dim: int = 80, n_ac
     }, batch_size=[batch, steps + 1])
 
 
-def unroll_comparison(batch: int, steps: int, agents: int, repeats: int, mixer: str = "qmix") -> None:
-    """One training update (TD loss of online and target agents + mixer, backward, clipping, Adam) with
-    the agents unrolled by one nn.GRU call vs by a per-time-step GRUCell loop (PyMARL's way), same
-    weights and batch; prints both speeds and the largest difference of loss and gradients."""
-    cfg = compose([f"mixer={mixer}"])
-    info = {"n_agents": agents, "n_actions": 11, "obs_dim": 80, "state_dim": 120, "episode_limit": steps,
-            "shaped_reward": False}
-    data = synthetic_batch(batch, steps, agents)
+def compare_updates(variants: dict, batches: list, repeats: int, agents: int) -> dict:
+    """Training updates (TD loss of online and target agents + mixer, backward, clipping, Adam) for each
+    variant ``name -> (overrides, patch)``, same initial weights; each variant first runs one update per
+    batch (warm-up, and the compared loss and gradients), then ``repeats`` timed passes over the batches.
+    Returns ``name -> (updates/s, first loss, first gradients)``."""
     results = {}
-    for name in ("nn.GRU unroll", "GRUCell step loop"):
+    for name, (overrides, patch) in variants.items():
+        cfg = compose(overrides)
+        info = {"n_agents": agents, "n_actions": 11, "obs_dim": 80, "state_dim": 120,
+                "episode_limit": max(b.batch_size[1] for b in batches), "shaped_reward": False}
         torch.manual_seed(0)
         module = build_module(cfg, info).train()
-        if name == "GRUCell step loop":
-            for agent in (module.agent, module.target_agent):
-                agent.forward = functools.partial(stepwise_unroll, agent)
+        if patch is not None:
+            patch(module)
         optimizer = module.configure_optimizers()
 
-        def update() -> torch.Tensor:
+        def update(data) -> torch.Tensor:
             loss, _ = module.td_loss(data)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.learner.grad_clip)
             return loss
 
-        loss = update()  # the first update is compared (same weights, same batch)
+        first = update(batches[0])
         grads = torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None])
+        for data in batches[1:]:
+            update(data)
         start = time.perf_counter()
         for _ in range(repeats):
-            update()
-            optimizer.step()
-        results[name] = (repeats / (time.perf_counter() - start), loss.detach(), grads)
-    (fast, loss_f, grad_f), (slow, loss_s, grad_s) = results.values()
-    print(f"training update, {mixer}, batch {batch} episodes x {steps} steps x {agents} agents "
-          "(online + target unroll, mixer, TD(lambda), backward, Adam):")
+            for data in batches:
+                update(data)
+                optimizer.step()
+        results[name] = (repeats * len(batches) / (time.perf_counter() - start), first.detach(), grads)
+    return results
+
+
+def print_comparison(title: str, results: dict) -> None:
+    print(title)
     for name, (rate, _, _) in results.items():
-        print(f"  {name:<18} {rate:8.2f} updates/s")
-    print(f"  speed-up           {fast / slow:8.2f}x   (|loss difference| {(loss_f - loss_s).abs().item():.2e}, "
+        print(f"  {name:<28} {rate:8.2f} updates/s")
+    (fast, loss_f, grad_f), (slow, loss_s, grad_s) = list(results.values())[:2]
+    print(f"  {'ratio':<28} {fast / slow:8.2f}x   (|loss difference| {(loss_f - loss_s).abs().item():.2e}, "
           f"max |gradient difference| {(grad_f - grad_s).abs().max().item():.2e})")
+
+
+def gru_cell_loop(module) -> None:
+    for agent in (module.agent, module.target_agent):
+        agent.forward = functools.partial(stepwise_unroll, agent)
+
+
+def unroll_comparison(batch: int, steps: int, agents: int, repeats: int, mixer: str = "qmix") -> None:
+    """Training updates with the agents unrolled by one nn.GRU call vs by a per-time-step GRUCell loop
+    (PyMARL's way), same weights and batch."""
+    results = compare_updates({"nn.GRU unroll": ([f"mixer={mixer}"], None),
+                               "GRUCell step loop": ([f"mixer={mixer}"], gru_cell_loop)},
+                              [synthetic_batch(batch, steps, agents)], repeats, agents)
+    print_comparison(f"training update, {mixer}, batch {batch} episodes x {steps} steps x {agents} agents "
+                     "(online + target unroll, mixer, TD(lambda), backward, Adam):", results)
+
+
+def compile_comparison(batch: int, agents: int, repeats: int, mixer: str = "qmix") -> None:
+    """learner.compile=true (inductor) vs eager, over batches of different lengths (replay batches are
+    trimmed to their longest episode, so shapes vary from update to update)."""
+    lengths = (120, 97, 110, 64, 101, 88)
+    results = compare_updates({"torch.compile (inductor)": ([f"mixer={mixer}", "learner.compile=true"], None),
+                               "eager": ([f"mixer={mixer}"], None)},
+                              [synthetic_batch(batch, t, agents) for t in lengths], repeats, agents)
+    print_comparison(f"training update, {mixer}, batch {batch} episodes x {lengths} steps x {agents} agents, "
+                     "compiled vs eager (compilation not timed):", results)
 
 
 def main(argv=None) -> None:
@@ -200,7 +232,9 @@ def main(argv=None) -> None:
     parser.add_argument("--env-only", type=int, nargs="+", metavar="NUM_ENVS",
                         help="only (a), for each of these batch sizes, with the ratio to the first")
     parser.add_argument("--unroll-shape", type=int, nargs=3, default=(32, 120, 5), metavar=("B", "T", "N"))
-    parser.add_argument("--repeats", type=int, default=10, help="updates timed per variant (--unroll)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed passes per variant (--unroll, --compile)")
+    parser.add_argument("--compile", action="store_true",
+                        help="only compare training updates with learner.compile=true and without")
     args = parser.parse_args(argv)
     cfg = compose(args.overrides)
     torch.set_num_threads(int(cfg.threads or torch.get_num_threads()))
@@ -208,6 +242,10 @@ def main(argv=None) -> None:
           f"batch={cfg.data.batch_size} updates/round={cfg.data.updates_per_round} threads={torch.get_num_threads()}")
     if args.unroll:
         unroll_comparison(*args.unroll_shape, repeats=args.repeats, mixer=cfg.mixer.name)
+        return
+    if args.compile:
+        b, _, n = args.unroll_shape
+        compile_comparison(b, n, repeats=max(1, args.repeats // 5), mixer=cfg.mixer.name)
         return
     if args.env_only:
         first = None
