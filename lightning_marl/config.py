@@ -31,6 +31,8 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("learner.grad_clip", lambda v: v > 0, "a number > 0"),
     ("learner.target_update_interval", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = soft)"),
     ("learner.target_tau", lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    ("learner.td_weighting", lambda v: v in ("none", "optimistic"), "none or optimistic"),
+    ("learner.optimistic_alpha", lambda v: 0 < v <= 1, "a number in (0, 1]"),
     ("learner.epsilon_start", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     ("learner.epsilon_finish", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     ("learner.epsilon_anneal_steps", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
@@ -39,9 +41,15 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
 ]
 
 
+_ABSENT = object()
+
+
 def _get(cfg: DictConfig, dotted: str) -> Any:
+    """The value at ``dotted``, or ``_ABSENT`` (a run saved before the key existed, resumed now)."""
     node: Any = cfg
     for part in dotted.split("."):
+        if part not in node:
+            return _ABSENT
         node = node[part]
     return node
 
@@ -66,6 +74,8 @@ def validate(cfg: DictConfig) -> None:
                               f"{processes}; allowed: one of the two (worker processes already collect asynchronously)")
     for key, predicate, allowed in RULES:
         value = _get(cfg, key)
+        if value is _ABSENT:
+            continue
         try:
             ok = bool(predicate(value))
         except TypeError:

@@ -32,12 +32,26 @@ def compiled_calls(setting: Any, **modules: torch.nn.Module) -> dict[str, Any]:
     return {name: torch.compile(module, backend=backend, dynamic=True) for name, module in modules.items()}
 
 
+def td_weights(q_tot: torch.Tensor, targets: torch.Tensor, cfg: dict) -> torch.Tensor | float:
+    """Per-step loss weights ``c_t``: 1 for ``learner.td_weighting=none``; for ``optimistic``,
+    ``c_t = 1`` where ``Q_tot < G_t`` (underestimated joint actions) and ``alpha`` elsewhere: the
+    optimistic weighting of OW-QMIX (Rashid et al., 2020, "Weighted QMIX"), here on the TD loss of
+    any mixer, so that a rarely tried better joint action is not averaged away by worse ones."""
+    mode = cfg.get("td_weighting", "none")
+    if mode == "none":
+        return 1.0
+    if mode == "optimistic":
+        return torch.where(q_tot < targets, 1.0, float(cfg.get("optimistic_alpha", 0.1)))
+    raise ConfigError(f"learner.td_weighting={mode!r} is out of range; allowed: none, optimistic")
+
+
 class MARLModule(L.LightningModule):
     """Agents + mixer + targets, trained on batches of padded episodes.
 
-    Loss: ``mean over valid steps of (Q_tot(tau_t, a_t) - G_t)^2`` with ``G_t`` the TD(lambda)
+    Loss: ``mean over valid steps of c_t (Q_tot(tau_t, a_t) - G_t)^2`` with ``G_t`` the TD(lambda)
     target of :func:`~lightning_marl.targets.td_lambda_targets` built from the target mixer
-    evaluated at the online network's greedy actions (double Q). Gradients are clipped by norm.
+    evaluated at the online network's greedy actions (double Q), and ``c_t`` = 1 (plain TD, the
+    default) or the optimistic weight of :func:`td_weights`. Gradients are clipped by norm.
     """
 
     def __init__(self, env_info: dict, agent: dict, mixer: dict, learner: dict):
@@ -92,7 +106,7 @@ class MARLModule(L.LightningModule):
                                         target_tot, cfg["gamma"], cfg["td_lambda"])
         td_error = (q_tot - targets) * filled
         n_valid = filled.sum().clamp(min=1)
-        loss = td_error.pow(2).sum() / n_valid
+        loss = (td_weights(q_tot.detach(), targets, cfg) * td_error.pow(2)).sum() / n_valid
         chosen = q[:, :-1].gather(-1, actions[:, :-1].unsqueeze(-1)).squeeze(-1)
         stats = {
             "loss": loss.detach(),

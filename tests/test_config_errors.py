@@ -13,6 +13,8 @@ from lightning_marl.registry import ConfigError
     ("data.batch_size=0", "data.batch_size=0 is out of range; allowed: an integer >= 1"),
     ("learner.lr=0", "learner.lr=0 is out of range; allowed: a number > 0"),
     ("data.buffer_size=8", "data.batch_size=32 exceeds data.buffer_size=8"),
+    ("learner.td_weighting=pessimistic", "learner.td_weighting='pessimistic' is out of range; allowed: none or optimistic"),
+    ("learner.optimistic_alpha=0", "learner.optimistic_alpha=0 is out of range; allowed: a number in (0, 1]"),
     ("data.collector_processes=3", "data.num_envs=8 is not a multiple of data.collector_processes=3"),
     ("data.worker_start_method=threads", "data.worker_start_method='threads' is out of range; allowed: null, spawn"),
 ])
