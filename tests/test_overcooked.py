@@ -63,7 +63,7 @@ def _play(env: OvercookedEnv, script, other=STAY):
 def test_layouts_reset_and_step_with_documented_shapes(layout):
     env = OvercookedEnv(layout=layout, horizon=10)
     assert (env.n_agents, env.n_actions, env.episode_limit) == (2, 6, 10)
-    assert env.stat_keys == ("soups", "sparse_return", "shaped_return")
+    assert env.stat_keys == ("soups", "sparse_return", "shaped_return", "deliveries")
     roll = env.rollout(3)
     assert roll[OBS].shape == (3, 2, 96) and roll[OBS].dtype == torch.float32
     assert roll["state"].shape == (3, 192)
@@ -112,8 +112,14 @@ def test_scripted_soup_reward_arrives_at_the_right_step():
     assert shaped == SHAPED_STEPS
     last = steps[-1]
     assert (float(last["soups"]), float(last["sparse_return"]), float(last["shaped_return"])) == (1.0, 20.0, 17.0)
+    assert float(last["deliveries"]) == 1.0
     assert float(steps[SOUP_STEP - 2]["soups"]) == 0.0
     assert "t=41/400 soups=1" in env.render()
+    # a 1-onion soup is delivered too but is off the recipe: no sparse reward, a delivery, not a soup
+    one_onion = SOUP_SCRIPT[:6] + [INTERACT] + SOUP_SCRIPT[17:24] + [STAY] * 20 + SOUP_SCRIPT[36:]
+    last = _play(env, one_onion)[-1]
+    assert (float(last["deliveries"]), float(last["soups"]), float(last["sparse_return"])) == (1.0, 0.0, 0.0)
+    assert float(last["shaped_return"]) == 11.0  # onion 3 + dish 3 + soup pickup 5
     # one tick too early at the pot: no soup is picked up and nothing is delivered
     early = SOUP_SCRIPT[:24] + [STAY] * 11 + SOUP_SCRIPT[36:]
     assert sum(float(td["reward"]) for td in _play(env, early)) == 0.0
@@ -176,7 +182,7 @@ def test_batch_of_two_behaves_like_two_single_games(parallel):
         assert isinstance(env, ParallelEnv if parallel else SerialEnv)
         assert env.batch_size == (2,)
         assert (env.n_agents, env.n_actions, env.episode_limit) == (2, 6, horizon)
-        assert env.stat_keys == ("soups", "sparse_return", "shaped_return")
+        assert env.stat_keys == ("soups", "sparse_return", "shaped_return", "deliveries")
         assert env.obs_grid_shape == (26, 5, 5)
         _batch_matches_single_games(env, _fixed_actions(horizon, seed=3), horizon)
         # answered in this process (a ParallelEnv would forward unknown names to its workers)

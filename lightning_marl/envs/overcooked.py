@@ -20,7 +20,12 @@ Keys (N = 2 agents, A = 6 actions ``Action.INDEX_TO_ACTION``: 0 north/up, 1 sout
                                 pickup 3, soup pickup 5), *unscaled*: the learner adds
                                 ``factor * shaped_reward`` with an annealed factor
 ``"soups"``, ``"sparse_return"``,
-``"shaped_return"``             ``[1]`` running totals over the episode (0 at reset)
+``"shaped_return"``,
+``"deliveries"``                ``[1]`` running totals over the episode (0 at reset): soups
+                                that scored (on the recipe), sparse and shaped return, and
+                                all soups delivered (a 1-onion soup scores 0 but earns the
+                                dish and soup-pickup shaping: ``deliveries > soups`` shows a
+                                policy gaming the shaping)
 ``done/terminated/truncated``   the game never terminates; at ``horizon`` steps it is
                                 truncated (``terminated=False, truncated=True, done=True``)
 ==============================  ==========================================================
@@ -61,7 +66,7 @@ from lightning_marl.registry import ConfigError, check
 
 CLASSIC_LAYOUTS = ("cramped_room", "asymmetric_advantages", "coordination_ring", "forced_coordination",
                    "counter_circuit_o_1order")
-STAT_KEYS = ("soups", "sparse_return", "shaped_return")
+STAT_KEYS = ("soups", "sparse_return", "shaped_return", "deliveries")
 N_AGENTS = 2
 N_ACTIONS = 6
 LOSSLESS_CHANNELS = 26
@@ -188,7 +193,7 @@ class OvercookedEnv(EnvBase):
                    stat_keys=STAT_KEYS, shaped_reward=True)
         self._mask = torch.ones(N_AGENTS, N_ACTIONS, dtype=torch.bool, device=self.device)
         self.state = None  # the current OvercookedState
-        self._totals = np.zeros(3)  # soups, sparse return, shaped return
+        self._totals = np.zeros(len(STAT_KEYS))  # soups, sparse return, shaped return, deliveries
         self._seed = seed
 
     # -- encodings
@@ -229,7 +234,9 @@ class OvercookedEnv(EnvBase):
         self.state, infos = self.mdp.get_state_transition(self.state, joint_action)
         sparse = float(sum(infos["sparse_reward_by_agent"]))
         shaped = float(sum(infos["shaped_reward_by_agent"]))
-        self._totals += (sum(infos["event_infos"]["soup_delivery"]), sparse, shaped)
+        delivered = infos["event_infos"]["soup_delivery"]  # per chef; a soup off the recipe scores 0
+        scored = sum(bool(d) and r > 0 for d, r in zip(delivered, infos["sparse_reward_by_agent"]))
+        self._totals += (scored, sparse, shaped, sum(delivered))
         truncated = self.state.timestep >= self.horizon
         out = self._observe()
         dev = self.device
@@ -263,7 +270,7 @@ class OvercookedEnv(EnvBase):
         index (+ held object)."""
         if self.state is None:
             raise RuntimeError("reset the environment before rendering it")
-        soups, sparse, shaped = self._totals
+        soups, sparse, shaped, _ = self._totals
         return (f"{self.layout} t={self.state.timestep}/{self.horizon} soups={int(soups)} "
                 f"sparse_return={sparse:g} shaped_return={shaped:g}\n" + self.mdp.state_string(self.state))
 
@@ -319,7 +326,7 @@ def render_episode(layout: str, actions: Union[Sequence[Sequence[int]], Callable
     if written is None:
         path.write_text("\n".join(f"--- step {i}\n{t}" for i, t in enumerate(texts)))
         written = path
-    soups, sparse, shaped = env._totals
+    soups, sparse, shaped, _ = env._totals
     return {"path": str(written), "steps": steps, "soups": int(soups), "sparse_return": float(sparse),
             "shaped_return": float(shaped)}
 
