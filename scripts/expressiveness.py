@@ -21,7 +21,9 @@ starts in the optimum's greedy cell (the utilities stay free parameters). Every 
 mixer satisfies Q_tot(a) <= Q_tot(greedy), so its fits fall into cells, one per greedy joint action;
 moving from one cell to another passes through joint actions that are tied as greedy and costs loss,
 so gradient descent rarely leaves the cell it falls into early: ``random`` measures capacity and
-optimization, ``optimum`` the capacity given the right cell.
+optimization, ``optimum`` the capacity given the right cell. ``--weighting optimistic`` weights
+overestimated entries by ``--alpha`` (as ``learner.td_weighting=optimistic``), which lets the fits
+leave a wrong cell; the exact fit is still the only zero of the loss.
 
 Centralized information z, fixed per table (a one-step game has a single state and a single joint
 history): ``state`` = the matrix env's state (the constant 1, D = 1); ``history`` = a fixed random
@@ -38,6 +40,7 @@ own mixer, and only the group's joint actions that exist in the member's table e
     python scripts/expressiveness.py                  # 4 central modes, seeds 0 1 2, 2000 steps
     python scripts/expressiveness.py --quick          # each mixer's default mode, seed 0, 1000 steps
     python scripts/expressiveness.py --init optimum --mixers qplex qplex:stop_gradient=false
+    python scripts/expressiveness.py --weighting optimistic   # loss weighted as learner.td_weighting=optimistic
 """
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lightning_marl.envs.matrix import payoff_tensor  # noqa: E402
 from lightning_marl.models.mixers import MIXERS, build_mixer  # noqa: E402
+from lightning_marl.module import td_weights  # noqa: E402
 
 MODES = ("state", "history", "noise", "zeros")
 DEFAULT_MODE = {"duelmix": "history"}       # the config default of each mixer (others: state)
@@ -155,7 +159,7 @@ def parse_mixer(spec: str) -> tuple[str, dict]:
 
 
 def fit_group(mixer_spec: str, members: list[Member], steps: int, lr: float, init_scale: float,
-              utility_lr: float | None = None, init: str = "random"):
+              utility_lr: float | None = None, init: str = "random", weighting: str = "none", alpha: float = 0.1):
     """Fit all ``members`` (same N) of one mixer as one vmapped ensemble; returns per-member results."""
     n = members[0].table.n
     a_big = max(m.table.a for m in members)
@@ -223,7 +227,8 @@ def fit_group(mixer_spec: str, members: list[Member], steps: int, lr: float, ini
     gen = torch.Generator().manual_seed(members[0].seed)
     for _ in range(steps):
         q_tot = q_tot_fn(params, buffers, q, central(gen), mask)
-        loss = (weight * (q_tot - target) ** 2).sum()
+        c = td_weights(q_tot.detach(), target, {"td_weighting": weighting, "optimistic_alpha": alpha})
+        loss = (weight * c * (q_tot - target) ** 2).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -257,6 +262,9 @@ def main(argv=None) -> None:
                         help="initial utilities: random N(0, init_scale^2), or random with each agent's argmax "
                              "moved to the table's optimum (start in the optimum's greedy cell)")
     parser.add_argument("--init-scale", type=float, default=1.0, help="std of the initial utilities")
+    parser.add_argument("--weighting", choices=("none", "optimistic"), default="none",
+                        help="loss weights as learner.td_weighting: optimistic = 1 where Q_tot < R, --alpha elsewhere")
+    parser.add_argument("--alpha", type=float, default=0.1, help="weight of overestimated entries (--weighting optimistic)")
     parser.add_argument("--threshold", type=float, default=0.1, help="'fits' = max abs error below this")
     parser.add_argument("--quick", action="store_true", help="fewer steps, one seed, default modes only")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -282,14 +290,15 @@ def main(argv=None) -> None:
             members = [Member(mode, table, seed) for mode in modes for table in tables if table.n == n
                        for seed in seeds]
             for m, r in zip(members, fit_group(name, members, steps, args.lr, args.init_scale,
-                                               args.utility_lr, args.init)):
+                                               args.utility_lr, args.init, args.weighting, args.alpha)):
                 rows.append(dict(mixer=name, central=m.mode, table=m.table.name, seed=m.seed, params=m.params,
                                  **r))
         print(f"#   {name}: {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
 
     # per (mixer, central, table): the max abs error of each seed, the mean abs error over seeds
     print()
-    print(f"Fits: init={args.init} init_scale={args.init_scale} steps={steps} lr={args.lr} seeds={seeds}; "
+    print(f"Fits: init={args.init} init_scale={args.init_scale} weighting={args.weighting} steps={steps} "
+          f"lr={args.lr} seeds={seeds}; "
           "max abs err per seed, mean abs err over seeds, greedy joint action optimal in k of the seeds")
     print()
     print("| mixer | central | table | max abs err | mean abs err | greedy optimal | params |")

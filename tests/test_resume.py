@@ -98,3 +98,44 @@ def test_sigkill_during_training_then_resume(tmp_path):
     assert_one_metric_stream(after)
     assert set(kept["step"]) <= set(after["step"])  # earlier metrics survive
     assert after["env_steps"].max() >= 4000 and after["step"].max() > killed_at
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if int(fields.get("PPid", "0").strip()) == pid:
+            out.append(int(status.parent.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_collector_workers_exit_when_the_training_process_is_killed(tmp_path):
+    args = [sys.executable, "train.py", "env=matrix", "mixer=vdn", "total_env_steps=10000000",
+            "data.collector_processes=2", "data.worker_start_method=fork", "trainer.enable_progress_bar=false",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while len(workers := _children(proc.pid)) < 2:
+            assert proc.poll() is None and time.time() < deadline, "the workers never started"
+            time.sleep(0.2)
+        time.sleep(2)  # collecting
+        workers = _children(proc.pid)
+    finally:
+        proc.kill()  # SIGKILL: no cleanup code runs in the training process
+        proc.wait()
+    deadline = time.time() + 30
+    while any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in workers):
+        assert time.time() < deadline, "collector workers outlived the killed training process"
+        time.sleep(0.2)
+
+
+def _state(pid: int) -> str:
+    try:
+        return next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("State"))
+    except (OSError, StopIteration):
+        return "Z"

@@ -8,6 +8,7 @@ finish them, so such runs are not bitwise reproducible (the in-process collector
 from __future__ import annotations
 
 import copy
+import os
 import queue
 from typing import Any, Optional
 
@@ -20,8 +21,12 @@ WORKER_SEED_OFFSET = 7_919
 
 
 def _worker(index: int, env_name: str, env_cfg: dict, games: int, seed: int, shared_agent, lock, epsilon,
-            version, rounds: "mp.Queue", stopping) -> None:
+            version, rounds: "mp.Queue", stopping, parent: int) -> None:
     torch.set_num_threads(1)
+
+    def go_on() -> bool:  # stop when told, and when the training process died without telling (killed)
+        return not stopping.is_set() and os.getppid() == parent
+
     from lightning_marl.envs import make_env  # imported in the worker (spawn start method)
 
     try:
@@ -30,13 +35,13 @@ def _worker(index: int, env_name: str, env_cfg: dict, games: int, seed: int, sha
         generator = torch.Generator().manual_seed(seed)
         actor = EpisodeActor(agent, lambda: epsilon.value, torch.device("cpu"), generator=generator)
         seen = -1
-        while not stopping.is_set():
+        while go_on():
             if version.value != seen:
                 with lock:
                     seen = version.value
                     agent.load_state_dict(shared_agent.state_dict())
             item = collect_episodes(env, actor, env.episode_limit)
-            while not stopping.is_set():
+            while go_on():
                 try:
                     rounds.put((index, item), timeout=0.1)
                     break
@@ -68,7 +73,7 @@ class CollectorProcesses:
         self.workers = [
             ctx.Process(target=_worker, name=f"marl-collector-{i}", daemon=True,
                         args=(i, env_name, env_cfg, games, seed + WORKER_SEED_OFFSET * (i + 1), self.agent, self.lock,
-                              self.epsilon, self.version, self.rounds, self.stopping))
+                              self.epsilon, self.version, self.rounds, self.stopping, os.getpid()))
             for i in range(processes)
         ]
         for worker in self.workers:
