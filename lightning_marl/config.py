@@ -22,6 +22,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.collector_processes", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = collect in-process)"),
     ("data.worker_start_method", lambda v: v in (None, "spawn", "fork", "forkserver"), "null, spawn, fork or forkserver"),
     ("data.warmup_episodes", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+    ("checkpoint.keep_all", lambda v: isinstance(v, bool), "true or false"),
     ("eval.interval_env_steps", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
     ("eval.episodes", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     ("eval.num_envs", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),

@@ -61,7 +61,8 @@ def build_callbacks(cfg: DictConfig, run_dir: Path, env_info: dict) -> list:
         GreedyEvaluation(cfg.eval.interval_env_steps, cfg.eval.episodes),
         FlushLoggersOnCheckpoint(),
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", save_last=True,
-                        every_n_train_steps=cfg.checkpoint.every_n_updates or None, save_top_k=1,
+                        every_n_train_steps=cfg.checkpoint.every_n_updates or None,
+                        save_top_k=-1 if cfg.checkpoint.get("keep_all", False) else 1,
                         auto_insert_metric_name=False),
     ]
     return callbacks

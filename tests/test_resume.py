@@ -139,3 +139,17 @@ def _state(pid: int) -> str:
         return next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("State"))
     except (OSError, StopIteration):
         return "Z"
+
+
+@pytest.mark.parametrize("keep_all", [False, True])
+def test_periodic_checkpoints_keep_the_newest_or_all(make_config, tmp_path, keep_all):
+    cfg = make_config(["env=matrix", "total_env_steps=400", "data.warmup_episodes=8", "checkpoint.every_n_updates=10",
+                       f"checkpoint.keep_all={str(keep_all).lower()}", "trainer.enable_progress_bar=false"])
+    run(cfg, tmp_path)
+    updates = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+    every = list(range(10, updates + 1, 10))
+    assert len(every) >= 3
+    periodic = sorted(int(p.stem[4:]) for p in (tmp_path / "checkpoints").glob("step*.ckpt"))
+    assert periodic == (every if keep_all else every[-1:])
+    first = torch.load(tmp_path / "checkpoints" / f"step{periodic[0]}.ckpt", map_location="cpu", weights_only=False)
+    assert first["global_step"] == periodic[0]  # each file holds the state at its own update
