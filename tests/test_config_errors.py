@@ -31,3 +31,15 @@ def test_the_default_config_is_valid(make_config):
 def test_worker_processes_and_the_background_thread_are_alternatives(make_config):
     with pytest.raises(ConfigError, match="data.async_collection=true with data.collector_processes=2"):
         validate(make_config(["data.collector_processes=2", "data.async_collection=true"]))
+
+
+def test_a_config_saved_before_newer_keys_existed_still_validates(make_config):
+    from omegaconf import open_dict
+
+    cfg = make_config([])
+    with open_dict(cfg):  # as a run saved by an older version, resumed now
+        del cfg.data["collector_processes"], cfg.learner["td_weighting"], cfg.checkpoint["keep_all"]
+    validate(cfg)
+    with open_dict(cfg), pytest.raises(ConfigError, match="learner.gamma=2"):
+        cfg.learner.gamma = 2  # the keys that are there are still checked
+        validate(cfg)
