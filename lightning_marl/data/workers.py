@@ -23,6 +23,7 @@ WORKER_SEED_OFFSET = 7_919
 def _worker(index: int, env_name: str, env_cfg: dict, games: int, seed: int, shared_agent, lock, epsilon,
             version, rounds: "mp.Queue", stopping, parent: int) -> None:
     torch.set_num_threads(1)
+    rounds.cancel_join_thread()  # exiting never waits for the learner to read what was queued
 
     def go_on() -> bool:  # stop when told, and when the training process died without telling (killed)
         return not stopping.is_set() and os.getppid() == parent
@@ -102,14 +103,11 @@ class CollectorProcesses:
             return episodes.clone(), {k: v.clone() for k, v in stats.items()}
 
     def close(self) -> None:
-        self.stopping.set()
-        try:  # unblock workers waiting on a full queue
-            while True:
-                self.rounds.get_nowait()
-        except (queue.Empty, OSError, ValueError):
-            pass
+        self.stopping.set()  # workers notice it within one round (their puts time out every 0.1 s)
         for worker in self.workers:
-            worker.join(timeout=10)
+            worker.join(timeout=30)
             if worker.is_alive():
                 worker.terminate()
-        self.rounds.close()
+                worker.join(timeout=5)
+        self.rounds.cancel_join_thread()
+        self.rounds.close()  # rounds still queued are dropped unread (their shared tensors go with them)
