@@ -65,14 +65,6 @@ def validate(cfg: DictConfig) -> None:
     if cfg.data.batch_size > cfg.data.buffer_size:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} exceeds data.buffer_size={cfg.data.buffer_size}; "
                           "allowed: batch_size <= buffer_size")
-    processes = cfg.data.get("collector_processes", 0)
-    if isinstance(processes, int) and processes > 0:
-        if cfg.data.num_envs % processes:
-            raise ConfigError(f"data.num_envs={cfg.data.num_envs} is not a multiple of data.collector_processes="
-                              f"{processes}; allowed: num_envs = games per worker x collector_processes")
-        if cfg.data.get("async_collection", False):
-            raise ConfigError("data.async_collection=true with data.collector_processes="
-                              f"{processes}; allowed: one of the two (worker processes already collect asynchronously)")
     for key, predicate, allowed in RULES:
         value = _get(cfg, key)
         if value is _ABSENT:
@@ -82,6 +74,14 @@ def validate(cfg: DictConfig) -> None:
         except TypeError:
             ok = False
         check(ok, key, value, allowed)
+    processes = cfg.data.get("collector_processes", 0)
+    if processes > 0:  # an integer: checked by RULES above
+        if cfg.data.num_envs % processes:
+            raise ConfigError(f"data.num_envs={cfg.data.num_envs} is not a multiple of data.collector_processes="
+                              f"{processes}; allowed: num_envs = games per worker x collector_processes")
+        if cfg.data.get("async_collection", False):
+            raise ConfigError("data.async_collection=true with data.collector_processes="
+                              f"{processes}; allowed: one of the two (worker processes already collect asynchronously)")
 
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"

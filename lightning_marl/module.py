@@ -93,7 +93,7 @@ class MARLModule(L.LightningModule):
         reward = batch["reward"][:, :-1]
         if "shaped_reward" in batch.keys() and self.reward_shaping_factor:
             reward = reward + self.reward_shaping_factor * batch["shaped_reward"][:, :-1]
-        call = self.calls
+        call = self.calls  # the modules, or their torch.compile'd versions (learner.compile)
         q, hidden = call["agent"](obs, actions, avail)
         z = self.central(state, hidden)
         q_tot = call["mixer"](q[:, :-1], actions[:, :-1], z[:, :-1], avail[:, :-1])

@@ -29,7 +29,8 @@ from tensordict import TensorDict
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_marl.config import compose  # noqa: E402
 from lightning_marl.data.collector import EpisodeActor, collect_episodes  # noqa: E402
-from lightning_marl.envs import make_env  # noqa: E402
+from lightning_marl.data.datamodule import describe_env  # noqa: E402
+from lightning_marl.envs import in_process, make_env  # noqa: E402
 from lightning_marl.envs.contract import ACTION, MASK  # noqa: E402
 from lightning_marl.experiment import build_module, run  # noqa: E402
 from lightning_marl.models.agent import stepwise_unroll  # noqa: E402
@@ -57,10 +58,8 @@ def timed_rounds(env, actor, limit: int, seconds: float) -> tuple[float, int]:
     return steps / (time.perf_counter() - start), steps
 
 
-def env_only(cfg, seconds: float, num_envs: int | None = None, in_process: bool = False) -> float:
-    env_cfg = dict(cfg.env)
-    if in_process and "parallel" in env_cfg:
-        env_cfg["parallel"] = False
+def env_only(cfg, seconds: float, num_envs: int | None = None, one_process: bool = False) -> float:
+    env_cfg = in_process(dict(cfg.env)) if one_process else dict(cfg.env)
     env = make_env(env_cfg.pop("name"), num_envs=num_envs or cfg.data.num_envs, seed=cfg.seed, device=cfg.device,
                    **env_cfg)
     rate, _ = timed_rounds(env, RandomActor(), env.episode_limit, seconds)
@@ -71,10 +70,7 @@ def env_only(cfg, seconds: float, num_envs: int | None = None, in_process: bool 
 def collection_and_updates(cfg, seconds: float) -> tuple[float, float, str]:
     env_cfg = dict(cfg.env)
     env = make_env(env_cfg.pop("name"), num_envs=cfg.data.num_envs, seed=cfg.seed, device=cfg.device, **env_cfg)
-    info = {"n_agents": env.n_agents, "n_actions": env.n_actions,
-            "obs_dim": env.observation_spec[("agents", "observation")].shape[-1],
-            "state_dim": env.observation_spec["state"].shape[-1], "episode_limit": env.episode_limit,
-            "shaped_reward": "shaped_reward" in env.observation_spec.keys()}
+    info = describe_env(env)
     module = build_module(cfg, info)
     actor = EpisodeActor(module.agent, lambda: 0.5, torch.device("cpu"))
     collect_rate, _ = timed_rounds(env, actor, env.episode_limit, seconds)
@@ -260,7 +256,7 @@ def main(argv=None) -> None:
     processes = cfg.data.get("collector_processes", 0)
     if processes:  # the reference is what one worker process steps on its own
         games = cfg.data.num_envs // processes
-        a = env_only(cfg, args.seconds, games, in_process=True)
+        a = env_only(cfg, args.seconds, games, one_process=True)
         a_label = f"(a) env-only steps/s, one worker ({games} game{'s' if games > 1 else ''} in-process)"
     else:
         a = env_only(cfg, args.seconds)

@@ -1,10 +1,7 @@
 """The LightningDataModule: environments, episode collector and a TensorDict replay of episodes."""
 from __future__ import annotations
 
-import copy
-import queue
 import random
-import threading
 import time
 from typing import Any, Iterator, Optional
 
@@ -16,11 +13,26 @@ from torch.utils.data import DataLoader, IterableDataset
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 
 from lightning_marl.data.collector import EpisodeActor, collect_episodes
-from lightning_marl.data.workers import CollectorProcesses
+from lightning_marl.data.workers import CollectorProcesses, CollectorThread
 from lightning_marl.envs import make_env
 from lightning_marl.envs.contract import OBS
 
 RANK_SEED_OFFSET = 100_003
+
+
+def describe_env(env) -> dict[str, Any]:
+    """What the learner needs to know of a batch of games: n_agents, n_actions, obs_dim, state_dim,
+    episode_limit, stat_keys, shaped_reward."""
+    spec = env.observation_spec
+    return {
+        "n_agents": int(env.n_agents),
+        "n_actions": int(env.n_actions),
+        "obs_dim": int(spec[OBS].shape[-1]),
+        "state_dim": int(spec["state"].shape[-1]),
+        "episode_limit": int(env.episode_limit),
+        "stat_keys": tuple(getattr(env, "stat_keys", ())),
+        "shaped_reward": "shaped_reward" in spec.keys(),
+    }
 
 
 class _TrainingStream(IterableDataset):
@@ -60,7 +72,8 @@ class MARLDataModule(L.LightningDataModule):
     ``env_steps`` and ``episodes`` are what every schedule reads. Under DDP each rank has its
     own environments (seed offset by rank) and replay; ranks stop together.
 
-    With ``async_collection`` a background thread plays the rounds with a copy of the agent
+    With ``async_collection`` a background thread (:class:`~lightning_marl.data.workers.CollectorThread`)
+    plays the rounds with a copy of the agent
     (refreshed after every round the learner takes in) while the learner trains: environments in
     worker processes (``ParallelEnv``) then step while the learner computes. Acting lags the
     learner by up to two rounds, and runs are no longer bitwise reproducible.
@@ -86,8 +99,7 @@ class MARLDataModule(L.LightningDataModule):
         self.keep_replay_in_checkpoint = keep_replay_in_checkpoint
         self.async_collection = async_collection
         self.collector_processes, self.worker_start_method = int(collector_processes), worker_start_method
-        self._producer: Optional[_BackgroundCollector] = None
-        self._workers: Optional[CollectorProcesses] = None
+        self._collector: Optional[CollectorThread | CollectorProcesses] = None  # asynchronous collection
         self._base_seed = seed
         self.env_steps = 0
         self.episodes = 0
@@ -108,16 +120,7 @@ class MARLDataModule(L.LightningDataModule):
         """n_agents, n_actions, obs_dim, state_dim, episode_limit, stat_keys, shaped_reward."""
         if self._info is None:
             env = self.train_env if self.train_env is not None else self._make(1, self.seed)
-            spec = env.observation_spec
-            self._info = {
-                "n_agents": int(env.n_agents),
-                "n_actions": int(env.n_actions),
-                "obs_dim": int(spec[OBS].shape[-1]),
-                "state_dim": int(spec["state"].shape[-1]),
-                "episode_limit": int(env.episode_limit),
-                "stat_keys": tuple(getattr(env, "stat_keys", ())),
-                "shaped_reward": "shaped_reward" in spec.keys(),
-            }
+            self._info = describe_env(env)
             if env is not self.train_env:
                 env.close(raise_if_closed=False)
         return self._info
@@ -159,18 +162,10 @@ class MARLDataModule(L.LightningDataModule):
     def collect_round(self) -> dict[str, float]:
         """Play one round (or take the background collector's next one) and store it in replay."""
         module = self.trainer.lightning_module
-        if self.collector_processes:
-            if self._workers is None:
-                self._workers = CollectorProcesses(
-                    self.env_name, self.env_cfg, module.agent, module.epsilon, processes=self.collector_processes,
-                    games=self.num_envs // self.collector_processes, seed=self._base_seed + 104_729 * self.rounds,
-                    start_method=self.worker_start_method)
-            self._workers.publish(module.agent, module.epsilon)
-            episodes, stats = self._workers.next_round()
-        elif self.async_collection:
-            if self._producer is None:
-                self._producer = _BackgroundCollector(self, module)
-            episodes, stats = self._producer.next_round()
+        if self.collector_processes or self.async_collection:
+            if self._collector is None:
+                self._collector = self._start_collector(module)
+            episodes, stats = self._collector.next_round(module)
         else:
             was_training = module.training
             module.eval()
@@ -184,13 +179,19 @@ class MARLDataModule(L.LightningDataModule):
         self.last_stats = {k: float(v.mean()) for k, v in stats.items()}
         return self.last_stats
 
+    def _start_collector(self, module) -> CollectorThread | CollectorProcesses:
+        if self.collector_processes:
+            return CollectorProcesses(
+                self.env_name, self.env_cfg, module.agent, module.epsilon, processes=self.collector_processes,
+                games=self.num_envs // self.collector_processes, seed=self._base_seed + 104_729 * self.rounds,
+                start_method=self.worker_start_method)
+        return CollectorThread(self.train_env, self.env_info()["episode_limit"], module,
+                               seed=self.seed + 7_919 * (self.rounds + 1))
+
     def stop_background_collection(self) -> None:
-        if self._workers is not None:
-            self._workers.close()
-            self._workers = None
-        if self._producer is not None:
-            self._producer.stop()
-            self._producer = None
+        if self._collector is not None:
+            self._collector.close()
+            self._collector = None
 
     def sample(self) -> TensorDict:
         """B episodes, trimmed to the longest one in the batch (+1 for the final observation)."""
@@ -254,53 +255,6 @@ class MARLDataModule(L.LightningDataModule):
         if rng is not None:
             _set_global_rng_states(rng)
             self._pending_rng = None
-
-
-class _BackgroundCollector:
-    """Plays collection rounds in a thread with its own copy of the agent and RNG; hands them over
-    through a queue of one round, so at most one finished round waits while the next is played."""
-
-    def __init__(self, dm: MARLDataModule, module):
-        self.module = module
-        self.agent = copy.deepcopy(module.agent).eval().requires_grad_(False)
-        self.generator = torch.Generator(device=module.device).manual_seed(dm.seed + 7_919 * (dm.rounds + 1))
-        self.rounds: "queue.Queue" = queue.Queue(maxsize=1)
-        self.weights: Optional[dict] = None
-        self.weights_lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.env, self.limit = dm.train_env, dm.env_info()["episode_limit"]
-        self.thread = threading.Thread(target=self._run, name="marl-collector", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        actor = EpisodeActor(self.agent, lambda: self.module.epsilon, self.module.device, generator=self.generator)
-        try:
-            while not self.stopping.is_set():
-                with self.weights_lock:
-                    weights, self.weights = self.weights, None
-                if weights is not None:
-                    self.agent.load_state_dict(weights)
-                item = collect_episodes(self.env, actor, self.limit)
-                while not self.stopping.is_set():
-                    try:
-                        self.rounds.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-        except BaseException as err:  # surfaced in the training loop by next_round()
-            self.rounds.put(err)
-
-    def next_round(self):
-        item = self.rounds.get()
-        if isinstance(item, BaseException):
-            raise RuntimeError("background collection failed") from item
-        with self.weights_lock:  # the next round the thread starts uses the newest weights
-            self.weights = {k: v.detach().clone() for k, v in self.module.agent.state_dict().items()}
-        return item
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.thread.join(timeout=60)
 
 
 def _has_method(env, name: str) -> bool:

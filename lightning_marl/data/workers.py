@@ -1,21 +1,24 @@
-"""Collection in worker processes: each worker owns its games and a copy of the agent and plays
-whole episodes on its own, so the environments step on every core while the learner trains.
+"""Asynchronous collection: rounds are played while the learner trains, by a thread
+(:class:`CollectorThread`, over the data module's training envs) or by worker processes that own
+their games (:class:`CollectorProcesses`, so the environments step on every core).
 
-The learner publishes its agent weights and epsilon into shared memory after each round it takes
-in; a worker picks them up before its next round. Rounds arrive in whatever order the workers
-finish them, so such runs are not bitwise reproducible (the in-process collector is).
+Both answer ``next_round(module)`` (the next finished round, and the module's newest agent weights
+and epsilon handed over for the rounds that follow) and ``close()``. Acting lags the learner by a
+round or two, so such runs are not bitwise reproducible (the in-process collector is).
 """
 from __future__ import annotations
 
 import copy
 import os
 import queue
+import threading
 from typing import Any, Optional
 
 import torch
 import torch.multiprocessing as mp
 
 from lightning_marl.data.collector import EpisodeActor, collect_episodes
+from lightning_marl.envs import in_process, make_env
 
 WORKER_SEED_OFFSET = 7_919
 
@@ -27,8 +30,6 @@ def _worker(index: int, env_name: str, env_cfg: dict, games: int, seed: int, sha
 
     def go_on() -> bool:  # stop when told, and when the training process died without telling (killed)
         return not stopping.is_set() and os.getppid() == parent
-
-    from lightning_marl.envs import make_env  # imported in the worker (spawn start method)
 
     try:
         env = make_env(env_name, num_envs=games, seed=seed, **env_cfg)
@@ -56,17 +57,16 @@ def _worker(index: int, env_name: str, env_cfg: dict, games: int, seed: int, sha
 class CollectorProcesses:
     """``processes`` workers, each playing one episode in each of its ``games`` per round.
 
-    ``next_round()`` returns the next finished round (padded episodes and their stats, as
-    :func:`~lightning_marl.data.collector.collect_episodes`); ``publish(agent, epsilon)`` hands the
-    newest weights to the workers; ``close()`` stops them.
+    ``next_round(module)`` publishes the module's agent weights and epsilon into shared memory (a
+    worker picks them up before its next round), then returns the next finished round (padded
+    episodes and their stats, as :func:`~lightning_marl.data.collector.collect_episodes`), in
+    whatever order the workers finish them; ``close()`` stops the workers.
     """
 
     def __init__(self, env_name: str, env_cfg: dict, agent: torch.nn.Module, epsilon: float, *,
                  processes: int, games: int, seed: int, start_method: Optional[str] = None):
         ctx = mp.get_context(start_method or "spawn")
-        env_cfg = dict(env_cfg, device="cpu")
-        if "parallel" in env_cfg:  # a worker steps its own games in turn
-            env_cfg["parallel"] = False
+        env_cfg = dict(in_process(env_cfg), device="cpu")  # a worker steps its own games in turn
         self.agent = copy.deepcopy(agent).cpu().eval().requires_grad_(False)
         self.agent.share_memory()
         self.lock, self.epsilon, self.version = ctx.Lock(), ctx.Value("d", float(epsilon)), ctx.Value("l", 0)
@@ -81,14 +81,15 @@ class CollectorProcesses:
             worker.start()
 
     @torch.no_grad()
-    def publish(self, agent: torch.nn.Module, epsilon: float) -> None:
+    def _publish(self, agent: torch.nn.Module, epsilon: float) -> None:
         with self.lock:
             for mine, theirs in zip(self.agent.state_dict().values(), agent.state_dict().values()):
                 mine.copy_(theirs)
             self.version.value += 1
         self.epsilon.value = float(epsilon)
 
-    def next_round(self) -> tuple[Any, dict]:
+    def next_round(self, module) -> tuple[Any, dict]:
+        self._publish(module.agent, module.epsilon)
         while True:
             try:
                 index, item = self.rounds.get(timeout=1.0)
@@ -111,3 +112,51 @@ class CollectorProcesses:
                 worker.join(timeout=5)
         self.rounds.cancel_join_thread()
         self.rounds.close()  # rounds still queued are dropped unread (their shared tensors go with them)
+
+
+class CollectorThread:
+    """Plays rounds on ``env`` in a thread with its own copy of the agent and RNG; hands them over
+    through a queue of one round, so at most one finished round waits while the next is played.
+    ``next_round(module)`` takes the next round, then snapshots the module's agent weights for the
+    round the thread starts next (epsilon is read live from the module)."""
+
+    def __init__(self, env, limit: int, module, seed: int):
+        self.agent = copy.deepcopy(module.agent).eval().requires_grad_(False)
+        self.generator = torch.Generator(device=module.device).manual_seed(seed)
+        self.rounds: "queue.Queue" = queue.Queue(maxsize=1)
+        self.weights: Optional[dict] = None
+        self.weights_lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.env, self.limit = env, limit
+        actor = EpisodeActor(self.agent, lambda: module.epsilon, module.device, generator=self.generator)
+        self.thread = threading.Thread(target=self._run, args=(actor,), name="marl-collector", daemon=True)
+        self.thread.start()
+
+    def _run(self, actor: EpisodeActor) -> None:
+        try:
+            while not self.stopping.is_set():
+                with self.weights_lock:
+                    weights, self.weights = self.weights, None
+                if weights is not None:
+                    self.agent.load_state_dict(weights)
+                item = collect_episodes(self.env, actor, self.limit)
+                while not self.stopping.is_set():
+                    try:
+                        self.rounds.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as err:  # surfaced in the training loop by next_round()
+            self.rounds.put(err)
+
+    def next_round(self, module) -> tuple[Any, dict]:
+        item = self.rounds.get()
+        if isinstance(item, BaseException):
+            raise RuntimeError("background collection failed") from item
+        with self.weights_lock:  # the next round the thread starts uses the newest weights
+            self.weights = {k: v.detach().clone() for k, v in module.agent.state_dict().items()}
+        return item
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=60)

@@ -22,3 +22,9 @@ ENVS = Registry(
 def make_env(name: str, num_envs: int = 1, seed: int = 0, device: str = "cpu", **params):
     """Build ``num_envs`` environments of family ``name`` (see ``ENVS.names()``)."""
     return ENVS.get(name)(num_envs=num_envs, seed=seed, device=device, **params)
+
+
+def in_process(env_cfg: dict) -> dict:
+    """``env_cfg`` with the games stepped in this process (``parallel=False`` for the families that
+    otherwise batch their games in worker processes)."""
+    return {**env_cfg, "parallel": False} if "parallel" in env_cfg else dict(env_cfg)

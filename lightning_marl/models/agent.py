@@ -47,10 +47,8 @@ class RNNAgent(nn.Module):
                 parts.append(onehot * (last_action >= 0).unsqueeze(-1).to(obs.dtype))
         return torch.cat(parts, dim=-1)
 
-    def _head(self, h: torch.Tensor, action_mask: Optional[torch.Tensor], out: Optional[torch.Tensor] = None,
-              ) -> torch.Tensor:
-        """Q-values from hidden states ``h`` (or from the output layer's result ``out``, if given)."""
-        out = self.fc_out(h) if out is None else out
+    def _head(self, out: torch.Tensor, action_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Q-values from the output layer's result ``out`` (dueling: value and advantage logits)."""
         if not self.dueling:
             return out
         value, logits = out[..., :1], out[..., 1:]
@@ -75,7 +73,7 @@ class RNNAgent(nn.Module):
         # the output layer runs on the contiguous [B*N, T, H] states (on a permuted view it is a slow bmm)
         out = self.fc_out(h).reshape(b, n, t, -1).permute(0, 2, 1, 3)
         h = h.reshape(b, n, t, self.hidden_dim).permute(0, 2, 1, 3)
-        return self._head(h, action_mask, out), h
+        return self._head(out, action_mask), h
 
     def step(self, obs: torch.Tensor, last_action: Optional[torch.Tensor], hidden: torch.Tensor,
              action_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +82,7 @@ class RNNAgent(nn.Module):
         x = F.relu(self.fc_in(self.inputs(obs, last_action)))
         _, h = self.rnn(x.reshape(b * n, 1, self.hidden_dim), hidden.reshape(1, b * n, self.hidden_dim))
         h = h.reshape(b, n, self.hidden_dim)
-        return self._head(h, action_mask), h
+        return self._head(self.fc_out(h), action_mask), h
 
 
 def stepwise_unroll(agent: RNNAgent, obs: torch.Tensor, actions: torch.Tensor,
@@ -100,7 +98,7 @@ def stepwise_unroll(agent: RNNAgent, obs: torch.Tensor, actions: torch.Tensor,
         x = F.relu(agent.fc_in(agent.inputs(obs[:, step], last))).reshape(b * n, -1)
         h = torch.gru_cell(x, h, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
         hidden = h.view(b, n, -1)
-        qs.append(agent._head(hidden, None if action_mask is None else action_mask[:, step]))
+        qs.append(agent._head(agent.fc_out(hidden), None if action_mask is None else action_mask[:, step]))
         hs.append(hidden)
         last = actions[:, step]
     return torch.stack(qs, 1), torch.stack(hs, 1)
