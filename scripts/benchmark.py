@@ -126,6 +126,9 @@ def end_to_end(cfg, budget: int) -> float:
     clock = _Clock()
     with tempfile.TemporaryDirectory() as tmp:
         run(cfg, tmp, extra_callbacks=[clock])
+    if clock.start is None:
+        raise SystemExit(f"--budget {budget} env steps ended before the first update (the replay warm-up is "
+                         f"data.warmup_episodes={cfg.data.warmup_episodes} episodes); allowed: a larger --budget")
     return clock.rate
 
 
