@@ -103,7 +103,7 @@ class _Clock(Callback):
     """Env steps per second from the first update (after the replay warm-up) to the last one (the
     final evaluation that follows it is not timed)."""
 
-    start = None
+    start = end = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.start is None:
@@ -126,7 +126,7 @@ def end_to_end(cfg, budget: int) -> float:
     clock = _Clock()
     with tempfile.TemporaryDirectory() as tmp:
         run(cfg, tmp, extra_callbacks=[clock])
-    if clock.start is None:
+    if clock.end is None:
         raise SystemExit(f"--budget {budget} env steps ended before the first update (the replay warm-up is "
                          f"data.warmup_episodes={cfg.data.warmup_episodes} episodes); allowed: a larger --budget")
     return clock.rate
