@@ -6,6 +6,9 @@ config; further ``key=value`` overrides (e.g. ``total_env_steps=200000``) apply 
 from __future__ import annotations
 
 import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -15,6 +18,19 @@ from lightning_marl.experiment import find_checkpoint, run
 from lightning_marl.registry import ConfigError
 
 GROUPS = ("env", "mixer", "agent", "learner", "trainer", "logger", "experiment")
+
+
+def session_dir(resume: Optional[str], new_run_dir: str) -> str:
+    """Hydra's folder for this session (its log and composed config): a new run's own folder, or for
+    ``resume=`` a ``resumed/<time>`` folder inside the resumed run's folder (so one run stays one folder)."""
+    path = Path(str(resume)).expanduser() if resume else None
+    if path is None or not path.exists():
+        return new_run_dir  # (a missing resume target is reported by find_checkpoint)
+    run_folder = path if path.is_dir() else (path.parent.parent if path.parent.name == "checkpoints" else path.parent)
+    return str(run_folder / "resumed" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
+
+
+OmegaConf.register_new_resolver("session_dir", session_dir, replace=True)
 
 
 def resumed_config(cfg: DictConfig) -> tuple[DictConfig, str, str]:

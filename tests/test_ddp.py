@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -18,3 +20,26 @@ def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
     assert r0["params"] == r1["params"]  # gradients averaged: identical weights on both ranks
     assert r0["first_actions"] != r1["first_actions"]  # each rank explores its own envs (seed offset)
     assert (tmp_path / "run" / "metrics.csv").exists()
+
+
+def test_background_collection_explores_differently_on_each_rank():
+    """With data.async_collection each rank's collector thread draws its own exploration noise."""
+    from types import SimpleNamespace
+
+    from lightning_marl.data.datamodule import MARLDataModule
+    from lightning_marl.models.agent import RNNAgent
+
+    actions = []
+    for rank in (0, 1):
+        dm = MARLDataModule({"name": "matrix", "game": "non_monotonic"}, num_envs=16, seed=3, async_collection=True)
+        dm.trainer = SimpleNamespace(global_rank=rank)
+        dm.setup("fit")
+        module = SimpleNamespace(agent=RNNAgent(1, 2, 3), epsilon=1.0, device=torch.device("cpu"))
+        collector = dm._start_collector(module)
+        try:
+            episodes, _ = collector.next_round(module)
+        finally:
+            collector.close()
+        actions.append(episodes["action"][:, 0])
+    assert actions[0].shape == (16, 2)
+    assert not torch.equal(actions[0], actions[1])

@@ -98,6 +98,10 @@ def test_sigkill_during_training_then_resume(tmp_path):
     assert_one_metric_stream(after)
     assert set(kept["step"]) <= set(after["step"])  # earlier metrics survive
     assert after["env_steps"].max() >= 4000 and after["step"].max() > killed_at
+    # the resumed session's log and config stay inside the run's folder
+    sessions = list((run_dir / "resumed").glob("*/.hydra/overrides.yaml"))
+    assert len(sessions) == 1 and f"resume={run_dir}" in sessions[0].read_text()
+    assert (sessions[0].parents[1] / "train.log").is_file()
 
 
 def _children(pid: int) -> list[int]:

@@ -186,7 +186,7 @@ class MARLDataModule(L.LightningDataModule):
                 games=self.num_envs // self.collector_processes, seed=self._base_seed + 104_729 * self.rounds,
                 start_method=self.worker_start_method)
         return CollectorThread(self.train_env, self.env_info()["episode_limit"], module,
-                               seed=self.seed + 7_919 * (self.rounds + 1))
+                               seed=self._base_seed + 7_919 * (self.rounds + 1))  # the rank's seed (DDP)
 
     def stop_background_collection(self) -> None:
         if self._collector is not None:
