@@ -1,7 +1,9 @@
 """Greedy evaluation of a checkpoint: test return and win rate (where the env reports one) with 95%
-confidence intervals, and optionally a rendering of one greedy episode.
+confidence intervals, and optionally a rendering of one greedy episode (text frames, or a GIF of an
+Overcooked game drawn by the package's visualizer).
 
     python scripts/evaluate.py outputs/.../checkpoints/last.ckpt --episodes 100 [--render] [--seed 123]
+    python scripts/evaluate.py outputs/.../checkpoints/last.ckpt --gif episode.gif    # Overcooked
 """
 from __future__ import annotations
 
@@ -72,6 +74,27 @@ def render_episode(ckpt: str | Path, seed: int = 0) -> list[str]:
     return frames
 
 
+@torch.no_grad()
+def save_gif(ckpt: str | Path, path: str | Path) -> dict:
+    """One greedy Overcooked episode of the checkpoint's policy drawn to a GIF (text frames next to it
+    where pygame cannot draw). Returns the episode's path, steps, soups and returns."""
+    module, env_cfg, _ = load(ckpt)
+    if env_cfg["name"] != "overcooked":
+        raise SystemExit(f"--gif draws Overcooked games; this checkpoint's env is {env_cfg['name']!r} "
+                         "(use --render for text frames)")
+    from lightning_marl.envs.overcooked import render_episode as draw_overcooked
+
+    actor = EpisodeActor(module.agent, lambda: 0.0, torch.device("cpu"))
+    actor.begin(1)
+
+    def greedy(td):  # the single game's tensordict has no batch dimension; the actor wants one
+        td.set(ACTION, actor(td.unsqueeze(0)).get(ACTION)[0])
+        return td
+
+    return draw_overcooked(env_cfg["layout"], greedy, path, horizon=env_cfg.get("horizon", 400),
+                           obs=env_cfg.get("obs", "featurized"), state=env_cfg.get("state", "concat"))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
@@ -79,18 +102,23 @@ def main(argv=None) -> None:
     parser.add_argument("--num-envs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--render", action="store_true", help="print the frames of one greedy episode")
+    parser.add_argument("--gif", metavar="PATH", help="draw one greedy episode to this GIF (Overcooked)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     result = evaluate(args.checkpoint, args.episodes, args.num_envs, args.seed)
+    if args.gif:
+        result["gif"] = save_gif(args.checkpoint, args.gif)
     if args.json:
         print(json.dumps(result))
     else:
         print(f"{args.episodes} greedy episodes of {args.checkpoint}")
         for key, value in result.items():
-            if isinstance(value, dict):
+            if isinstance(value, dict) and key != "gif":
                 label = "win rate" if key == "battle_won" else key
                 print(f"  {label:>16}: {value['mean']:.3f} ± {value['ci95']:.3f} (95% CI)")
+        if args.gif:
+            print("one greedy episode: " + ", ".join(f"{k}={v}" for k, v in result["gif"].items()))
     if args.render:
         for frame in render_episode(args.checkpoint, seed=args.seed or 0):
             print(frame, end="\n\n")

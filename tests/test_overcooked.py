@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,6 +21,8 @@ from torchrl.envs.utils import check_env_specs, step_mdp
 
 from lightning_marl.envs.contract import ACTION, MASK, OBS
 from lightning_marl.envs.overcooked import CLASSIC_LAYOUTS, OvercookedEnv, make_env, render_episode
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # the env tests need the optional package (the shaping-callback test does not)
 needs_overcooked = pytest.mark.skipif(importlib.util.find_spec("overcooked_ai_py") is None,
@@ -288,3 +293,16 @@ def test_training_on_overcooked_anneals_the_shaping_factor(tmp_path):
     run(cfg, tmp_path)
     factor = pd.read_csv(tmp_path / "metrics.csv")["shaping_factor"].dropna()
     assert factor.iloc[0] > 0.5 and factor.iloc[-1] == 0.0
+
+    # scripts/evaluate.py --gif draws the checkpoint's greedy episode: the same episode the greedy
+    # evaluation plays (the game is deterministic)
+    gif = tmp_path / "greedy.gif"
+    proc = subprocess.run([sys.executable, "scripts/evaluate.py", str(tmp_path / "checkpoints" / "last.ckpt"),
+                           "--episodes", "2", "--json", "--gif", str(gif)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    drawn = result["gif"]
+    assert drawn["steps"] == result["length"]["mean"] == 10 and Path(drawn["path"]).exists()
+    for key in ("soups", "sparse_return", "shaped_return"):
+        assert drawn[key] == result[key]["mean"]

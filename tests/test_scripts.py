@@ -39,6 +39,14 @@ def test_evaluate_reports_return_with_an_interval(multirun):
     assert result["length"]["mean"] == 1.0
 
 
+def test_evaluate_gif_names_the_env_it_cannot_draw(multirun, tmp_path):
+    ckpt = next(multirun.rglob("last.ckpt"))
+    proc = subprocess.run([sys.executable, "scripts/evaluate.py", str(ckpt), "--episodes", "2", "--gif",
+                           str(tmp_path / "x.gif")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "'matrix'" in proc.stderr and "--render" in proc.stderr
+    assert not (tmp_path / "x.gif").exists()
+
+
 def test_plot_makes_a_png_and_a_summary_per_mixer(multirun, tmp_path):
     out = tmp_path / "curves.png"
     proc = subprocess.run([sys.executable, "scripts/plot.py", str(multirun), "--out", str(out)], cwd=ROOT,
