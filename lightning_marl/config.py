@@ -39,6 +39,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("learner.epsilon_anneal_steps", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
     ("learner.intervention_anneal_steps", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = off)"),
     ("agent.hidden_dim", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+    ("agent.torso", lambda v: v in ("mlp", "cnn"), "mlp or cnn"),
 ]
 
 

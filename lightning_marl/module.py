@@ -62,7 +62,8 @@ class MARLModule(L.LightningModule):
         mixer = dict(mixer)
         self.agent = RNNAgent(env_info["obs_dim"], n, a, hidden_dim=agent["hidden_dim"],
                               agent_id=agent["agent_id"], last_action=agent["last_action"],
-                              dueling=bool(agent.get("dueling", False) or mixer.get("dueling_agent", False)))
+                              dueling=bool(agent.get("dueling", False) or mixer.get("dueling_agent", False)),
+                              torso=agent.get("torso", "mlp"), obs_grid_shape=env_info.get("obs_grid_shape"))
         self.central = CentralInfo(mixer.get("central_info", "state"), env_info["state_dim"], n, agent["hidden_dim"],
                                    noise_dim=mixer.get("noise_dim", 16),
                                    detach_history=mixer.get("detach_history", True))

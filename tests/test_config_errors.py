@@ -16,6 +16,7 @@ from lightning_marl.registry import ConfigError
     ("learner.td_weighting=pessimistic", "learner.td_weighting='pessimistic' is out of range; allowed: none or optimistic"),
     ("learner.optimistic_alpha=0", "learner.optimistic_alpha=0 is out of range; allowed: a number in (0, 1]"),
     ("data.collector_processes=3", "data.num_envs=8 is not a multiple of data.collector_processes=3"),
+    ("agent.torso=transformer", "agent.torso='transformer' is out of range; allowed: mlp or cnn"),
     ("data.worker_start_method=threads", "data.worker_start_method='threads' is out of range; allowed: null, spawn"),
 ])
 def test_bad_values_are_named_with_what_is_allowed(make_config, override, message):
@@ -43,3 +44,10 @@ def test_a_config_saved_before_newer_keys_existed_still_validates(make_config):
     with open_dict(cfg), pytest.raises(ConfigError, match="learner.gamma=2"):
         cfg.learner.gamma = 2  # the keys that are there are still checked
         validate(cfg)
+
+
+def test_cnn_torso_on_an_env_without_grid_observations_is_refused(make_config, tmp_path):
+    from lightning_marl.experiment import run
+
+    with pytest.raises(ConfigError, match=r"agent.torso='cnn' is out of range; allowed: mlp for this env \(cnn needs grid"):
+        run(make_config(["agent.torso=cnn", "total_env_steps=100", "trainer.enable_progress_bar=false"]), tmp_path)

@@ -306,3 +306,25 @@ def test_training_on_overcooked_anneals_the_shaping_factor(tmp_path):
     assert drawn["steps"] == result["length"]["mean"] == 10 and Path(drawn["path"]).exists()
     for key in ("soups", "sparse_return", "shaped_return"):
         assert drawn[key] == result[key]["mean"]
+
+
+@needs_overcooked
+def test_training_on_lossless_grids_with_the_cnn_torso(tmp_path):
+    """env.obs=lossless with agent.torso=cnn: the learner gets the grid shape from the env and
+    trains the convolution filters."""
+    import torch as th
+
+    from lightning_marl.config import compose
+    from lightning_marl.experiment import run
+
+    cfg = compose(["env=overcooked", "env.obs=lossless", "env.horizon=10", "env.parallel=false", "agent.torso=cnn",
+                   "mixer=qmix", "total_env_steps=120", "data.warmup_episodes=2", "data.batch_size=2",
+                   "checkpoint.every_n_updates=1", "checkpoint.keep_all=true", "eval.episodes=2",
+                   "trainer.enable_progress_bar=false"])
+    run(cfg, tmp_path)
+    ckpts = sorted((tmp_path / "checkpoints").glob("step*.ckpt"), key=lambda p: int(p.stem[4:]))
+    first, last = (th.load(p, map_location="cpu", weights_only=False) for p in (ckpts[0], ckpts[-1]))
+    assert first["hyper_parameters"]["env_info"]["obs_grid_shape"] == [26, 5, 4]
+    conv = "agent.torso.net.0.weight"
+    assert last["state_dict"][conv].shape == (32, 26, 3, 3)
+    assert not th.equal(first["state_dict"][conv], last["state_dict"][conv])

@@ -1,6 +1,7 @@
 """The LightningDataModule: environments, episode collector and a TensorDict replay of episodes."""
 from __future__ import annotations
 
+import math
 import random
 import time
 from typing import Any, Iterator, Optional
@@ -21,13 +22,17 @@ RANK_SEED_OFFSET = 100_003
 
 
 def describe_env(env) -> dict[str, Any]:
-    """What the learner needs to know of a batch of games: n_agents, n_actions, obs_dim, state_dim,
-    episode_limit, stat_keys, shaped_reward."""
+    """What the learner needs to know of a batch of games: n_agents, n_actions, obs_dim (and
+    obs_grid_shape where observations are flattened grids), state_dim, episode_limit, stat_keys,
+    shaped_reward."""
     spec = env.observation_spec
+    obs_dim = int(spec[OBS].shape[-1])
+    grid = getattr(env, "obs_grid_shape", None)  # (C, W, H) where observations are flattened grids
     return {
         "n_agents": int(env.n_agents),
         "n_actions": int(env.n_actions),
-        "obs_dim": int(spec[OBS].shape[-1]),
+        "obs_dim": obs_dim,
+        "obs_grid_shape": [int(v) for v in grid] if grid is not None and math.prod(grid) == obs_dim else None,
         "state_dim": int(spec["state"].shape[-1]),
         "episode_limit": int(env.episode_limit),
         "stat_keys": tuple(getattr(env, "stat_keys", ())),

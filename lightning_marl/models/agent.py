@@ -1,20 +1,43 @@
 """The recurrent agent shared by all agents, and masked epsilon-greedy action selection."""
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from lightning_marl.models.mixers.base import NEG_INF
+from lightning_marl.registry import check
+
+
+TORSOS = ("mlp", "cnn")
+
+
+class GridTorso(nn.Module):
+    """A small CNN over a channels-first observation grid ``(C, W, H)`` given flattened
+    (``[*B, C*W*H]``, e.g. Overcooked's lossless encoding): two 3x3 convolutions with ``channels``
+    filters, ReLU and padding 1, flattened to ``[*B, channels*W*H]``."""
+
+    def __init__(self, grid_shape: Sequence[int], channels: int = 32):
+        super().__init__()
+        c, w, h = (int(v) for v in grid_shape)
+        self.grid_shape, self.out_dim = (c, w, h), channels * w * h
+        self.net = nn.Sequential(nn.Conv2d(c, channels, 3, padding=1), nn.ReLU(),
+                                 nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU())
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        lead = obs.shape[:-1]
+        return self.net(obs.reshape(-1, *self.grid_shape)).reshape(*lead, self.out_dim)
 
 
 class RNNAgent(nn.Module):
     """One GRU network shared by all agents: ``Q_i(tau_i, .)`` over A actions.
 
     Input per agent and step: observation, one-hot agent id and one-hot last action (each
-    switchable). With ``dueling`` the head outputs a value ``V_i`` and advantage logits ``U_i``
+    switchable). With ``torso="cnn"`` the observation is a flattened ``(C, W, H)`` grid
+    (``obs_grid_shape``) that a :class:`GridTorso` encodes first. With ``dueling`` the head outputs a value ``V_i`` and advantage logits ``U_i``
     and ``Q_i = V_i + U_i - max_b U_i(b)`` (max over available actions), so the greedy
     advantage is exactly 0 (DuelMIX's agents).
 
@@ -23,11 +46,17 @@ class RNNAgent(nn.Module):
     """
 
     def __init__(self, obs_dim: int, n_agents: int, n_actions: int, hidden_dim: int = 64,
-                 agent_id: bool = True, last_action: bool = True, dueling: bool = False):
+                 agent_id: bool = True, last_action: bool = True, dueling: bool = False, torso: str = "mlp",
+                 obs_grid_shape: Optional[Sequence[int]] = None):
         super().__init__()
         self.n_agents, self.n_actions, self.hidden_dim = n_agents, n_actions, hidden_dim
         self.agent_id, self.last_action, self.dueling = agent_id, last_action, dueling
-        in_dim = obs_dim + (n_agents if agent_id else 0) + (n_actions if last_action else 0)
+        check(torso in TORSOS, "agent.torso", torso, " | ".join(TORSOS))
+        check(torso != "cnn" or (obs_grid_shape is not None and math.prod(obs_grid_shape) == obs_dim),
+              "agent.torso", torso, "mlp for this env (cnn needs grid observations, e.g. env=overcooked env.obs=lossless)")
+        self.torso = GridTorso(obs_grid_shape) if torso == "cnn" else None
+        in_dim = ((self.torso.out_dim if self.torso is not None else obs_dim)
+                  + (n_agents if agent_id else 0) + (n_actions if last_action else 0))
         self.fc_in = nn.Linear(in_dim, hidden_dim)
         self.rnn = nn.GRU(hidden_dim, hidden_dim, batch_first=True)
         self.fc_out = nn.Linear(hidden_dim, n_actions + (1 if dueling else 0))
@@ -35,7 +64,7 @@ class RNNAgent(nn.Module):
     def inputs(self, obs: torch.Tensor, last_action: Optional[torch.Tensor]) -> torch.Tensor:
         """Agent input ``[*B, N, in_dim]`` from observations ``[*B,N,obs]`` and last actions ``[*B,N]``
         (``None`` or -1 = no previous action)."""
-        parts = [obs]
+        parts = [obs if self.torso is None else self.torso(obs)]
         if self.agent_id:
             eye = torch.eye(self.n_agents, device=obs.device, dtype=obs.dtype)
             parts.append(eye.expand(*obs.shape[:-1], self.n_agents))
