@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime
-from pathlib import Path
 from typing import Optional
 
 import hydra
@@ -23,10 +22,12 @@ GROUPS = ("env", "mixer", "agent", "learner", "trainer", "logger", "experiment")
 def session_dir(resume: Optional[str], new_run_dir: str) -> str:
     """Hydra's folder for this session (its log and composed config): a new run's own folder, or for
     ``resume=`` a ``resumed/<time>`` folder inside the resumed run's folder (so one run stays one folder)."""
-    path = Path(str(resume)).expanduser() if resume else None
-    if path is None or not path.exists():
-        return new_run_dir  # (a missing resume target is reported by find_checkpoint)
-    run_folder = path if path.is_dir() else (path.parent.parent if path.parent.name == "checkpoints" else path.parent)
+    if not resume:
+        return new_run_dir
+    try:
+        run_folder, _ = find_checkpoint(str(resume))
+    except ConfigError:
+        return new_run_dir  # reported by resumed_config once the run starts
     return str(run_folder / "resumed" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
 
 

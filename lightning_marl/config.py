@@ -7,6 +7,7 @@ from typing import Any, Callable, Sequence
 from omegaconf import DictConfig
 
 from lightning_marl.envs import ENVS
+from lightning_marl.models.agent import TORSOS
 from lightning_marl.models.central import MODES
 from lightning_marl.models.mixers import MIXERS
 from lightning_marl.registry import ConfigError, check
@@ -39,7 +40,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("learner.epsilon_anneal_steps", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
     ("learner.intervention_anneal_steps", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0 (0 = off)"),
     ("agent.hidden_dim", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-    ("agent.torso", lambda v: v in ("mlp", "cnn"), "mlp or cnn"),
+    ("agent.torso", lambda v: v in TORSOS, " or ".join(TORSOS)),
 ]
 
 

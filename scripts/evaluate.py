@@ -23,8 +23,12 @@ from lightning_marl.module import MARLModule  # noqa: E402
 from lightning_marl.stats import mean_ci  # noqa: E402
 
 
-def load(ckpt: str | Path) -> tuple[MARLModule, dict, int]:
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+Loaded = tuple[MARLModule, dict, int]  # the agent and mixers, the env config, the run's seed
+
+
+def load(ckpt: str | Path) -> Loaded:
+    """The checkpoint's module, env config and seed (memory-mapped: a stored replay is not read)."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
     module = MARLModule(**state["hyper_parameters"])
     module.load_state_dict(state["state_dict"])
     data = state["MARLDataModule"]
@@ -32,9 +36,10 @@ def load(ckpt: str | Path) -> tuple[MARLModule, dict, int]:
 
 
 @torch.no_grad()
-def evaluate(ckpt: str | Path, episodes: int = 32, num_envs: int = 8, seed: int | None = None) -> dict:
+def evaluate(loaded: Loaded, episodes: int = 32, num_envs: int = 8, seed: int | None = None) -> dict:
     """Greedy episodes on fresh envs (seeded ``seed``, default: the run's seed + 1e6)."""
-    module, env_cfg, run_seed = load(ckpt)
+    module, env_cfg, run_seed = loaded
+    env_cfg = dict(env_cfg)
     name = env_cfg.pop("name")
     env = make_env(name, num_envs=min(num_envs, episodes), seed=run_seed + 1_000_000 if seed is None else seed, **env_cfg)
     per_episode: dict[str, list] = {}
@@ -52,9 +57,10 @@ def evaluate(ckpt: str | Path, episodes: int = 32, num_envs: int = 8, seed: int 
 
 
 @torch.no_grad()
-def render_episode(ckpt: str | Path, seed: int = 0) -> list[str]:
+def render_episode(loaded: Loaded, seed: int = 0) -> list[str]:
     """Text frames of one greedy episode, for envs that can render a game (``env.render(index)``)."""
-    module, env_cfg, _ = load(ckpt)
+    module, env_cfg, _ = loaded
+    env_cfg = dict(env_cfg)
     name = env_cfg.pop("name")
     env = make_env(name, num_envs=1, seed=seed, **env_cfg)
     if not callable(getattr(env, "render", None)):
@@ -75,10 +81,10 @@ def render_episode(ckpt: str | Path, seed: int = 0) -> list[str]:
 
 
 @torch.no_grad()
-def save_gif(ckpt: str | Path, path: str | Path) -> dict:
+def save_gif(loaded: Loaded, path: str | Path) -> dict:
     """One greedy Overcooked episode of the checkpoint's policy drawn to a GIF (text frames next to it
     where pygame cannot draw). Returns the episode's path, steps, soups and returns."""
-    module, env_cfg, _ = load(ckpt)
+    module, env_cfg, _ = loaded
     if env_cfg["name"] != "overcooked":
         raise SystemExit(f"--gif draws Overcooked games; this checkpoint's env is {env_cfg['name']!r} "
                          "(use --render for text frames)")
@@ -106,9 +112,10 @@ def main(argv=None) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    result = evaluate(args.checkpoint, args.episodes, args.num_envs, args.seed)
+    loaded = load(args.checkpoint)
+    result = evaluate(loaded, args.episodes, args.num_envs, args.seed)
     if args.gif:
-        result["gif"] = save_gif(args.checkpoint, args.gif)
+        result["gif"] = save_gif(loaded, args.gif)
     if args.json:
         print(json.dumps(result))
     else:
@@ -120,7 +127,7 @@ def main(argv=None) -> None:
         if args.gif:
             print("one greedy episode: " + ", ".join(f"{k}={v}" for k, v in result["gif"].items()))
     if args.render:
-        for frame in render_episode(args.checkpoint, seed=args.seed or 0):
+        for frame in render_episode(loaded, seed=args.seed or 0):
             print(frame, end="\n\n")
 
 
