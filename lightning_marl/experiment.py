@@ -31,7 +31,9 @@ def build_datamodule(cfg: DictConfig) -> MARLDataModule:
         eval_num_envs=cfg.eval.num_envs, seed=cfg.seed, device=cfg.device,
         keep_replay_in_checkpoint=cfg.checkpoint.replay, async_collection=cfg.data.get("async_collection", False),
         collector_processes=cfg.data.get("collector_processes", 0),
-        worker_start_method=cfg.data.get("worker_start_method", None))
+        worker_start_method=cfg.data.get("worker_start_method", None), prioritized=cfg.data.get("prioritized", False),
+        priority_alpha=cfg.data.get("priority_alpha", 0.6), priority_beta=cfg.data.get("priority_beta", 0.4),
+        priority_beta_anneal_steps=cfg.data.get("priority_beta_anneal_steps", None))
 
 
 def build_module(cfg: DictConfig, env_info: dict) -> MARLModule:

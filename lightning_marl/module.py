@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from lightning_marl.data.priority import WEIGHT_KEY
 from lightning_marl.models.agent import RNNAgent
 from lightning_marl.models.central import CentralInfo
 from lightning_marl.models.mixers import build_mixer
@@ -48,10 +49,12 @@ def td_weights(q_tot: torch.Tensor, targets: torch.Tensor, cfg: dict) -> torch.T
 class MARLModule(L.LightningModule):
     """Agents + mixer + targets, trained on batches of padded episodes.
 
-    Loss: ``mean over valid steps of c_t (Q_tot(tau_t, a_t) - G_t)^2`` with ``G_t`` the TD(lambda)
+    Loss: ``mean over valid steps of u_b c_t (Q_tot(tau_t, a_t) - G_t)^2`` with ``G_t`` the TD(lambda)
     target of :func:`~lightning_marl.targets.td_lambda_targets` built from the target mixer
-    evaluated at the online network's greedy actions (double Q), and ``c_t`` = 1 (plain TD, the
-    default) or the optimistic weight of :func:`td_weights`. Gradients are clipped by norm.
+    evaluated at the online network's greedy actions (double Q), ``c_t`` = 1 (plain TD, the
+    default) or the optimistic weight of :func:`td_weights`, and ``u_b`` = 1, or with prioritized
+    replay (``data.prioritized``) episode b's importance weight; each update then gives the
+    sampled episodes their new priority ``max_t |Q_tot - G_t|``. Gradients are clipped by norm.
     """
 
     def __init__(self, env_info: dict, agent: dict, mixer: dict, learner: dict):
@@ -107,7 +110,10 @@ class MARLModule(L.LightningModule):
                                         target_tot, cfg["gamma"], cfg["td_lambda"])
         td_error = (q_tot - targets) * filled
         n_valid = filled.sum().clamp(min=1)
-        loss = (td_weights(q_tot.detach(), targets, cfg) * td_error.pow(2)).sum() / n_valid
+        weights = td_weights(q_tot.detach(), targets, cfg)
+        if WEIGHT_KEY in batch.keys():  # prioritized replay: importance weight of each episode
+            weights = weights * batch[WEIGHT_KEY][:, :-1]
+        loss = (weights * td_error.pow(2)).sum() / n_valid
         chosen = q[:, :-1].gather(-1, actions[:, :-1].unsqueeze(-1)).squeeze(-1)
         stats = {
             "loss": loss.detach(),
@@ -115,6 +121,7 @@ class MARLModule(L.LightningModule):
             "q_taken_mean": (chosen.detach().mean(-1) * filled).sum() / n_valid,
             "q_tot_mean": (q_tot.detach() * filled).sum() / n_valid,
             "target_mean": (targets * filled).sum() / n_valid,
+            "episode_priority": td_error.detach().abs().amax(1),  # [B], for prioritized replay; not logged
         }
         return loss, stats
 
@@ -125,6 +132,9 @@ class MARLModule(L.LightningModule):
         batch, _, _ = next(dataloader_iter)
         batch = batch.to(self.device, non_blocking=True)
         loss, stats = self.td_loss(batch)
+        priority = stats.pop("episode_priority")
+        if WEIGHT_KEY in batch.keys():
+            self.trainer.datamodule.update_priorities(batch["index"][:, 0], priority)
         if self._logging_step():
             self.log_metrics(stats)
         return loss

@@ -17,6 +17,8 @@ from lightning_marl.registry import ConfigError
     ("learner.optimistic_alpha=0", "learner.optimistic_alpha=0 is out of range; allowed: a number in (0, 1]"),
     ("data.collector_processes=3", "data.num_envs=8 is not a multiple of data.collector_processes=3"),
     ("agent.torso=transformer", "agent.torso='transformer' is out of range; allowed: mlp or cnn"),
+    ("data.priority_beta=1.5", "data.priority_beta=1.5 is out of range; allowed: a number in [0, 1]"),
+    ("data.prioritized=maybe", "data.prioritized='maybe' is out of range; allowed: true or false"),
     ("data.worker_start_method=threads", "data.worker_start_method='threads' is out of range; allowed: null, spawn"),
 ])
 def test_bad_values_are_named_with_what_is_allowed(make_config, override, message):

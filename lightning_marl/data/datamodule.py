@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 
 from lightning_marl.data.collector import EpisodeActor, collect_episodes
+from lightning_marl.data.priority import EpisodePrioritySampler
 from lightning_marl.data.workers import CollectorProcesses, CollectorThread
 from lightning_marl.envs import make_env
 from lightning_marl.envs.contract import OBS
@@ -93,7 +94,8 @@ class MARLDataModule(L.LightningDataModule):
                  updates_per_round: int = 1, warmup_episodes: int = 32, total_env_steps: int = 10_000,
                  eval_num_envs: int = 8, seed: int = 0, device: str = "cpu", keep_replay_in_checkpoint: bool = True,
                  async_collection: bool = False, collector_processes: int = 0,
-                 worker_start_method: Optional[str] = None):
+                 worker_start_method: Optional[str] = None, prioritized: bool = False, priority_alpha: float = 0.6,
+                 priority_beta: float = 0.4, priority_beta_anneal_steps: Optional[int] = None):
         super().__init__()
         self.env_cfg = dict(env)
         self.env_name = self.env_cfg.pop("name")
@@ -104,6 +106,8 @@ class MARLDataModule(L.LightningDataModule):
         self.keep_replay_in_checkpoint = keep_replay_in_checkpoint
         self.async_collection = async_collection
         self.collector_processes, self.worker_start_method = int(collector_processes), worker_start_method
+        self.prioritized, self.priority_alpha, self.priority_beta = bool(prioritized), priority_alpha, priority_beta
+        self.priority_beta_anneal_steps = priority_beta_anneal_steps or total_env_steps
         self._collector: Optional[CollectorThread | CollectorProcesses] = None  # asynchronous collection
         self._base_seed = seed
         self.env_steps = 0
@@ -141,7 +145,10 @@ class MARLDataModule(L.LightningDataModule):
         if not self.collector_processes:  # otherwise the worker processes own the training games
             self.train_env = self._make(self.num_envs, base)
         self.eval_env = self._make(self.eval_num_envs, base + 50_000)
-        self.replay = TensorDictReplayBuffer(storage=LazyTensorStorage(self.buffer_size), batch_size=self.batch_size)
+        sampler = (EpisodePrioritySampler(self.buffer_size, self.priority_alpha, self.priority_beta)
+                   if self.prioritized else None)
+        self.replay = TensorDictReplayBuffer(storage=LazyTensorStorage(self.buffer_size), sampler=sampler,
+                                             batch_size=self.batch_size)
 
     def teardown(self, stage: Optional[str] = None) -> None:
         self.stop_background_collection()
@@ -199,10 +206,19 @@ class MARLDataModule(L.LightningDataModule):
             self._collector = None
 
     def sample(self) -> TensorDict:
-        """B episodes, trimmed to the longest one in the batch (+1 for the final observation)."""
+        """B episodes, trimmed to the longest one in the batch (+1 for the final observation).
+        With prioritized replay they carry ``index`` and ``priority_weight``; beta grows linearly
+        from ``priority_beta`` to 1 over ``priority_beta_anneal_steps`` env steps (the budget if unset)."""
+        if self.prioritized:
+            progress = min(1.0, self.env_steps / max(self.priority_beta_anneal_steps, 1))
+            self.replay.sampler.beta = self.priority_beta + (1.0 - self.priority_beta) * progress
         batch = self.replay.sample()
         longest = int(batch.get("filled").sum(1).max())
         return batch[:, : longest + 1]
+
+    def update_priorities(self, index: torch.Tensor, priority: torch.Tensor) -> None:
+        """New priorities (largest |TD error| per episode) for the episodes at replay ``index``."""
+        self.replay.update_priority(index.cpu(), priority.detach().cpu())
 
     def env_steps_per_second(self) -> float:
         elapsed = time.perf_counter() - self._start_time
