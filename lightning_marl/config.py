@@ -83,6 +83,10 @@ def validate(cfg: DictConfig) -> None:
         except TypeError:
             ok = False
         check(ok, key, value, allowed)
+    options = sorted(k for k in cfg.env if k != "name")
+    for key in (cfg.eval.get("env") or {}):
+        if key not in options:
+            raise ConfigError(f"eval.env.{key} is not an option of env {cfg.env.name}; allowed: {', '.join(options)}")
     processes = cfg.data.get("collector_processes", 0)
     if processes > 0:  # an integer: checked by RULES above
         if cfg.data.num_envs % processes:

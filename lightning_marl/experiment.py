@@ -33,7 +33,8 @@ def build_datamodule(cfg: DictConfig) -> MARLDataModule:
         collector_processes=cfg.data.get("collector_processes", 0),
         worker_start_method=cfg.data.get("worker_start_method", None), prioritized=cfg.data.get("prioritized", False),
         priority_alpha=cfg.data.get("priority_alpha", 0.6), priority_beta=cfg.data.get("priority_beta", 0.4),
-        priority_beta_anneal_steps=cfg.data.get("priority_beta_anneal_steps", None))
+        priority_beta_anneal_steps=cfg.data.get("priority_beta_anneal_steps", None),
+        eval_env=dict(cfg.eval.get("env") or {}))
 
 
 def build_module(cfg: DictConfig, env_info: dict) -> MARLModule:

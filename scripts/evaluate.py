@@ -4,6 +4,7 @@ Overcooked game drawn by the package's visualizer).
 
     python scripts/evaluate.py outputs/.../checkpoints/last.ckpt --episodes 100 [--render] [--seed 123]
     python scripts/evaluate.py outputs/.../checkpoints/last.ckpt --gif episode.gif    # Overcooked
+    python scripts/evaluate.py outputs/.../checkpoints/last.ckpt --env random_init=false   # other env options
 """
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import torch
+import yaml
 from torchrl.envs.utils import step_mdp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,13 +29,22 @@ from lightning_marl.stats import mean_ci  # noqa: E402
 Loaded = tuple[MARLModule, dict, int]  # the agent and mixers, the env config, the run's seed
 
 
-def load(ckpt: str | Path) -> Loaded:
-    """The checkpoint's module, env config and seed (memory-mapped: a stored replay is not read)."""
+def load(ckpt: str | Path, env_overrides: Sequence[str] = ()) -> Loaded:
+    """The checkpoint's module, env config and seed (memory-mapped: a stored replay is not read).
+    ``env_overrides``: ``key=value`` (YAML values) replacing options of the run's env config."""
     state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
     module = MARLModule(**state["hyper_parameters"])
     module.load_state_dict(state["state_dict"])
     data = state["MARLDataModule"]
-    return module.eval(), dict(data["env"]), int(data["seed"])
+    env_cfg = dict(data["env"])
+    for item in env_overrides:
+        key, sep, value = item.partition("=")
+        options = sorted(k for k in env_cfg if k != "name")
+        if not sep or key not in options:
+            raise SystemExit(f"--env {item!r}: not KEY=VALUE with an option of env {env_cfg['name']!r}; "
+                             f"allowed keys: {', '.join(options)}")
+        env_cfg[key] = yaml.safe_load(value)
+    return module.eval(), env_cfg, int(data["seed"])
 
 
 @torch.no_grad()
@@ -110,9 +122,11 @@ def main(argv=None) -> None:
     parser.add_argument("--render", action="store_true", help="print the frames of one greedy episode")
     parser.add_argument("--gif", metavar="PATH", help="draw one greedy episode to this GIF (Overcooked)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="evaluate with this env option changed (repeatable), e.g. random_init=false")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    loaded = load(args.checkpoint)
+    loaded = load(args.checkpoint, args.env)
     result = evaluate(loaded, args.episodes, args.num_envs, args.seed)
     if args.gif:
         result["gif"] = save_gif(loaded, args.gif)

@@ -335,3 +335,18 @@ def test_runs_on_cuda():
     td.set(ACTION, torch.zeros(8, 2, dtype=torch.long, device="cuda"))
     out = env.step(td)["next"]
     assert out["reward"].device.type == "cuda"
+
+
+def test_evaluation_games_can_differ_from_training_games(make_config):
+    """eval.env: train from random starts, evaluate from the fixed layout."""
+    from lightning_marl.experiment import build_datamodule
+
+    dm = build_datamodule(make_config(["env.random_init=true", "+eval.env.random_init=false"]))
+    dm.setup()
+    try:
+        assert dm.train_env.random_init and not dm.eval_env.random_init
+        fixed = make_env(num_envs=dm.eval_num_envs)
+        assert torch.equal(dm.eval_env.reset()["state"], fixed.reset()["state"])
+        assert not torch.equal(dm.train_env.reset()["state"], fixed.reset()["state"][:1].expand(dm.num_envs, -1))
+    finally:
+        dm.teardown()

@@ -19,6 +19,7 @@ from lightning_marl.registry import ConfigError
     ("agent.torso=transformer", "agent.torso='transformer' is out of range; allowed: mlp or cnn"),
     ("data.priority_beta=1.5", "data.priority_beta=1.5 is out of range; allowed: a number in [0, 1]"),
     ("data.prioritized=maybe", "data.prioritized='maybe' is out of range; allowed: true or false"),
+    ("+eval.env.layout=cramped_room", "eval.env.layout is not an option of env box_pushing; allowed: big_box_reward,"),
     ("data.worker_start_method=threads", "data.worker_start_method='threads' is out of range; allowed: null, spawn"),
 ])
 def test_bad_values_are_named_with_what_is_allowed(make_config, override, message):

@@ -62,3 +62,15 @@ def test_plot_names_the_allowed_metrics_for_a_bad_one(multirun, tmp_path):
     proc = subprocess.run([sys.executable, "scripts/plot.py", str(multirun), "--metric", "test/nope",
                            "--out", str(tmp_path / "x.png")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "test/return_mean" in proc.stderr
+
+
+def test_evaluate_with_a_changed_env_option_and_a_refused_one(multirun):
+    ckpt = next(multirun.rglob("last.ckpt"))  # trained on the additive game
+    proc = subprocess.run([sys.executable, "scripts/evaluate.py", str(ckpt), "--episodes", "8", "--json",
+                           "--env", "game=climbing"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["return"]["mean"] in {11, -30, 0, 7, 6, 5}  # a payoff of the climbing table
+    proc = subprocess.run([sys.executable, "scripts/evaluate.py", str(ckpt), "--env", "grid=6"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "'grid=6'" in proc.stderr and "allowed keys: game" in proc.stderr

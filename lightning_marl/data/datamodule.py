@@ -95,10 +95,12 @@ class MARLDataModule(L.LightningDataModule):
                  eval_num_envs: int = 8, seed: int = 0, device: str = "cpu", keep_replay_in_checkpoint: bool = True,
                  async_collection: bool = False, collector_processes: int = 0,
                  worker_start_method: Optional[str] = None, prioritized: bool = False, priority_alpha: float = 0.6,
-                 priority_beta: float = 0.4, priority_beta_anneal_steps: Optional[int] = None):
+                 priority_beta: float = 0.4, priority_beta_anneal_steps: Optional[int] = None,
+                 eval_env: Optional[dict] = None):
         super().__init__()
         self.env_cfg = dict(env)
         self.env_name = self.env_cfg.pop("name")
+        self.eval_env_cfg = {**self.env_cfg, **dict(eval_env or {})}  # e.g. train on random starts, test on the fixed one
         self.num_envs, self.buffer_size, self.batch_size = num_envs, buffer_size, batch_size
         self.updates_per_round, self.warmup_episodes = updates_per_round, warmup_episodes
         self.total_env_steps, self.eval_num_envs = total_env_steps, eval_num_envs
@@ -122,8 +124,9 @@ class MARLDataModule(L.LightningDataModule):
         self._start_steps = 0
 
     # -- environment facts -------------------------------------------------------------
-    def _make(self, num_envs: int, seed: int):
-        return make_env(self.env_name, num_envs=num_envs, seed=seed, device=self.env_device, **self.env_cfg)
+    def _make(self, num_envs: int, seed: int, env_cfg: Optional[dict] = None):
+        env_cfg = self.env_cfg if env_cfg is None else env_cfg
+        return make_env(self.env_name, num_envs=num_envs, seed=seed, device=self.env_device, **env_cfg)
 
     def env_info(self) -> dict[str, Any]:
         """n_agents, n_actions, obs_dim, state_dim, episode_limit, stat_keys, shaped_reward."""
@@ -144,7 +147,7 @@ class MARLDataModule(L.LightningDataModule):
         self._base_seed = base
         if not self.collector_processes:  # otherwise the worker processes own the training games
             self.train_env = self._make(self.num_envs, base)
-        self.eval_env = self._make(self.eval_num_envs, base + 50_000)
+        self.eval_env = self._make(self.eval_num_envs, base + 50_000, self.eval_env_cfg)
         sampler = (EpisodePrioritySampler(self.buffer_size, self.priority_alpha, self.priority_beta)
                    if self.prioritized else None)
         self.replay = TensorDictReplayBuffer(storage=LazyTensorStorage(self.buffer_size), sampler=sampler,
