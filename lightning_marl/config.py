@@ -6,7 +6,7 @@ from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig
 
-from lightning_marl.envs import ENVS
+from lightning_marl.envs import ENVS, env_options
 from lightning_marl.models.agent import TORSOS
 from lightning_marl.models.central import MODES
 from lightning_marl.models.mixers import MIXERS
@@ -83,7 +83,7 @@ def validate(cfg: DictConfig) -> None:
         except TypeError:
             ok = False
         check(ok, key, value, allowed)
-    options = sorted(k for k in cfg.env if k != "name")
+    options = env_options(cfg.env)
     for key in (cfg.eval.get("env") or {}):
         if key not in options:
             raise ConfigError(f"eval.env.{key} is not an option of env {cfg.env.name}; allowed: {', '.join(options)}")

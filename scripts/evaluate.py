@@ -20,7 +20,7 @@ from torchrl.envs.utils import step_mdp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_marl.data.collector import EpisodeActor, collect_episodes  # noqa: E402
-from lightning_marl.envs import make_env  # noqa: E402
+from lightning_marl.envs import env_options, make_env  # noqa: E402
 from lightning_marl.envs.contract import ACTION  # noqa: E402
 from lightning_marl.module import MARLModule  # noqa: E402
 from lightning_marl.stats import mean_ci  # noqa: E402
@@ -37,9 +37,9 @@ def load(ckpt: str | Path, env_overrides: Sequence[str] = ()) -> Loaded:
     module.load_state_dict(state["state_dict"])
     data = state["MARLDataModule"]
     env_cfg = dict(data["env"])
+    options = env_options(env_cfg)
     for item in env_overrides:
         key, sep, value = item.partition("=")
-        options = sorted(k for k in env_cfg if k != "name")
         if not sep or key not in options:
             raise SystemExit(f"--env {item!r}: not KEY=VALUE with an option of env {env_cfg['name']!r}; "
                              f"allowed keys: {', '.join(options)}")
@@ -51,9 +51,7 @@ def load(ckpt: str | Path, env_overrides: Sequence[str] = ()) -> Loaded:
 def evaluate(loaded: Loaded, episodes: int = 32, num_envs: int = 8, seed: int | None = None) -> dict:
     """Greedy episodes on fresh envs (seeded ``seed``, default: the run's seed + 1e6)."""
     module, env_cfg, run_seed = loaded
-    env_cfg = dict(env_cfg)
-    name = env_cfg.pop("name")
-    env = make_env(name, num_envs=min(num_envs, episodes), seed=run_seed + 1_000_000 if seed is None else seed, **env_cfg)
+    env = make_env(**env_cfg, num_envs=min(num_envs, episodes), seed=run_seed + 1_000_000 if seed is None else seed)
     per_episode: dict[str, list] = {}
     actor = EpisodeActor(module.agent, lambda: 0.0, torch.device("cpu"))
     while len(per_episode.get("return", [])) < episodes:
@@ -72,11 +70,9 @@ def evaluate(loaded: Loaded, episodes: int = 32, num_envs: int = 8, seed: int | 
 def render_episode(loaded: Loaded, seed: int = 0) -> list[str]:
     """Text frames of one greedy episode, for envs that can render a game (``env.render(index)``)."""
     module, env_cfg, _ = loaded
-    env_cfg = dict(env_cfg)
-    name = env_cfg.pop("name")
-    env = make_env(name, num_envs=1, seed=seed, **env_cfg)
+    env = make_env(**env_cfg, num_envs=1, seed=seed)
     if not callable(getattr(env, "render", None)):
-        raise SystemExit(f"env {name!r} has no text rendering")
+        raise SystemExit(f"env {env_cfg['name']!r} has no text rendering")
     actor = EpisodeActor(module.agent, lambda: 0.0, torch.device("cpu"))
     actor.begin(1)
     td = env.reset()

@@ -5,6 +5,8 @@ returns a TorchRL ``EnvBase`` with batch size ``[num_envs]``.
 """
 from __future__ import annotations
 
+from typing import Mapping
+
 from lightning_marl.registry import Registry
 
 ENVS = Registry(
@@ -22,6 +24,11 @@ ENVS = Registry(
 def make_env(name: str, num_envs: int = 1, seed: int = 0, device: str = "cpu", **params):
     """Build ``num_envs`` environments of family ``name`` (see ``ENVS.names()``)."""
     return ENVS.get(name)(num_envs=num_envs, seed=seed, device=device, **params)
+
+
+def env_options(env_cfg: Mapping) -> list[str]:
+    """The options an env config sets (every key but ``name``), sorted: what an override may change."""
+    return sorted(k for k in env_cfg if k != "name")
 
 
 def in_process(env_cfg: dict) -> dict:
