@@ -11,72 +11,78 @@ import torch
 from lightning_marl.data.priority import WEIGHT_KEY
 from lightning_marl.models.agent import RNNAgent
 from lightning_marl.models.central import CentralInfo
-from lightning_marl.models.mixers import build_mixer
+from lightning_marl.config.schema import AgentConfig, CentralMixerConfig, LearnerConfig, TDWeighting
+from lightning_marl.config.validate import typed_options
+from lightning_marl.config.migrate import migrate_learner, migrate_mixer
+from lightning_marl.errors import DivergenceError
+from lightning_marl.models.mixers import build_mixer, mixer_config
 from lightning_marl.models.mixers.base import NEG_INF
-from lightning_marl.registry import ConfigError
 from lightning_marl.targets import td_lambda_targets
 
-CENTRAL_KEYS = ("name", "central_info", "noise_dim", "detach_history", "dueling_agent")
 
-
-def compiled_calls(setting: Any, **modules: torch.nn.Module) -> dict[str, Any]:
+def compiled_calls(backend: Any, **modules: torch.nn.Module) -> dict[str, Any]:
     """The callables the loss uses: the modules themselves, or ``torch.compile`` of them
-    (``learner.compile``: false, true = inductor, or a backend name such as ``eager`` or
-    ``aot_eager``; dynamic shapes, since batches are trimmed to their longest episode). The
-    modules stay as they are, so checkpoints and acting (``agent.step``) do not change."""
-    if setting is False or setting is None:
+    (``learner.compile``: null, or a backend name such as ``inductor``, ``eager`` or ``aot_eager``,
+    checked by the config; dynamic shapes, since batches are trimmed to their longest episode).
+    The modules stay as they are, so checkpoints and acting (``agent.step``) do not change."""
+    if backend is None:
         return dict(modules)
-    backend = "inductor" if setting is True else str(setting)
-    if backend not in torch._dynamo.list_backends(exclude_tags=()):
-        raise ConfigError(f"learner.compile={setting!r} is out of range; allowed: false, true (inductor) or a "
-                          f"torch.compile backend: {', '.join(torch._dynamo.list_backends())}")
-    return {name: torch.compile(module, backend=backend, dynamic=True) for name, module in modules.items()}
+    return {name: torch.compile(module, backend=str(backend), dynamic=True) for name, module in modules.items()}
 
 
-def td_weights(q_tot: torch.Tensor, targets: torch.Tensor, cfg: dict) -> torch.Tensor | float:
+def td_weights(q_tot: torch.Tensor, targets: torch.Tensor, cfg: LearnerConfig) -> torch.Tensor | float:
     """Per-step loss weights ``c_t``: 1 for ``learner.td_weighting=none``; for ``optimistic``,
     ``c_t = 1`` where ``Q_tot < G_t`` (underestimated joint actions) and ``alpha`` elsewhere: the
     optimistic weighting of OW-QMIX (Rashid et al., 2020, "Weighted QMIX"), here on the TD loss of
     any mixer, so that a rarely tried better joint action is not averaged away by worse ones."""
-    mode = cfg.get("td_weighting", "none")
-    if mode == "none":
-        return 1.0
-    if mode == "optimistic":
-        return torch.where(q_tot < targets, 1.0, float(cfg.get("optimistic_alpha", 0.1)))
-    raise ConfigError(f"learner.td_weighting={mode!r} is out of range; allowed: none, optimistic")
+    if cfg.td_weighting == TDWeighting.optimistic:
+        return torch.where(q_tot < targets, 1.0, float(cfg.optimistic_alpha))
+    return 1.0
 
 
 class MARLModule(L.LightningModule):
     """Agents + mixer + targets, trained on batches of padded episodes.
 
-    Loss: ``mean over valid steps of u_b c_t (Q_tot(tau_t, a_t) - G_t)^2`` with ``G_t`` the TD(lambda)
+    Loss: ``k * mean over valid steps of u_b c_t (Q_tot(tau_t, a_t) - G_t)^2`` (``k`` =
+    ``learner.td_loss_scale``, 0.5 as the reference) with ``G_t`` the TD(lambda)
     target of :func:`~lightning_marl.targets.td_lambda_targets` built from the target mixer
     evaluated at the online network's greedy actions (double Q), ``c_t`` = 1 (plain TD, the
     default) or the optimistic weight of :func:`td_weights`, and ``u_b`` = 1, or with prioritized
     replay (``data.prioritized``) episode b's importance weight; each update then gives the
     sampled episodes their new priority ``max_t |Q_tot - G_t|``. Gradients are clipped by norm.
+
+    A non-finite loss, gradient norm or parameter stops training with a :class:`DivergenceError`
+    naming the update and env step; no checkpoint of a diverged state is written.
+
+    ``agent``, ``mixer`` and ``learner`` are plain mappings (saved as the checkpoint's
+    hyperparameters), checked and completed by the schema.
     """
 
     def __init__(self, env_info: dict, agent: dict, mixer: dict, learner: dict):
         super().__init__()
         self.save_hyperparameters()
-        self.env_info, self.learner_cfg = dict(env_info), dict(learner)
+        self.env_info = dict(env_info)
+        agent_cfg = typed_options(AgentConfig, "agent.", **agent)
+        mixer_cfg = mixer_config(**migrate_mixer(dict(mixer)))
+        self.learner_cfg = learner_cfg = typed_options(LearnerConfig, "learner.", **migrate_learner(dict(learner)))
         n, a = env_info["n_agents"], env_info["n_actions"]
-        mixer = dict(mixer)
-        self.agent = RNNAgent(env_info["obs_dim"], n, a, hidden_dim=agent["hidden_dim"],
-                              agent_id=agent["agent_id"], last_action=agent["last_action"],
-                              dueling=bool(agent.get("dueling", False) or mixer.get("dueling_agent", False)),
-                              torso=agent.get("torso", "mlp"), obs_grid_shape=env_info.get("obs_grid_shape"))
-        self.central = CentralInfo(mixer.get("central_info", "state"), env_info["state_dim"], n, agent["hidden_dim"],
-                                   noise_dim=mixer.get("noise_dim", 16),
-                                   detach_history=mixer.get("detach_history", True))
-        params = {k: v for k, v in mixer.items() if k not in CENTRAL_KEYS}
-        self.mixer = build_mixer(mixer["name"], n_agents=n, n_actions=a, central_dim=self.central.dim, **params)
+        self.agent = RNNAgent(env_info["obs_dim"], n, a, hidden_dim=agent_cfg.hidden_dim,
+                              agent_id=agent_cfg.agent_id, last_action=agent_cfg.last_action,
+                              dueling=agent_cfg.dueling or bool(getattr(mixer_cfg, "dueling_agent", False)),
+                              torso=str(agent_cfg.torso), obs_grid_shape=env_info.get("obs_grid_shape"))
+        if isinstance(mixer_cfg, CentralMixerConfig):
+            self.central = CentralInfo(str(mixer_cfg.central_info), env_info["state_dim"], n, agent_cfg.hidden_dim,
+                                       noise_dim=mixer_cfg.noise_dim, detach_history=mixer_cfg.detach_history)
+        else:  # VDN takes no centralized information: a one-value constant stands in
+            self.central = CentralInfo("zeros", env_info["state_dim"], n, agent_cfg.hidden_dim, noise_dim=1)
+        self.mixer = build_mixer(central_dim=self.central.dim, n_agents=n, n_actions=a,
+                                 **{k: v for k, v in vars(mixer_cfg).items() if k not in ("central_info", "noise_dim",
+                                                                                         "detach_history")})
         self.target_agent = copy.deepcopy(self.agent).requires_grad_(False)
         self.target_mixer = copy.deepcopy(self.mixer).requires_grad_(False)
-        self.calls = compiled_calls(learner.get("compile", False), agent=self.agent, mixer=self.mixer,
+        self.calls = compiled_calls(learner_cfg.compile, agent=self.agent, mixer=self.mixer,
                                     target_agent=self.target_agent, target_mixer=self.target_mixer)
-        self.epsilon = float(learner["epsilon_start"])
+        self.epsilon = float(learner_cfg.epsilon_start)
         self.reward_shaping_factor = 1.0 if env_info.get("shaped_reward") else 0.0
 
     # -- targets -----------------------------------------------------------------------
@@ -103,17 +109,17 @@ class MARLModule(L.LightningModule):
         q_tot = call["mixer"](q[:, :-1], actions[:, :-1], z[:, :-1], avail[:, :-1])
         with torch.no_grad():
             target_q, target_hidden = call["target_agent"](obs, actions, avail)
-            chooser = q if cfg.get("double_q", True) else target_q
+            chooser = q if cfg.double_q else target_q
             greedy = chooser.detach().masked_fill(~avail, NEG_INF).argmax(-1)
             target_tot = call["target_mixer"](target_q, greedy, self.central(state, target_hidden), avail)
             targets = td_lambda_targets(reward, batch["terminated"][:, :-1], batch["filled"][:, :-1],
-                                        target_tot, cfg["gamma"], cfg["td_lambda"])
+                                        target_tot, cfg.gamma, cfg.td_lambda)
         td_error = (q_tot - targets) * filled
         n_valid = filled.sum().clamp(min=1)
         weights = td_weights(q_tot.detach(), targets, cfg)
         if WEIGHT_KEY in batch.keys():  # prioritized replay: importance weight of each episode
             weights = weights * batch[WEIGHT_KEY][:, :-1]
-        loss = (weights * td_error.pow(2)).sum() / n_valid
+        loss = cfg.td_loss_scale * (weights * td_error.pow(2)).sum() / n_valid
         chosen = q[:, :-1].gather(-1, actions[:, :-1].unsqueeze(-1)).squeeze(-1)
         stats = {
             "loss": loss.detach(),
@@ -132,12 +138,20 @@ class MARLModule(L.LightningModule):
         batch, _, _ = next(dataloader_iter)
         batch = batch.to(self.device, non_blocking=True)
         loss, stats = self.td_loss(batch)
+        if not torch.isfinite(loss):
+            self.diverged(f"the TD loss is {float(loss)}")
         priority = stats.pop("episode_priority")
         if WEIGHT_KEY in batch.keys():
             self.trainer.datamodule.update_priorities(batch["index"][:, 0], priority)
         if self._logging_step():
             self.log_metrics(stats)
         return loss
+
+    def diverged(self, what: str) -> None:
+        """Stop training: raise a :class:`DivergenceError` naming the update and the env step."""
+        raise DivergenceError(f"training diverged at update {self.global_step} "
+                              f"(env step {self.trainer.datamodule.env_steps}): {what}; "
+                              "allowed: finite values (lower learner.lr, check the rewards)")
 
     def _logging_step(self) -> bool:
         """Lightning only writes every ``log_every_n_steps``; skip the (slow) self.log calls in between."""
@@ -155,16 +169,21 @@ class MARLModule(L.LightningModule):
                       on_step=True, prog_bar=True, logger=False, batch_size=1)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.learner_cfg["grad_clip"])
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.learner_cfg.grad_clip)
+        if not torch.isfinite(norm):
+            self.diverged(f"the gradient norm is {float(norm)}")
         if self._logging_step():
             self.log("train/grad_norm", float(norm), on_step=True, batch_size=1)
 
     def configure_optimizers(self):
         params = list(self.agent.parameters()) + list(self.mixer.parameters())
-        return torch.optim.Adam(params, lr=self.learner_cfg["lr"])
+        return torch.optim.Adam(params, lr=self.learner_cfg.lr)
 
     # -- checkpoint extras -------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        bad = [name for name, p in self.named_parameters() if not torch.isfinite(p).all()]
+        if bad:  # never write a diverged state: the last checkpoint stays the last good one
+            self.diverged(f"parameters {', '.join(bad[:3])} are not finite")
         checkpoint["marl"] = {"epsilon": self.epsilon, "reward_shaping_factor": self.reward_shaping_factor}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

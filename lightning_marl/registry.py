@@ -4,9 +4,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from lightning_marl.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A configuration value is not allowed; the message names it and what is allowed."""
+__all__ = ["ConfigError", "Registry", "check"]
 
 
 class Registry:
@@ -19,16 +19,21 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._entries)
 
-    def get(self, name: str) -> Any:
+    def target(self, name: str) -> tuple[str, str]:
+        """(module, attribute) registered as ``name``."""
         if name not in self._entries:
-            raise ConfigError(
-                f"unknown {self.kind} {name!r}; allowed: {', '.join(self.names())}"
-            )
+            raise ConfigError(f"{self.kind}={name} is not an option; allowed: {', '.join(self.names())}")
         module, attr = self._entries[name].split(":")
+        return module, attr
+
+    def get(self, name: str) -> Any:
+        module, attr = self.target(name)
         return getattr(importlib.import_module(module), attr)
 
 
 def check(condition: bool, name: str, value: Any, allowed: str) -> None:
     """Raise a ConfigError naming ``name=value`` and what is allowed unless ``condition``."""
     if not condition:
-        raise ConfigError(f"{name}={value!r} is out of range; allowed: {allowed}")
+        from lightning_marl.config.validate import show
+
+        raise ConfigError(f"{name}={show(value)} is out of range; allowed: {allowed}")

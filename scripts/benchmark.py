@@ -26,14 +26,14 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from tensordict import TensorDict
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lightning_marl.config import compose  # noqa: E402
-from lightning_marl.data.collector import EpisodeActor, collect_episodes  # noqa: E402
-from lightning_marl.data.datamodule import describe_env  # noqa: E402
-from lightning_marl.envs import in_process, make_env  # noqa: E402
-from lightning_marl.envs.contract import ACTION, MASK  # noqa: E402
-from lightning_marl.experiment import build_module, run  # noqa: E402
-from lightning_marl.models.agent import stepwise_unroll  # noqa: E402
+from lightning_marl.config import compose, validate
+from lightning_marl.data.collector import EpisodeActor, collect_episodes
+from lightning_marl.data.datamodule import describe_env
+from lightning_marl.config.schema import EnvWorkers
+from lightning_marl.envs import make_env
+from lightning_marl.envs.contract import ACTION, MASK
+from lightning_marl.experiment import build_module, run
+from lightning_marl.models.agent import stepwise_unroll
 
 
 class RandomActor:
@@ -59,17 +59,16 @@ def timed_rounds(env, actor, limit: int, seconds: float) -> tuple[float, int]:
 
 
 def env_only(cfg, seconds: float, num_envs: int | None = None, one_process: bool = False) -> float:
-    env_cfg = in_process(dict(cfg.env)) if one_process else dict(cfg.env)
-    env = make_env(env_cfg.pop("name"), num_envs=num_envs or cfg.data.num_envs, seed=cfg.seed, device=cfg.device,
-                   **env_cfg)
+    env = make_env(cfg.env, num_envs or cfg.data.num_envs, cfg.seed, cfg.device,
+                   workers=EnvWorkers.in_process if one_process else cfg.data.env_workers, start_method=cfg.data.start_method)
     rate, _ = timed_rounds(env, RandomActor(), env.episode_limit, seconds)
     env.close()
     return rate
 
 
 def collection_and_updates(cfg, seconds: float) -> tuple[float, float, str]:
-    env_cfg = dict(cfg.env)
-    env = make_env(env_cfg.pop("name"), num_envs=cfg.data.num_envs, seed=cfg.seed, device=cfg.device, **env_cfg)
+    env = make_env(cfg.env, cfg.data.num_envs, cfg.seed, cfg.device, workers=cfg.data.env_workers,
+                   start_method=cfg.data.start_method)
     info = describe_env(env)
     module = build_module(cfg, info)
     actor = EpisodeActor(module.agent, lambda: 0.5, torch.device("cpu"))
@@ -211,10 +210,10 @@ def unroll_comparison(batch: int, steps: int, agents: int, repeats: int, mixer: 
 
 
 def compile_comparison(batch: int, agents: int, repeats: int, mixer: str = "qmix") -> None:
-    """learner.compile=true (inductor) vs eager, over batches of different lengths (replay batches are
+    """learner.compile=inductor (inductor) vs eager, over batches of different lengths (replay batches are
     trimmed to their longest episode, so shapes vary from update to update)."""
     lengths = (120, 97, 110, 64, 101, 88)
-    results = compare_updates({"torch.compile (inductor)": ([f"mixer={mixer}", "learner.compile=true"], None),
+    results = compare_updates({"torch.compile (inductor)": ([f"mixer={mixer}", "learner.compile=inductor"], None),
                                "eager": ([f"mixer={mixer}"], None)},
                               [synthetic_batch(batch, t, agents) for t in lengths], repeats, agents)
     print_comparison(f"training update, {mixer}, batch {batch} episodes x {lengths} steps x {agents} agents, "
@@ -233,9 +232,9 @@ def main(argv=None) -> None:
     parser.add_argument("--unroll-shape", type=int, nargs=3, default=(32, 120, 5), metavar=("B", "T", "N"))
     parser.add_argument("--repeats", type=int, default=10, help="timed passes per variant (--unroll, --compile)")
     parser.add_argument("--compile", action="store_true",
-                        help="only compare training updates with learner.compile=true and without")
+                        help="only compare training updates with learner.compile=inductor and without")
     args = parser.parse_args(argv)
-    cfg = compose(args.overrides)
+    cfg = validate(compose(args.overrides))
     torch.set_num_threads(int(cfg.threads or torch.get_num_threads()))
     print(f"config: env={cfg.env.name} mixer={cfg.mixer.name} num_envs={cfg.data.num_envs} "
           f"batch={cfg.data.batch_size} updates/round={cfg.data.updates_per_round} threads={torch.get_num_threads()}")
@@ -251,12 +250,11 @@ def main(argv=None) -> None:
         for n in args.env_only:
             rate = env_only(cfg, args.seconds, n)
             first = first or rate
-            env_cfg = dict(cfg.env)
-            agents = make_env(env_cfg.pop("name"), num_envs=1, **env_cfg).n_agents
+            agents = make_env(cfg.env, 1, workers=EnvWorkers.in_process).n_agents
             print(f"(a) num_envs={n:<6} env steps/s {rate:12.1f}   agent-steps/s {rate * agents:12.1f}   "
                   f"x{rate / first:.1f} of num_envs={args.env_only[0]}")
         return
-    processes = cfg.data.get("collector_processes", 0)
+    processes = cfg.data.collector_processes
     if processes:  # the reference is what one worker process steps on its own
         games = cfg.data.num_envs // processes
         a = env_only(cfg, args.seconds, games, one_process=True)

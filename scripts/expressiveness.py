@@ -55,11 +55,10 @@ import torch
 import yaml
 from torch.func import functional_call, vmap
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lightning_marl.envs.matrix import payoff_tensor  # noqa: E402
-from lightning_marl.models.mixers import MIXERS, build_mixer  # noqa: E402
-from lightning_marl.module import td_weights  # noqa: E402
+from lightning_marl.envs.matrix import payoff_tensor
+from lightning_marl.models.mixers import MIXERS, build_mixer
+from lightning_marl.module import td_weights
 
 MODES = ("state", "history", "noise", "zeros")
 DEFAULT_MODE = {"duelmix": "history"}       # the config default of each mixer (others: state)

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from callbacks.qfix_annealing import InterventionAnnealing
+from lightning_marl.callbacks.qfix_annealing import InterventionAnnealing
 from lightning_marl.models.central import CentralInfo
 from lightning_marl.models.mixers import MIXERS, build_mixer
 from lightning_marl.models.mixers.base import NEG_INF, Mixer, chosen_q

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from callbacks.reward_shaping import RewardShapingAnnealing, shaping_factor
+from lightning_marl.callbacks.reward_shaping import RewardShapingAnnealing, shaping_factor
 from lightning_marl.registry import ConfigError
 
 from torchrl.envs import ParallelEnv, SerialEnv

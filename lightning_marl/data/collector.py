@@ -88,6 +88,16 @@ def episodes_from_rollout(rollout: TensorDictBase, length: int, stat_keys=()) ->
     return out, stats
 
 
+def mark_timeouts_terminal(episodes: TensorDict) -> None:
+    """``env.timeout_as_terminal``: the last step of every stored episode is a terminal. Rounds
+    store whole episodes, so an episode whose last step is not terminated ended by the time limit;
+    the QFIX reference (SMAC's ``continuing_episode: False``) and EPyMARL store that as a terminal."""
+    filled, terminated = episodes.get("filled"), episodes.get("terminated")
+    last = (filled.sum(1) - 1).clamp(min=0)
+    rows = torch.arange(filled.shape[0], device=filled.device)
+    terminated[rows, last] = filled[rows, last]
+
+
 def collect_episodes(env, actor: EpisodeActor, length: int) -> tuple[TensorDict, dict]:
     """Play one episode in each of the env's games; returns padded episodes and their stats."""
     actor.begin(env.batch_size[0])

@@ -1,6 +1,7 @@
 """The LightningDataModule: environments, episode collector and a TensorDict replay of episodes."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -13,10 +14,11 @@ from tensordict import TensorDict
 from torch.utils.data import DataLoader, IterableDataset
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 
-from lightning_marl.data.collector import EpisodeActor, collect_episodes
+from lightning_marl.config.schema import EnvConfig, TrainConfig
+from lightning_marl.data.collector import EpisodeActor, collect_episodes, mark_timeouts_terminal
 from lightning_marl.data.priority import EpisodePrioritySampler
 from lightning_marl.data.workers import CollectorProcesses, CollectorThread
-from lightning_marl.envs import make_env
+from lightning_marl.envs import env_config, family_options, make_env
 from lightning_marl.envs.contract import OBS
 
 RANK_SEED_OFFSET = 100_003
@@ -90,28 +92,26 @@ class MARLDataModule(L.LightningDataModule):
     trains (not bitwise reproducible either).
     """
 
-    def __init__(self, env: dict, *, num_envs: int = 8, buffer_size: int = 5000, batch_size: int = 32,
-                 updates_per_round: int = 1, warmup_episodes: int = 32, total_env_steps: int = 10_000,
-                 eval_num_envs: int = 8, seed: int = 0, device: str = "cpu", keep_replay_in_checkpoint: bool = True,
-                 async_collection: bool = False, collector_processes: int = 0,
-                 worker_start_method: Optional[str] = None, prioritized: bool = False, priority_alpha: float = 0.6,
-                 priority_beta: float = 0.4, priority_beta_anneal_steps: Optional[int] = None,
-                 eval_env: Optional[dict] = None):
+    def __init__(self, cfg: TrainConfig):
         super().__init__()
-        self.env_cfg = dict(env)
-        self.env_name = self.env_cfg.pop("name")
-        self.eval_env_cfg = {**self.env_cfg, **dict(eval_env or {})}  # e.g. train on random starts, test on the fixed one
-        self.num_envs, self.buffer_size, self.batch_size = num_envs, buffer_size, batch_size
-        self.updates_per_round, self.warmup_episodes = updates_per_round, warmup_episodes
-        self.total_env_steps, self.eval_num_envs = total_env_steps, eval_num_envs
-        self.seed, self.env_device = seed, device
-        self.keep_replay_in_checkpoint = keep_replay_in_checkpoint
-        self.async_collection = async_collection
-        self.collector_processes, self.worker_start_method = int(collector_processes), worker_start_method
-        self.prioritized, self.priority_alpha, self.priority_beta = bool(prioritized), priority_alpha, priority_beta
-        self.priority_beta_anneal_steps = priority_beta_anneal_steps or total_env_steps
+        data = cfg.data
+        self.env_cfg = env_config(cfg.env)
+        self.env_name = self.env_cfg.name
+        # e.g. train on random starts, test on the fixed one (keys checked against the env's schema)
+        self.eval_env_cfg = dataclasses.replace(self.env_cfg, **dict(cfg.eval.env))
+        self.num_envs, self.buffer_size, self.batch_size = data.num_envs, data.buffer_size, data.batch_size
+        self.updates_per_round, self.warmup_episodes = data.updates_per_round, data.warmup_episodes
+        self.total_env_steps, self.eval_num_envs = cfg.total_env_steps, cfg.eval.num_envs
+        self.seed, self.env_device = cfg.seed, cfg.device
+        self.keep_replay_in_checkpoint = cfg.checkpoint.replay
+        self.async_collection = data.async_collection
+        self.collector_processes = data.collector_processes
+        self.env_workers, self.start_method = data.env_workers, data.start_method
+        self.prioritized, self.priority_alpha, self.priority_beta = data.prioritized, data.priority_alpha, data.priority_beta
+        self.priority_beta_anneal_steps = data.priority_beta_anneal_steps or cfg.total_env_steps
+        self.timeout_as_terminal = self.env_cfg.timeout_as_terminal
         self._collector: Optional[CollectorThread | CollectorProcesses] = None  # asynchronous collection
-        self._base_seed = seed
+        self._base_seed = cfg.seed
         self.env_steps = 0
         self.episodes = 0
         self.rounds = 0
@@ -124,9 +124,9 @@ class MARLDataModule(L.LightningDataModule):
         self._start_steps = 0
 
     # -- environment facts -------------------------------------------------------------
-    def _make(self, num_envs: int, seed: int, env_cfg: Optional[dict] = None):
-        env_cfg = self.env_cfg if env_cfg is None else env_cfg
-        return make_env(self.env_name, num_envs=num_envs, seed=seed, device=self.env_device, **env_cfg)
+    def _make(self, num_envs: int, seed: int, env_cfg: Optional[EnvConfig] = None):
+        return make_env(self.env_cfg if env_cfg is None else env_cfg, num_envs, seed, self.env_device,
+                        workers=self.env_workers, start_method=self.start_method)
 
     def env_info(self) -> dict[str, Any]:
         """n_agents, n_actions, obs_dim, state_dim, episode_limit, stat_keys, shaped_reward."""
@@ -187,6 +187,8 @@ class MARLDataModule(L.LightningDataModule):
             episodes, stats = collect_episodes(self.train_env, self._actor(lambda: module.epsilon),
                                                self.env_info()["episode_limit"])
             module.train(was_training)
+        if self.timeout_as_terminal:
+            mark_timeouts_terminal(episodes)
         self.replay.extend(episodes.to("cpu"))  # replay lives on the host; one copy per sampled batch
         self.env_steps += int(stats["length"].sum())
         self.episodes += int(episodes.batch_size[0])
@@ -197,9 +199,9 @@ class MARLDataModule(L.LightningDataModule):
     def _start_collector(self, module) -> CollectorThread | CollectorProcesses:
         if self.collector_processes:
             return CollectorProcesses(
-                self.env_name, self.env_cfg, module.agent, module.epsilon, processes=self.collector_processes,
+                self.env_cfg, module.agent, module.epsilon, processes=self.collector_processes,
                 games=self.num_envs // self.collector_processes, seed=self._base_seed + 104_729 * self.rounds,
-                start_method=self.worker_start_method)
+                start_method=self.start_method)
         return CollectorThread(self.train_env, self.env_info()["episode_limit"], module,
                                seed=self._base_seed + 7_919 * (self.rounds + 1))  # the rank's seed (DDP)
 
@@ -248,7 +250,7 @@ class MARLDataModule(L.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         """Counters, the round position, the replay contents (switchable), the environments' and
         the global RNG states: with these a run stopped between two updates continues exactly."""
-        state = {"env": {"name": self.env_name, **self.env_cfg}, "seed": self.seed,
+        state = {"env": env_state(self.env_cfg), "seed": self.seed,
                  "env_steps": self.env_steps, "episodes": self.episodes, "rounds": self.rounds,
                  "pending_updates": self.pending_updates, "last_stats": dict(self.last_stats),
                  "rng": _global_rng_states()}
@@ -279,6 +281,11 @@ class MARLDataModule(L.LightningDataModule):
         if rng is not None:
             _set_global_rng_states(rng)
             self._pending_rng = None
+
+
+def env_state(env_cfg: EnvConfig) -> dict[str, Any]:
+    """The env config as plain values, for the checkpoint's record."""
+    return {"name": env_cfg.name, "timeout_as_terminal": env_cfg.timeout_as_terminal, **family_options(env_cfg)}
 
 
 def _has_method(env, name: str) -> bool:

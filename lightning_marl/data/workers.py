@@ -18,12 +18,13 @@ import torch
 import torch.multiprocessing as mp
 
 from lightning_marl.data.collector import EpisodeActor, collect_episodes
-from lightning_marl.envs import in_process, make_env
+from lightning_marl.config.schema import EnvWorkers
+from lightning_marl.envs import make_env
 
 WORKER_SEED_OFFSET = 7_919
 
 
-def _worker(index: int, env_name: str, env_cfg: dict, games: int, seed: int, shared_agent, lock, epsilon,
+def _worker(index: int, env_cfg, games: int, seed: int, shared_agent, lock, epsilon,
             version, rounds: "mp.Queue", stopping, parent: int) -> None:
     torch.set_num_threads(1)
     rounds.cancel_join_thread()  # exiting never waits for the learner to read what was queued
@@ -32,7 +33,7 @@ def _worker(index: int, env_name: str, env_cfg: dict, games: int, seed: int, sha
         return not stopping.is_set() and os.getppid() == parent
 
     try:
-        env = make_env(env_name, num_envs=games, seed=seed, **env_cfg)
+        env = make_env(env_cfg, games, seed, "cpu", workers=EnvWorkers.in_process)  # its own games, in turn
         agent = copy.deepcopy(shared_agent)
         generator = torch.Generator().manual_seed(seed)
         actor = EpisodeActor(agent, lambda: epsilon.value, torch.device("cpu"), generator=generator)
@@ -63,17 +64,16 @@ class CollectorProcesses:
     whatever order the workers finish them; ``close()`` stops the workers.
     """
 
-    def __init__(self, env_name: str, env_cfg: dict, agent: torch.nn.Module, epsilon: float, *,
+    def __init__(self, env_cfg, agent: torch.nn.Module, epsilon: float, *,
                  processes: int, games: int, seed: int, start_method: Optional[str] = None):
-        ctx = mp.get_context(start_method or "spawn")
-        env_cfg = dict(in_process(env_cfg), device="cpu")  # a worker steps its own games in turn
+        ctx = mp.get_context(str(start_method) if start_method else "spawn")
         self.agent = copy.deepcopy(agent).cpu().eval().requires_grad_(False)
         self.agent.share_memory()
         self.lock, self.epsilon, self.version = ctx.Lock(), ctx.Value("d", float(epsilon)), ctx.Value("l", 0)
         self.rounds, self.stopping = ctx.Queue(maxsize=processes), ctx.Event()
         self.workers = [
             ctx.Process(target=_worker, name=f"marl-collector-{i}", daemon=True,
-                        args=(i, env_name, env_cfg, games, seed + WORKER_SEED_OFFSET * (i + 1), self.agent, self.lock,
+                        args=(i, env_cfg, games, seed + WORKER_SEED_OFFSET * (i + 1), self.agent, self.lock,
                               self.epsilon, self.version, self.rounds, self.stopping, os.getpid()))
             for i in range(processes)
         ]

@@ -49,6 +49,17 @@ def payoff_tensor(game: str = "non_monotonic", payoff: Optional[Sequence] = None
     return table
 
 
+def check_config(game, payoff, n_agents, penalty_k) -> None:
+    """Refuse a payoff table that is not a hypercube, or that disagrees with ``n_agents``."""
+    try:
+        payoff_tensor(game, payoff, n_agents, penalty_k)
+    except (ValueError, TypeError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"env.payoff={payoff} is not a table of numbers; allowed: a hypercube [A] * N of "
+                          "numbers (every agent has the same number A of actions), e.g. [[1,0],[0,1]]") from None
+
+
 class MatrixGameEnv(EnvBase):
     """A batch of one-step N-agent matrix games: reward = payoff[a_1, ..., a_N]."""
 

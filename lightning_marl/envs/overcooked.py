@@ -133,6 +133,11 @@ def check_layout(layout: str) -> None:
                           "(counter_circuit_o_1order is the classic counter circuit)")
 
 
+def check_config(layout, horizon, obs, state) -> None:
+    """The layout must be one the installed package has."""
+    check_layout(layout)
+
+
 _PLANNERS: dict = {}
 
 

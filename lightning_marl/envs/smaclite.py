@@ -137,6 +137,14 @@ def episode_limit_for(map_name: str, episode_limit: Optional[int] = None) -> int
     return EPISODE_LIMITS[map_name]
 
 
+def check_config(map, use_cpp_rvo2, episode_limit) -> None:
+    """The package is installed, the map exists and has an episode limit, the C++ solver if asked for."""
+    check_map(map)
+    episode_limit_for(map, episode_limit)
+    if use_cpp_rvo2:
+        check_cpp_rvo2()
+
+
 # ----------------------------------------------------------------------------- the env
 
 class SMACliteEnv(EnvBase):

@@ -128,6 +128,14 @@ def check_game(map_name: str) -> None:
 
 # ----------------------------------------------------------------------------- config helpers
 
+def check_config(map, n_units, n_enemies, capability_config, env_args) -> None:
+    """The package is installed, the map exists, its capability config fits, and the game is there."""
+    check_package()
+    map_params(map)
+    capability_for(map, capability_config, n_units, n_enemies)
+    check_game(map)
+
+
 def capability_for(map_name: str, capability_config: Optional[dict], n_units: int, n_enemies: int) -> Optional[dict]:
     """The capability config of a ``10gen_<race>`` map: the given one, or SMACv2's example one for
     the race with ``n_units`` vs ``n_enemies``; None for the SMAC v1 maps."""

@@ -24,6 +24,25 @@ MIXERS = Registry(
 )
 
 
+# keys of a mixer config that configure the centralized information z, not the mixer itself
+CENTRAL_KEYS = ("name", "central_info", "noise_dim", "detach_history")
+
+
+def mixer_config(name: str, **params):
+    """The typed config of mixer ``name`` (:mod:`lightning_marl.config.schema`): defaults filled in,
+    unknown keys and values out of range refused."""
+    from lightning_marl.config.schema import MIXER_SCHEMAS
+    from lightning_marl.config.validate import typed_options
+
+    MIXERS.target(name)  # an unknown name is refused with the list
+    return typed_options(MIXER_SCHEMAS[name], "mixer.", **{**params, "name": name})
+
+
 def build_mixer(name: str, *, n_agents: int, n_actions: int, central_dim: int, **params):
-    """Instantiate the mixer registered as ``name``."""
-    return MIXERS.get(name)(n_agents=n_agents, n_actions=n_actions, central_dim=central_dim, **params)
+    """Instantiate the mixer registered as ``name`` from its config values (``params`` override
+    the schema's defaults)."""
+    import dataclasses
+
+    cfg = mixer_config(name, **params)
+    arguments = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in CENTRAL_KEYS}
+    return MIXERS.get(name)(n_agents=n_agents, n_actions=n_actions, central_dim=central_dim, **arguments)

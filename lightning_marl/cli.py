@@ -1,0 +1,299 @@
+"""``lightning-marl-train`` (and ``python train.py`` in a checkout): Hydra entry point for training.
+
+    lightning-marl-train env=box_pushing mixer=qfix_sum seed=3
+    lightning-marl-train resume=<run folder or .ckpt> [key=value ...]
+
+Before Hydra creates a run folder, the command line is checked (:func:`preflight`): a refused value
+prints one line ``error: <key>=<value> ...; allowed: ...`` and exits with code 2, leaving nothing on
+disk. A multirun checks every combination of its sweep first.
+
+Resuming: the run's saved config (``<run>/.hydra/config.yaml``) with this command's plain
+``key=value`` overrides on top, checked against the run's own schema (its env and mixer), is the
+run's effective config; it is written back to the run, so a later resume keeps the overrides.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import sys
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_marl.config import CONFIG_MODULE, compose
+from lightning_marl.config.migrate import migrate_config
+from lightning_marl.config.schema import ENV_SCHEMAS, LOGGERS, MIXER_SCHEMAS, TRAINERS, LoggerConfig, TrainConfig, \
+    TrainerConfig
+from lightning_marl.config.validate import from_omegaconf, refuse, show, to_typed
+from lightning_marl.errors import ConfigError, DivergenceError
+
+GROUPS = ("env", "mixer", "trainer", "logger", "experiment")
+# Hydra's own flags that do not start a run: no check, Hydra answers them
+INFO_FLAGS = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion", "--version")
+SWEEP_CHECK_LIMIT = 512
+EXIT_CONFIG, EXIT_DIVERGED = 2, 3
+
+
+# ----------------------------------------------------------------------------- run folders
+_MADE: dict[str, str] = {}
+
+
+def unique_dir(path: str) -> str:
+    """Create ``path`` (or ``path-2``, ``path-3``, ... when another run took it, e.g. started in the
+    same second) and return it: ``mkdir`` without ``exist_ok`` is atomic, so two processes never
+    get the same folder. Memoized, since Hydra may read the interpolation more than once."""
+    if path in _MADE:
+        return _MADE[path]
+    for i in itertools.count(1):
+        candidate = path if i == 1 else f"{path}-{i}"
+        try:
+            Path(candidate).parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(candidate)
+        except FileExistsError:
+            continue
+        _MADE[path] = candidate
+        return candidate
+    raise AssertionError("unreachable")
+
+
+def find_checkpoint(resume: str) -> tuple[Path, Path]:
+    """(run folder, checkpoint file) from a checkpoint path or a run folder (its last.ckpt)."""
+    path = Path(resume).expanduser()
+    if path.is_dir():
+        ckpt = path / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            raise ConfigError(f"resume={resume} has no checkpoints/last.ckpt; allowed: a run folder "
+                              "with checkpoints/last.ckpt, or a .ckpt file")
+        return path, ckpt
+    if path.is_file():
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        return run_dir, path
+    raise ConfigError(f"resume={resume} does not exist; allowed: a run folder or a .ckpt file")
+
+
+def session_dir(resume: Optional[str], new_run_dir: str) -> str:
+    """Hydra's folder for this session (its log and composed config): a new run's own folder, or for
+    ``resume=`` a ``resumed/<time>`` folder inside the resumed run's folder (so one run stays one folder)."""
+    if not resume:
+        return unique_dir(new_run_dir)
+    try:
+        run_folder, _ = find_checkpoint(str(resume))
+    except ConfigError:  # refused by the preflight before Hydra gets here
+        return unique_dir(new_run_dir)
+    return unique_dir(str(run_folder / "resumed" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")))
+
+
+OmegaConf.register_new_resolver("session_dir", session_dir, replace=True)
+OmegaConf.register_new_resolver("unique_dir", unique_dir, replace=True)
+
+
+# ----------------------------------------------------------------------------- overrides
+def parse(overrides: Sequence[str]) -> list:
+    """Hydra's own parse of ``key=value`` overrides (a syntax error is refused with Hydra's words)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        return OverridesParser.create().parse_overrides(list(overrides))
+    except OverrideParseException as err:
+        raise ConfigError(str(err).strip().splitlines()[0]) from None
+
+
+def _raw(override) -> str:
+    return override.input_line.split("=", 1)[1] if "=" in override.input_line else ""
+
+
+def _is_hydra(override) -> bool:
+    key = override.key_or_group
+    return key == "hydra" or key.startswith("hydra.") or key.startswith("hydra/")
+
+
+def experiment_names() -> list[str]:
+    from importlib.resources import files
+
+    root = files(CONFIG_MODULE).joinpath("experiment")
+    names: list[str] = []
+
+    def walk(node, prefix: str) -> None:
+        for child in node.iterdir():
+            if child.is_dir():
+                walk(child, f"{prefix}{child.name}/")
+            elif child.name.endswith(".yaml") and child.name != "common.yaml":
+                names.append(prefix + child.name[:-5])
+
+    walk(root, "")
+    return sorted(names)
+
+
+def check_group_choices(parsed: list) -> None:
+    """``group=option`` with an option that does not exist, named with the list of options."""
+    options = {"env": list(ENV_SCHEMAS), "mixer": list(MIXER_SCHEMAS), "trainer": list(TRAINERS),
+               "logger": list(LOGGERS)}
+    for o in parsed:
+        group = o.key_or_group.lstrip("/")
+        if group not in GROUPS or o.is_delete() or o.is_sweep_override():
+            continue
+        allowed = options[group] if group in options else experiment_names()
+        value = o.value()
+        if value is not None and str(value) not in allowed:
+            raise refuse(group, value, ", ".join(allowed), "is not an option")
+
+
+def combinations(overrides: Sequence[str]) -> list[list[str]]:
+    """Every job of a multirun sweep (``seed=0,1 mixer=vdn,qmix`` -> 4 override lists)."""
+    choices = []
+    for o in parse(overrides):
+        if o.is_sweep_override():
+            key = o.input_line.split("=", 1)[0]
+            choices.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+        else:
+            choices.append([o.input_line])
+    jobs = [list(job) for job in itertools.islice(itertools.product(*choices), SWEEP_CHECK_LIMIT)]
+    return jobs or [[]]
+
+
+def compose_checked(overrides: Sequence[str]) -> tuple[DictConfig, TrainConfig]:
+    """The composed config of a new run and its typed, checked form."""
+    parsed = [o for o in parse(overrides) if not _is_hydra(o)]
+    check_group_choices(parsed)
+    raw = {o.key_or_group: _raw(o) for o in parsed}
+    try:
+        cfg = compose([o.input_line for o in parsed])
+    except Exception as err:  # Hydra's composition errors (types, unknown keys)
+        raise from_omegaconf(err, raw) from None
+    values = [(o.key_or_group, o.value()) for o in parsed if o.key_or_group not in GROUPS and not o.is_delete()]
+    return cfg, to_typed(cfg, values)
+
+
+# ----------------------------------------------------------------------------- resume
+def resumed_config(resume: str, overrides: Sequence[str]) -> tuple[DictConfig, TrainConfig, Path, Path]:
+    """The run's effective config: its saved config (in today's layout) with ``overrides`` on top,
+    checked against the run's own schema. Returns (config, typed config, run folder, checkpoint)."""
+    run_dir, ckpt = find_checkpoint(resume)
+    saved_file = run_dir / ".hydra" / "config.yaml"
+    if not saved_file.is_file():
+        raise ConfigError(f"resume={resume} has no .hydra/config.yaml; allowed: a folder written by train.py")
+    saved = migrate_config(OmegaConf.to_container(OmegaConf.load(saved_file)))
+    env, mixer = saved.get("env", {}).get("name"), saved.get("mixer", {}).get("name")
+    if env not in ENV_SCHEMAS or mixer not in MIXER_SCHEMAS:
+        raise ConfigError(f"resume={resume}: the saved config has env={env}, mixer={mixer}; allowed: "
+                          f"env {', '.join(ENV_SCHEMAS)}; mixer {', '.join(MIXER_SCHEMAS)}")
+    base = OmegaConf.structured(TrainConfig)
+    base.env, base.mixer = ENV_SCHEMAS[env](), MIXER_SCHEMAS[mixer]()
+    base.trainer, base.logger = TrainerConfig(), LoggerConfig()
+    try:
+        cfg = OmegaConf.merge(base, saved)
+    except Exception as err:
+        raise from_omegaconf(err) from None
+    values = []
+    for o in parse(overrides):
+        if _is_hydra(o) or o.key_or_group == "resume":
+            continue
+        key = o.key_or_group
+        if key.lstrip("/") in GROUPS:
+            raise refuse(key, o.value(), "plain key=value overrides such as total_env_steps=200000 when resuming",
+                         "changes a config group of a resumed run")
+        if o.is_sweep_override() or o.is_delete():
+            raise refuse(key, _raw(o), "one plain value per key when resuming", "is not a plain override")
+        if not o.is_add() and OmegaConf.select(cfg, key, default="__absent__") == "__absent__":
+            parent = key.rsplit(".", 1)[0] if "." in key else ""
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            names = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+            where = f" of {parent} ({env if parent == 'env' else mixer if parent == 'mixer' else parent})" if parent else ""
+            raise refuse(key, _raw(o), ", ".join(n for n in names if n != "name"), f"is not an option{where} of this run")
+        try:
+            OmegaConf.update(cfg, key, o.value(), merge=True, force_add=o.is_add())
+        except Exception as err:
+            raise from_omegaconf(err, {key: _raw(o)}) from None
+        values.append((key, o.value()))
+    cfg.resume = str(resume)
+    return cfg, to_typed(cfg, values), run_dir, ckpt
+
+
+def write_config(cfg: DictConfig, path: Path) -> None:
+    """Write ``cfg`` as YAML atomically (a crash leaves the old file or the new one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(OmegaConf.to_yaml(cfg))
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def run_config(cfg: DictConfig) -> DictConfig:
+    """``cfg`` as the run's saved config (no ``resume`` key set: it describes the run itself)."""
+    out = OmegaConf.create(OmegaConf.to_container(cfg, enum_to_str=True))
+    out.resume = None
+    return out
+
+
+# ----------------------------------------------------------------------------- entry
+def preflight(argv: Sequence[str]) -> None:
+    """Check the command line before Hydra runs anything (raises ConfigError)."""
+    if any(a in INFO_FLAGS or a.split("=", 1)[0] in INFO_FLAGS for a in argv):
+        return
+    overrides = [a for a in argv if not a.startswith("-")]
+    multirun = "-m" in argv or "--multirun" in argv
+    jobs = combinations(overrides) if multirun else [overrides]
+    for job in jobs:
+        resume = next((o.value() for o in parse(job) if o.key_or_group == "resume"), None)
+        if resume:
+            resumed_config(str(resume), job)
+        else:
+            compose_checked(job)
+
+
+def _task(cfg: DictConfig) -> float:
+    """The Hydra task: train one run in Hydra's output folder (or continue a resumed one)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from lightning_marl.experiment import run
+
+    hydra_cfg = HydraConfig.get()
+    session = Path(hydra_cfg.runtime.output_dir)
+    overrides = list(hydra_cfg.overrides.task)
+    try:
+        if cfg.get("resume"):
+            cfg, typed, run_dir, ckpt = resumed_config(str(cfg.resume), overrides)
+            write_config(run_config(cfg), run_dir / ".hydra" / "config.yaml")  # later resumes keep the overrides
+        else:
+            typed = to_typed(cfg)
+            run_dir, ckpt = session, None
+        write_config(cfg, session / ".hydra" / "config.yaml")  # this session's record: the effective config
+        result = run(typed, run_dir, ckpt_path=ckpt)
+    except ConfigError as err:
+        if not cfg.get("resume"):
+            shutil.rmtree(session, ignore_errors=True)  # a refused config leaves nothing behind
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    except DivergenceError as err:
+        print(f"error: {err}; the last good checkpoint is in {Path(run_dir) / 'checkpoints'}", file=sys.stderr)
+        sys.exit(EXIT_DIVERGED)
+    final = result["final"]
+    if result["is_global_zero"]:
+        print(f"final greedy evaluation after {result['env_steps']} env steps: "
+              + ", ".join(f"{k}={v:.3f}" for k, v in final.items() if k.startswith("test/")))
+        print(f"metrics: {result['metrics_csv']}")
+    return final.get("test/return_mean", float("nan"))
+
+
+def train(argv: Optional[Sequence[str]] = None) -> Any:
+    """Console entry point ``lightning-marl-train``."""
+    import hydra
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        preflight(argv)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    sys.argv = [sys.argv[0], *argv]
+    main = hydra.main(config_path="pkg://" + CONFIG_MODULE, config_name="config", version_base="1.3")(_task)
+    return main()
+
+
+__all__ = ["find_checkpoint", "preflight", "resumed_config", "show", "train", "unique_dir"]

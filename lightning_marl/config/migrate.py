@@ -1,0 +1,48 @@
+"""Configs saved by older versions, read by this one: keys that moved or changed type are carried
+to where they live now, with the value they had then. Keys that are new get the schema's default,
+except where the default changed the run's behaviour (those get the old behaviour back)."""
+from __future__ import annotations
+
+from typing import Any
+
+# env.parallel (true / false / auto) became data.env_workers
+_WORKERS = {True: "processes", False: "in_process", "auto": "auto"}
+
+
+def migrate_learner(learner: dict[str, Any]) -> dict[str, Any]:
+    out = dict(learner)
+    if isinstance(out.get("compile"), bool):  # false | true (inductor) became null | a backend name
+        out["compile"] = "inductor" if out["compile"] else None
+    out.setdefault("td_loss_scale", 1.0)  # older versions minimized the plain mean squared TD error
+    return out
+
+
+def migrate_mixer(mixer: dict[str, Any]) -> dict[str, Any]:
+    out = dict(mixer)
+    if out.get("name") == "vdn":  # VDN's config carried an unused central_info
+        out = {"name": "vdn"}
+    return out
+
+
+def migrate_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A whole saved ``config.yaml`` (as plain containers) in today's layout."""
+    cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in cfg.items()}
+    env, data, learner = cfg.get("env", {}), cfg.setdefault("data", {}), cfg.setdefault("learner", {})
+    if "parallel" in env:
+        data.setdefault("env_workers", _WORKERS.get(env.pop("parallel"), "auto"))
+    if "start_method" in env:
+        method = env.pop("start_method")
+        if method is not None:
+            data.setdefault("start_method", method)
+    if "worker_start_method" in data:
+        method = data.pop("worker_start_method")
+        if method is not None:
+            data["start_method"] = method
+    if "shaping_anneal_steps" in env:
+        steps = env.pop("shaping_anneal_steps")
+        learner.setdefault("shaping_anneal_steps", steps if env.get("name") == "overcooked" else 0)
+    cfg["learner"] = migrate_learner(learner)
+    if "mixer" in cfg:
+        cfg["mixer"] = migrate_mixer(cfg["mixer"])
+    cfg.pop("hydra", None)
+    return cfg

@@ -1,0 +1,285 @@
+"""Checking a composed config against the schema: every wrong value is a :class:`ConfigError` whose
+message names ``key=value`` and what is allowed, raised before anything is built.
+
+What OmegaConf's own typing lets through, and is refused here: booleans written as anything but
+``true``/``false`` (OmegaConf reads ``no``, ``off``, ``0`` as false), keys the chosen schema does
+not have (``+env.foo=1``), numbers out of their range or not finite, and the cross-field rules of
+:func:`cross_field_rules`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from enum import Enum
+from typing import Any, Iterable, Optional, Sequence
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from lightning_marl.config import schema as S
+from lightning_marl.registry import ConfigError
+
+
+# ----------------------------------------------------------------------------- formatting
+def show(value: Any) -> str:
+    """A value as it is written on the command line."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, (DictConfig, ListConfig)):
+        return str(OmegaConf.to_container(value))
+    return str(value)
+
+
+def _bounds(meta: dict) -> str:
+    lo = [f">= {meta['ge']:g}"] if meta.get("ge") is not None else [f"> {meta['gt']:g}"] if meta.get("gt") is not None else []
+    hi = [f"<= {meta['le']:g}"] if meta.get("le") is not None else [f"< {meta['lt']:g}"] if meta.get("lt") is not None else []
+    if lo and hi:
+        left = "[" if "ge" in meta and meta["ge"] is not None else "("
+        right = "]" if "le" in meta and meta["le"] is not None else ")"
+        low = meta["ge"] if meta.get("ge") is not None else meta["gt"]
+        high = meta["le"] if meta.get("le") is not None else meta["lt"]
+        return f" in {left}{low:g}, {high:g}{right}"
+    return "".join(f" {b}" for b in lo + hi)
+
+
+def _or(items: Sequence[str]) -> str:
+    items = [str(i) for i in items]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
+
+
+def _unwrap(tp: Any) -> tuple[Any, bool]:
+    """(inner type, optional) of ``Optional[T]``."""
+    if typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def allowed(schema: type, name: str) -> str:
+    """What field ``name`` of dataclass ``schema`` allows, in words."""
+    f = next(f for f in dataclasses.fields(schema) if f.name == name)
+    tp, optional = _unwrap(typing.get_type_hints(schema)[name])
+    meta = dict(f.metadata)
+    if meta.get("choices"):
+        text = _or([show(c) for c in meta["choices"]])
+    elif tp is bool:
+        text = "true or false"
+    elif isinstance(tp, type) and issubclass(tp, Enum):
+        text = _or([m.value for m in tp])
+    elif tp is int:
+        text = ("an even integer" if meta.get("even") else "an integer") + _bounds(meta)
+    elif tp is float:
+        text = "a finite number" + _bounds(meta)
+    elif tp is str:
+        text = "a string"
+    elif typing.get_origin(tp) in (dict, typing.Dict):
+        text = "a mapping"
+    elif typing.get_origin(tp) in (list, typing.List):
+        text = "a list"
+    else:
+        text = "a value"
+    return f"null or {text}" if optional else text
+
+
+def refuse(key: str, value: Any, allowed_text: str, why: str = "is out of range") -> ConfigError:
+    return ConfigError(f"{key}={show(value)} {why}; allowed: {allowed_text}")
+
+
+# ----------------------------------------------------------------------------- the walk
+def _schema_of(node: DictConfig) -> Optional[type]:
+    tp = OmegaConf.get_type(node)
+    return tp if dataclasses.is_dataclass(tp) else None
+
+
+def unknown_keys(cfg: DictConfig, prefix: str = "") -> None:
+    """Refuse keys that the node's schema does not have (OmegaConf lets ``+key=value`` add them)."""
+    schema = _schema_of(cfg)
+    if schema is None:
+        return
+    names = [f.name for f in dataclasses.fields(schema)]
+    for key in cfg.keys():
+        if key not in names:
+            where = prefix.rstrip(".") or "the config"
+            extra = f" of {where} ({cfg.name})" if "name" in names and key != "name" else f" of {where}"
+            raise refuse(f"{prefix}{key}", OmegaConf.select(cfg, str(key), throw_on_missing=False),
+                         ", ".join(n for n in names if n != "name") or "no options", f"is not an option{extra}")
+        value = OmegaConf.select(cfg, str(key), throw_on_missing=False)
+        if isinstance(value, DictConfig):
+            unknown_keys(value, f"{prefix}{key}.")
+
+
+def strict_booleans(cfg: DictConfig, overrides: Iterable[tuple[str, Any]]) -> None:
+    """A boolean key accepts only ``true``/``false``: OmegaConf converts ``no``/``off``/``0`` itself."""
+    for key, raw in overrides:
+        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        if isinstance(value, bool) and not isinstance(raw, bool):
+            raise refuse(key, raw, "true or false", "is not a boolean")
+
+
+def check_ranges(obj: Any, prefix: str = "") -> None:
+    """Walk the typed config object; check each field against its metadata; floats must be finite."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, key + ".")
+            continue
+        if value is None:
+            continue
+        meta = f.metadata
+        bad = False
+        if isinstance(value, float) and not math.isfinite(value):
+            bad = True
+        elif meta.get("choices") is not None and value not in meta["choices"]:
+            bad = True
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            bad = ((meta.get("ge") is not None and value < meta["ge"]) or (meta.get("gt") is not None and value <= meta["gt"])
+                   or (meta.get("le") is not None and value > meta["le"]) or (meta.get("lt") is not None and value >= meta["lt"])
+                   or (meta.get("even") and value % 2))
+        if bad:
+            raise refuse(key, value, allowed(type(obj), f.name))
+
+
+# ----------------------------------------------------------------------------- cross-field rules
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def cross_field_rules(c: S.TrainConfig) -> None:
+    """Rules between fields, checked after composition and before anything is built."""
+    d = c.data
+    if d.batch_size > d.buffer_size:
+        raise refuse("data.batch_size", d.batch_size, f"at most data.buffer_size={d.buffer_size} (episodes)",
+                     "exceeds the replay")
+    if d.warmup_episodes > d.buffer_size:
+        raise refuse("data.warmup_episodes", d.warmup_episodes,
+                     f"at most data.buffer_size={d.buffer_size} (no update could ever start)", "exceeds the replay")
+    if d.collector_processes:
+        if d.num_envs % d.collector_processes:
+            raise refuse("data.num_envs", d.num_envs, f"a multiple of data.collector_processes={d.collector_processes} "
+                         "(num_envs = games per worker x collector_processes)", "is not a multiple of the workers")
+        if d.async_collection:
+            raise refuse("data.async_collection", True, f"false with data.collector_processes={d.collector_processes} "
+                         "(worker processes already collect asynchronously)", "conflicts")
+    if d.env_workers != S.EnvWorkers.auto and c.env.name not in S.WORKER_ENVS:
+        raise refuse("data.env_workers", d.env_workers, f"auto for env {c.env.name} (its games are batched in torch; "
+                     f"worker processes exist for {', '.join(S.WORKER_ENVS)})", "does not apply")
+    if c.learner.shaping_anneal_steps and c.env.name != "overcooked":
+        raise refuse("learner.shaping_anneal_steps", c.learner.shaping_anneal_steps,
+                     f"0 for env {c.env.name} (it has no shaped reward)", "does not apply")
+    if c.learner.intervention_anneal_steps and not isinstance(c.mixer, S.QFIXConfig):
+        raise refuse("learner.intervention_anneal_steps", c.learner.intervention_anneal_steps,
+                     f"0 for mixer {c.mixer.name} (intervention annealing is for the QFIX family)", "does not apply")
+    if c.learner.compile is not None:
+        import torch
+
+        backends = torch.compiler.list_backends(exclude_tags=())
+        if c.learner.compile not in backends:
+            raise refuse("learner.compile", c.learner.compile, "null or a torch.compile backend: " + ", ".join(backends))
+    if c.agent.torso == S.Torso.cnn and not (c.env.name == "overcooked" and c.env.obs == S.OvercookedObs.lossless):
+        raise refuse("agent.torso", "cnn", "mlp for this env (cnn needs grid observations: env=overcooked "
+                     "env.obs=lossless)")
+    gpus = _cuda_devices()
+    if c.device != "cpu":
+        if not (c.device == "cuda" or c.device.startswith("cuda:")):
+            raise refuse("device", c.device, "cpu, cuda or cuda:N")
+        index = int(c.device.split(":")[1]) if ":" in c.device and c.device.split(":")[1].isdigit() else 0
+        if index >= gpus:
+            raise refuse("device", c.device, f"cpu (this machine has {gpus} CUDA device(s))", "is not available")
+    if c.trainer.accelerator in ("gpu", "cuda") and c.trainer.devices > gpus:
+        raise refuse("trainer.accelerator", c.trainer.accelerator,
+                     f"cpu (trainer=cpu; this machine has {gpus} CUDA device(s), trainer.devices={c.trainer.devices})",
+                     "is not available")
+    check_eval_env(c)
+    check_env(c.env)
+
+
+def check_eval_env(c: S.TrainConfig) -> None:
+    """``eval.env`` keys are options of the chosen env, with values of their types."""
+    schema = S.ENV_SCHEMAS[c.env.name]
+    options = [f.name for f in dataclasses.fields(schema) if f.name != "name"]
+    for key, value in c.eval.env.items():
+        if key not in options:
+            raise refuse(f"eval.env.{key}", value, ", ".join(options), f"is not an option of env {c.env.name}")
+    if c.eval.env:
+        try:
+            merged = OmegaConf.merge(OmegaConf.structured(c.env), dict(c.eval.env))
+        except Exception as err:  # a value of the wrong type for the env option
+            key = getattr(err, "key", "?")
+            raise refuse(f"eval.env.{key}", c.eval.env.get(key), allowed(schema, str(key)), "has the wrong type")
+        check_ranges(OmegaConf.to_object(merged), "eval.env.")
+
+
+def check_env(env: S.EnvConfig) -> None:
+    """The env family's own checks that the schema cannot express (a payoff table's shape, a layout
+    or map the installed package has)."""
+    from lightning_marl.envs import check_config
+
+    try:
+        check_config(env)
+    except (ImportError, FileNotFoundError) as err:  # an optional package or the game is missing
+        lines = str(err).strip().splitlines()
+        raise ConfigError(f"env={env.name} cannot run here: {lines[0]}; allowed: the envs whose packages are "
+                          f"installed ({'; '.join(lines[1:3]) or 'see docs/smac.md'})") from None
+
+
+# ----------------------------------------------------------------------------- entry
+def typed_options(schema: type, prefix: str, **options: Any) -> Any:
+    """``schema`` filled from keyword ``options`` (the API path: ``make_env``, ``build_mixer``):
+    unknown options, values of the wrong type and values out of range are refused."""
+    names = [f.name for f in dataclasses.fields(schema)]
+    for key, value in options.items():
+        if key not in names:
+            raise refuse(f"{prefix}{key}", value, ", ".join(n for n in names if n != "name"), "is not an option")
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(schema), options)
+        typed = OmegaConf.to_object(node)
+    except Exception as err:  # a value OmegaConf cannot convert to the field's type
+        key = str(getattr(err, "key", None) or getattr(err, "full_key", "?"))
+        if key in names:
+            raise refuse(f"{prefix}{key}", options.get(key), allowed(schema, key), "has the wrong type") from None
+        raise from_omegaconf(err) from None
+    check_ranges(typed, prefix)
+    return typed
+
+
+
+def to_typed(cfg: DictConfig, overrides: Iterable[tuple[str, Any]] = ()) -> S.TrainConfig:
+    """Check ``cfg`` (and the raw values of the command line ``overrides``) and return the typed config."""
+    for group, registry in (("env", S.ENV_SCHEMAS), ("mixer", S.MIXER_SCHEMAS)):
+        name = OmegaConf.select(cfg, f"{group}.name", throw_on_missing=False)
+        if name not in registry:
+            raise refuse(group, name, ", ".join(registry), "is not an option")
+    strict_booleans(cfg, overrides)
+    unknown_keys(cfg)
+    try:
+        typed = OmegaConf.to_object(cfg)
+    except Exception as err:  # a value OmegaConf cannot convert
+        raise from_omegaconf(err) from None
+    check_ranges(typed)
+    cross_field_rules(typed)
+    return typed
+
+
+def from_omegaconf(err: BaseException, raw: Optional[dict] = None) -> ConfigError:
+    """An OmegaConf/Hydra type or key error as one ``key=value ...; allowed: ...`` line."""
+    cause = err
+    while cause is not None and getattr(cause, "full_key", None) is None and cause.__cause__ is not None:
+        cause = cause.__cause__
+    full_key = getattr(cause, "full_key", None)
+    schema = getattr(cause, "object_type", None)
+    key = getattr(cause, "key", None)
+    if full_key and schema is not None and dataclasses.is_dataclass(schema) and key is not None:
+        value = (raw or {}).get(full_key, getattr(cause, "value", None))
+        names = [f.name for f in dataclasses.fields(schema)]
+        if str(key) in names:
+            return refuse(str(full_key), value, allowed(schema, str(key)), "has the wrong type")
+        return refuse(str(full_key), value, ", ".join(n for n in names if n != "name"), "is not an option")
+    first = str(err).strip().splitlines()
+    return ConfigError(first[0] if first else type(err).__name__)

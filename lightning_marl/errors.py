@@ -1,0 +1,10 @@
+"""The two errors a run can end with on purpose: a refused config, and a diverged training."""
+
+
+class ConfigError(ValueError):
+    """A configuration value is not allowed; the message names it and what is allowed."""
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite loss, gradient, parameter or Q value; the message names the
+    update and env step. The last checkpoint written before it is the last good one."""

@@ -1,0 +1,148 @@
+"""Greedy evaluation of a checkpoint: test return and win rate (where the env reports one) with 95%
+confidence intervals, and optionally a rendering of one greedy episode (text frames, or a GIF of an
+Overcooked game drawn by the package's visualizer).
+
+    lightning-marl-evaluate outputs/.../checkpoints/last.ckpt --episodes 100 [--render] [--seed 123]
+    lightning-marl-evaluate outputs/.../checkpoints/last.ckpt --gif episode.gif    # Overcooked
+    lightning-marl-evaluate outputs/.../checkpoints/last.ckpt --env random_init=false   # other env options
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import yaml
+from torchrl.envs.utils import step_mdp
+
+from lightning_marl.data.collector import EpisodeActor, collect_episodes
+from lightning_marl.config.schema import EnvConfig, EnvWorkers
+from lightning_marl.envs import env_config, env_options, make_env
+from lightning_marl.envs.contract import ACTION
+from lightning_marl.module import MARLModule
+from lightning_marl.stats import mean_ci
+
+
+Loaded = tuple[MARLModule, EnvConfig, int]  # the agent and mixers, the env config, the run's seed
+# env keys of checkpoints written before the typed schema that are no env options any more
+_OLD_ENV_KEYS = ("parallel", "start_method", "shaping_anneal_steps")
+
+
+def load(ckpt: str | Path, env_overrides: Sequence[str] = ()) -> Loaded:
+    """The checkpoint's module, env config and seed (memory-mapped: a stored replay is not read).
+    ``env_overrides``: ``key=value`` (YAML values) replacing options of the run's env config."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+    module = MARLModule(**state["hyper_parameters"])
+    module.load_state_dict(state["state_dict"])
+    data = state["MARLDataModule"]
+    env_cfg = {k: v for k, v in data["env"].items() if k not in _OLD_ENV_KEYS}
+    options = env_options(env_cfg)
+    for item in env_overrides:
+        key, sep, value = item.partition("=")
+        if not sep or key not in options:
+            raise SystemExit(f"--env {item!r}: not KEY=VALUE with an option of env {env_cfg['name']!r}; "
+                             f"allowed keys: {', '.join(options)}")
+        env_cfg[key] = yaml.safe_load(value)
+    return module.eval(), env_config(env_cfg), int(data["seed"])
+
+
+@torch.no_grad()
+def evaluate(loaded: Loaded, episodes: int = 32, num_envs: int = 8, seed: int | None = None) -> dict:
+    """Greedy episodes on fresh envs (seeded ``seed``, default: the run's seed + 1e6)."""
+    module, env_cfg, run_seed = loaded
+    env = make_env(env_cfg, min(num_envs, episodes), run_seed + 1_000_000 if seed is None else seed,
+                   workers=EnvWorkers.in_process)
+    per_episode: dict[str, list] = {}
+    actor = EpisodeActor(module.agent, lambda: 0.0, torch.device("cpu"))
+    while len(per_episode.get("return", [])) < episodes:
+        _, stats = collect_episodes(env, actor, module.env_info["episode_limit"])
+        for key, value in stats.items():
+            per_episode.setdefault(key, []).extend(value.tolist())
+    env.close()
+    result = {"episodes": episodes}
+    for key, values in per_episode.items():
+        mean, half = mean_ci(values[:episodes])
+        result[key] = {"mean": mean, "ci95": half}
+    return result
+
+
+@torch.no_grad()
+def render_episode(loaded: Loaded, seed: int = 0) -> list[str]:
+    """Text frames of one greedy episode, for envs that can render a game (``env.render(index)``)."""
+    module, env_cfg, _ = loaded
+    env = make_env(env_cfg, 1, seed, workers=EnvWorkers.in_process)
+    if not callable(getattr(env, "render", None)):
+        raise SystemExit(f"env {env_cfg.name!r} has no text rendering")
+    actor = EpisodeActor(module.agent, lambda: 0.0, torch.device("cpu"))
+    actor.begin(1)
+    td = env.reset()
+    frames = [env.render(0)]
+    for t in range(module.env_info["episode_limit"]):
+        td = env.step(actor(td))
+        frames.append(f"t={t + 1} actions={td[ACTION][0].tolist()} reward={float(td['next', 'reward'][0]):.1f}\n"
+                      + env.render(0))
+        if bool(td["next", "done"][0]):
+            break
+        td = step_mdp(td)
+    env.close()
+    return frames
+
+
+@torch.no_grad()
+def save_gif(loaded: Loaded, path: str | Path) -> dict:
+    """One greedy Overcooked episode of the checkpoint's policy drawn to a GIF (text frames next to it
+    where pygame cannot draw). Returns the episode's path, steps, soups and returns."""
+    module, env_cfg, _ = loaded
+    if env_cfg.name != "overcooked":
+        raise SystemExit(f"--gif draws Overcooked games; this checkpoint's env is {env_cfg.name!r} "
+                         "(use --render for text frames)")
+    from lightning_marl.envs.overcooked import render_episode as draw_overcooked
+
+    actor = EpisodeActor(module.agent, lambda: 0.0, torch.device("cpu"))
+    actor.begin(1)
+
+    def greedy(td):  # the single game's tensordict has no batch dimension; the actor wants one
+        td.set(ACTION, actor(td.unsqueeze(0)).get(ACTION)[0])
+        return td
+
+    return draw_overcooked(env_cfg.layout, greedy, path, horizon=env_cfg.horizon, obs=str(env_cfg.obs),
+                           state=str(env_cfg.state))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint")
+    parser.add_argument("--episodes", type=int, default=32)
+    parser.add_argument("--num-envs", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--render", action="store_true", help="print the frames of one greedy episode")
+    parser.add_argument("--gif", metavar="PATH", help="draw one greedy episode to this GIF (Overcooked)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="evaluate with this env option changed (repeatable), e.g. random_init=false")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    loaded = load(args.checkpoint, args.env)
+    result = evaluate(loaded, args.episodes, args.num_envs, args.seed)
+    if args.gif:
+        result["gif"] = save_gif(loaded, args.gif)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.episodes} greedy episodes of {args.checkpoint}")
+        for key, value in result.items():
+            if isinstance(value, dict) and key != "gif":
+                label = "win rate" if key == "battle_won" else key
+                print(f"  {label:>16}: {value['mean']:.3f} ± {value['ci95']:.3f} (95% CI)")
+        if args.gif:
+            print("one greedy episode: " + ", ".join(f"{k}={v}" for k, v in result["gif"].items()))
+    if args.render:
+        for frame in render_episode(loaded, seed=args.seed or 0):
+            print(frame, end="\n\n")
+
+
+if __name__ == "__main__":
+    main()
