@@ -6,6 +6,8 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lightning_marl.errors import DivergenceError
+
 
 class GreedyEvaluation(Callback):
     """Runs ``episodes`` greedy episodes (epsilon 0) on the evaluation envs at the start of training,
@@ -21,7 +23,10 @@ class GreedyEvaluation(Callback):
 
     def evaluate(self, trainer, pl_module) -> dict[str, float]:
         dm = trainer.datamodule
-        stats = dm.evaluate(pl_module, self.episodes)
+        try:
+            stats = dm.evaluate(pl_module, self.episodes)
+        except DivergenceError as err:  # never a return computed from non-finite Q values
+            pl_module.diverged(f"greedy evaluation: {err}")
         if trainer.world_size > 1:  # every rank evaluates on its own envs: average over ranks
             stats = {k: float(trainer.strategy.reduce(torch.tensor(v, device=pl_module.device), reduce_op="mean"))
                      for k, v in sorted(stats.items())}

@@ -97,10 +97,16 @@ def parse(overrides: Sequence[str]) -> list:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
-    try:
-        return OverridesParser.create().parse_overrides(list(overrides))
-    except OverrideParseException as err:
-        raise ConfigError(str(err).strip().splitlines()[0]) from None
+    parser = OverridesParser.create()
+    parsed = []
+    for override in overrides:
+        try:
+            parsed += parser.parse_overrides([override])
+        except OverrideParseException as err:
+            why = str(err).strip().splitlines()[0]
+            raise ConfigError(f"{override} cannot be parsed ({why}); allowed: key=value in Hydra's override "
+                              "syntax (quote lists and strings with brackets: 'env.payoff=[[1,0],[0,1]]')") from None
+    return parsed
 
 
 def _raw(override) -> str:

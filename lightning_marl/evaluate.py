@@ -56,7 +56,7 @@ def evaluate(loaded: Loaded, episodes: int = 32, num_envs: int = 8, seed: int | 
     env = make_env(env_cfg, min(num_envs, episodes), run_seed + 1_000_000 if seed is None else seed,
                    workers=EnvWorkers.in_process)
     per_episode: dict[str, list] = {}
-    actor = EpisodeActor(module.agent, lambda: 0.0, torch.device("cpu"))
+    actor = EpisodeActor(module.agent, lambda: 0.0, torch.device("cpu"), require_finite=True)
     while len(per_episode.get("return", [])) < episodes:
         _, stats = collect_episodes(env, actor, module.env_info["episode_limit"])
         for key, value in stats.items():

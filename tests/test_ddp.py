@@ -26,12 +26,13 @@ def test_background_collection_explores_differently_on_each_rank():
     """With data.async_collection each rank's collector thread draws its own exploration noise."""
     from types import SimpleNamespace
 
+    from lightning_marl.config import compose, validate
     from lightning_marl.data.datamodule import MARLDataModule
     from lightning_marl.models.agent import RNNAgent
 
     actions = []
     for rank in (0, 1):
-        dm = MARLDataModule({"name": "matrix", "game": "non_monotonic"}, num_envs=16, seed=3, async_collection=True)
+        dm = MARLDataModule(validate(compose(["env=matrix", "data.num_envs=16", "seed=3", "data.async_collection=true"])))
         dm.trainer = SimpleNamespace(global_rank=rank)
         dm.setup("fit")
         module = SimpleNamespace(agent=RNNAgent(1, 2, 3), epsilon=1.0, device=torch.device("cpu"))

@@ -175,13 +175,20 @@ def q_grad(mixer, q, actions, z, mask=None) -> torch.Tensor:
     return grad
 
 
-# (name, config that turns the stop-gradient off)
-DETACHED = [(n, {"detach_advantage": False}) for n in ADDITIVE] + [("qplex", {"stop_gradient": False})]
+# (name, config that turns the stop-gradient on, config that turns it off); Q+FIX does not detach by
+# default (the reference's main runs), QPLEX does
+DETACHED = ([(n, {"detach_advantage": True}, {"detach_advantage": False}) for n in ADDITIVE]
+            + [("qplex", {"stop_gradient": True}, {"stop_gradient": False})])
 
 
-@pytest.mark.parametrize("name,undetach", DETACHED)
+def test_qplusfix_does_not_detach_by_default_as_the_reference():
+    for name in ADDITIVE:
+        assert build_mixer(name, n_agents=2, n_actions=3, central_dim=4).detach_advantage is False
+
+
+@pytest.mark.parametrize("name,detach,undetach", DETACHED)
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_detached_advantage_blocks_gradient(name, undetach, seed):
+def test_detached_advantage_blocks_gradient(name, detach, undetach, seed):
     """With the stop-gradient, V_i = max_b Q_i(b) enters only through the detached advantage: the
     gradient at a greedy action that is not the chosen one is exactly zero; without it, it is not."""
     n, a, batch, dim = 3, 4, 32, 5
@@ -194,7 +201,7 @@ def test_detached_advantage_blocks_gradient(name, undetach, seed):
     assert off.any()
     at_greedy = lambda g: g.gather(-1, greedy.unsqueeze(-1)).squeeze(-1)[off]  # noqa: E731
 
-    detached = make_mixer(name, n, a, dim, seed, 1.0)
+    detached = make_mixer(name, n, a, dim, seed, 1.0, **detach)
     g_det = q_grad(detached, q, actions, z)
     assert (at_greedy(g_det) == 0).all()
     # the weight itself still learns through the detached path

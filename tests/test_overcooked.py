@@ -287,7 +287,7 @@ def test_training_on_overcooked_anneals_the_shaping_factor(tmp_path):
     from lightning_marl.config import compose
     from lightning_marl.experiment import run
 
-    cfg = compose(["env=overcooked", "env.horizon=10", "env.parallel=false", "env.shaping_anneal_steps=100",
+    cfg = compose(["env=overcooked", "env.horizon=10", "data.env_workers=in_process", "learner.shaping_anneal_steps=100",
                    "mixer=qmix", "total_env_steps=160", "data.warmup_episodes=2", "data.batch_size=2",
                    "eval.episodes=2", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false"])
     run(cfg, tmp_path)
@@ -317,7 +317,7 @@ def test_training_on_lossless_grids_with_the_cnn_torso(tmp_path):
     from lightning_marl.config import compose
     from lightning_marl.experiment import run
 
-    cfg = compose(["env=overcooked", "env.obs=lossless", "env.horizon=10", "env.parallel=false", "agent.torso=cnn",
+    cfg = compose(["env=overcooked", "env.obs=lossless", "env.horizon=10", "data.env_workers=in_process", "agent.torso=cnn",
                    "mixer=qmix", "total_env_steps=120", "data.warmup_episodes=2", "data.batch_size=2",
                    "checkpoint.every_n_updates=1", "checkpoint.keep_all=true", "eval.episodes=2",
                    "trainer.enable_progress_bar=false"])

@@ -50,11 +50,12 @@ def test_episode_statistics_are_read_at_the_last_step():
 
 
 def test_replay_sampling_trims_to_the_longest_episode(make_config):
+    from lightning_marl.config import validate
     from lightning_marl.data.datamodule import MARLDataModule
     from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 
     episodes, _ = collect([2, 3, 1, 2], limit=6)
-    dm = MARLDataModule({"name": "matrix"}, batch_size=4)
+    dm = MARLDataModule(validate(make_config(["env=matrix", "data.batch_size=4"])))
     dm.replay = TensorDictReplayBuffer(storage=LazyTensorStorage(10), batch_size=4)
     dm.replay.extend(episodes)
     batch = dm.sample()

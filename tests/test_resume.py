@@ -119,7 +119,7 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
 def test_collector_workers_exit_when_the_training_process_is_killed(tmp_path):
     args = [sys.executable, "train.py", "env=matrix", "mixer=vdn", "total_env_steps=10000000",
-            "data.collector_processes=2", "data.worker_start_method=fork", "trainer.enable_progress_bar=false",
+            "data.collector_processes=2", "data.start_method=fork", "trainer.enable_progress_bar=false",
             f"hydra.run.dir={tmp_path / 'run'}"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -73,4 +73,4 @@ def test_evaluate_with_a_changed_env_option_and_a_refused_one(multirun):
     assert result["return"]["mean"] in {11, -30, 0, 7, 6, 5}  # a payoff of the climbing table
     proc = subprocess.run([sys.executable, "scripts/evaluate.py", str(ckpt), "--env", "grid=6"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and "'grid=6'" in proc.stderr and "allowed keys: game" in proc.stderr
+    assert proc.returncode != 0 and "'grid=6'" in proc.stderr and "allowed keys: timeout_as_terminal, game" in proc.stderr

@@ -59,10 +59,11 @@ def test_lambda_zero_is_one_step_and_lambda_one_is_monte_carlo():
 
 
 def test_optimistic_weighting_keeps_underestimates_and_scales_down_overestimates():
+    from lightning_marl.config.schema import LearnerConfig
     from lightning_marl.module import td_weights
 
     q_tot = torch.tensor([[1.0, 5.0, 2.0]])
     targets = torch.tensor([[3.0, 4.0, 2.0]])
-    assert td_weights(q_tot, targets, {"td_weighting": "none"}) == 1.0
-    weights = td_weights(q_tot, targets, {"td_weighting": "optimistic", "optimistic_alpha": 0.25})
+    assert td_weights(q_tot, targets, LearnerConfig(td_weighting="none")) == 1.0
+    weights = td_weights(q_tot, targets, LearnerConfig(td_weighting="optimistic", optimistic_alpha=0.25))
     assert weights.tolist() == [[1.0, 0.25, 0.25]]  # under: 1; over or equal: alpha

@@ -262,6 +262,11 @@ def to_typed(cfg: DictConfig, overrides: Iterable[tuple[str, Any]] = ()) -> S.Tr
         typed = OmegaConf.to_object(cfg)
     except Exception as err:  # a value OmegaConf cannot convert
         raise from_omegaconf(err) from None
+    for group, registry in (("env", S.ENV_SCHEMAS), ("mixer", S.MIXER_SCHEMAS)):
+        node = getattr(typed, group)
+        if type(node) is not registry[node.name]:  # e.g. mixer.name=qmix on a QFIX-sum config
+            raise refuse(f"{group}.name", node.name, f"the config group choice instead: {group}={node.name}",
+                         "cannot change the schema")
     check_ranges(typed)
     cross_field_rules(typed)
     return typed
@@ -280,6 +285,10 @@ def from_omegaconf(err: BaseException, raw: Optional[dict] = None) -> ConfigErro
         names = [f.name for f in dataclasses.fields(schema)]
         if str(key) in names:
             return refuse(str(full_key), value, allowed(schema, str(key)), "has the wrong type")
-        return refuse(str(full_key), value, ", ".join(n for n in names if n != "name"), "is not an option")
+        parent = str(full_key).rsplit(".", 1)[0] if "." in str(full_key) else ""
+        name = next((f.default for f in dataclasses.fields(schema) if f.name == "name"), None)
+        where = f" of {parent}" + (f" ({name})" if isinstance(name, str) else "") if parent else ""
+        return refuse(str(full_key), value, ", ".join(n for n in names if n != "name") or "no options",
+                      f"is not an option{where}")
     first = str(err).strip().splitlines()
     return ConfigError(first[0] if first else type(err).__name__)

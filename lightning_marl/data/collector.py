@@ -14,6 +14,7 @@ from tensordict import TensorDict, TensorDictBase
 from torch import nn
 
 from lightning_marl.envs.contract import ACTION, MASK, OBS, SHAPED_REWARD
+from lightning_marl.errors import DivergenceError
 from lightning_marl.models.agent import epsilon_greedy
 
 
@@ -21,8 +22,9 @@ class EpisodeActor:
     """Masked epsilon-greedy acting with a recurrent agent over one round of episodes."""
 
     def __init__(self, agent: nn.Module, epsilon: Callable[[], float], device: torch.device,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None, require_finite: bool = False):
         self.agent, self.epsilon, self.device, self.generator = agent, epsilon, device, generator
+        self.require_finite = require_finite  # evaluation: a greedy action of NaN Q values is no result
         self.hidden: Optional[torch.Tensor] = None
         self.last_action: Optional[torch.Tensor] = None
 
@@ -35,6 +37,8 @@ class EpisodeActor:
         obs = td.get(OBS).to(self.device, non_blocking=True)
         mask = td.get(MASK).to(self.device, non_blocking=True)
         q, self.hidden = self.agent.step(obs, self.last_action, self.hidden, mask)
+        if self.require_finite and not torch.isfinite(q).all():
+            raise DivergenceError("the agent's Q values are not finite: no greedy evaluation of a diverged agent")
         action = epsilon_greedy(q, mask, self.epsilon(), generator=self.generator)
         self.last_action = action
         td.set(ACTION, action.to(td.device, non_blocking=True) if td.device is not None else action.cpu())

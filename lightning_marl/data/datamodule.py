@@ -237,7 +237,8 @@ class MARLDataModule(L.LightningDataModule):
         was_training = module.training
         module.eval()
         while done < episodes:
-            _, stats = collect_episodes(self.eval_env, EpisodeActor(module.agent, lambda: 0.0, module.device),
+            _, stats = collect_episodes(self.eval_env, EpisodeActor(module.agent, lambda: 0.0, module.device,
+                                                                    require_finite=True),
                                         self.env_info()["episode_limit"])
             take = min(episodes - done, len(stats["return"]))
             for key, value in stats.items():
