@@ -1,4 +1,5 @@
 """Exact resumption from checkpoints, and crash safety."""
+import math
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from lightning_marl.experiment import run
 
@@ -157,3 +159,62 @@ def test_periodic_checkpoints_keep_the_newest_or_all(make_config, tmp_path, keep
     assert periodic == (every if keep_all else every[-1:])
     first = torch.load(tmp_path / "checkpoints" / f"step{periodic[0]}.ckpt", map_location="cpu", weights_only=False)
     assert first["global_step"] == periodic[0]  # each file holds the state at its own update
+
+
+def test_resume_overrides_survive_a_crash_and_a_second_resume(tmp_path):
+    """train 2000 steps; resume with total_env_steps=8000; SIGKILL after a checkpoint; a plain resume
+    must still end at 8000 (the override was written back to the run), not at the first budget."""
+    run_dir = tmp_path / "run"
+    base = [sys.executable, "train.py", "trainer.enable_progress_bar=false"]
+    first = subprocess.run(base + ["env=matrix", "mixer=vdn", "total_env_steps=2000", "checkpoint.every_n_updates=20",
+                                   f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    done = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+    proc = subprocess.Popen(base + [f"resume={run_dir}", "total_env_steps=8000"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            steps = [int(p.stem[4:]) for p in (run_dir / "checkpoints").glob("step*.ckpt")]
+            if steps and max(steps) >= done + 40:
+                break
+            assert proc.poll() is None, "the resumed run ended before it could be killed"
+            time.sleep(0.2)
+        else:
+            pytest.fail("no checkpoint of the resumed run within the time limit")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    again = subprocess.run(base + [f"resume={run_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "after 8000 env steps" in again.stdout
+    final = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert final["MARLDataModule"]["env_steps"] == 8000
+    sessions = sorted((run_dir / "resumed").glob("*/.hydra/config.yaml"))
+    assert len(sessions) == 2  # each session's record holds the run's effective config
+    assert all(OmegaConf.load(s).total_env_steps == 8000 and OmegaConf.load(s).env.name == "matrix" for s in sessions)
+
+
+def test_a_diverging_run_stops_with_the_update_and_keeps_the_last_good_checkpoint(make_config, tmp_path):
+    from lightning_marl.errors import DivergenceError
+
+    cfg = make_config(["env=matrix", "mixer=qmix", "learner.lr=1e30", "learner.grad_clip=1e30", "total_env_steps=4000",
+                       "data.warmup_episodes=8", "data.batch_size=8", "checkpoint.every_n_updates=1",
+                       "eval.interval_env_steps=8", "trainer.enable_progress_bar=false"])
+    with pytest.raises(DivergenceError, match=r"training diverged at update \d+ \(env step \d+\): "):
+        run(cfg, tmp_path)
+    for ckpt in (tmp_path / "checkpoints").glob("*.ckpt"):
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        assert all(torch.isfinite(t).all() for t in state["state_dict"].values()), ckpt
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert metrics.dropna(subset=["test/return_mean"])["test/return_mean"].map(math.isfinite).all()
+
+
+def test_train_py_reports_divergence_with_a_nonzero_exit(tmp_path):
+    proc = subprocess.run([sys.executable, "train.py", "env=matrix", "mixer=qmix", "learner.lr=1e30",
+                           "learner.grad_clip=1e30", "total_env_steps=4000", "data.warmup_episodes=8",
+                           "data.batch_size=8", "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'r'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3
+    assert "error: training diverged at update" in proc.stderr and "Traceback" not in proc.stderr
+    assert "final greedy evaluation" not in proc.stdout
