@@ -22,9 +22,10 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
         return hydra_compose(config_name="config", overrides=list(overrides))
 
 
-def validate(cfg: DictConfig, overrides: Iterable[tuple[str, Any]] = ()) -> TrainConfig:
-    """Check a composed config; returns it typed, or raises :class:`~lightning_marl.errors.ConfigError`."""
-    return to_typed(cfg, overrides)
+def validate(cfg: DictConfig, overrides: Iterable[tuple[str, Any]] = (), env_checks: bool = True) -> TrainConfig:
+    """Check a composed config; returns it typed, or raises :class:`~lightning_marl.errors.ConfigError`
+    (``env_checks=False``: without the checks that need the env's package installed)."""
+    return to_typed(cfg, overrides, env_checks)
 
 
 __all__ = ["CONFIG_MODULE", "TrainConfig", "compose", "validate"]

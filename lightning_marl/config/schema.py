@@ -347,7 +347,8 @@ class CheckpointConfig:
 class TrainerConfig:
     """Lightning Trainer arguments."""
     accelerator: str = spec("cpu", "cpu | gpu | auto", choices=("cpu", "gpu", "cuda", "auto"))
-    devices: int = spec(1, "processes / GPUs", ge=1)
+    devices: int = spec(1, "processes / GPUs per node", ge=1)
+    num_nodes: int = spec(1, "nodes (torchrun or SLURM launch the processes)", ge=1)
     strategy: str = spec("auto", "auto | ddp | ...")
     precision: str = spec("32-true", "Lightning precision")
     log_every_n_steps: int = spec(10, "metrics every this many updates", ge=1)

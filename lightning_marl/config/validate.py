@@ -151,7 +151,7 @@ def _cuda_devices() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def cross_field_rules(c: S.TrainConfig) -> None:
+def cross_field_rules(c: S.TrainConfig, env_checks: bool = True) -> None:
     """Rules between fields, checked after composition and before anything is built."""
     d = c.data
     if d.batch_size > d.buffer_size:
@@ -197,7 +197,8 @@ def cross_field_rules(c: S.TrainConfig) -> None:
                      f"cpu (trainer=cpu; this machine has {gpus} CUDA device(s), trainer.devices={c.trainer.devices})",
                      "is not available")
     check_eval_env(c)
-    check_env(c.env)
+    if env_checks:
+        check_env(c.env)
 
 
 def check_eval_env(c: S.TrainConfig) -> None:
@@ -250,8 +251,9 @@ def typed_options(schema: type, prefix: str, **options: Any) -> Any:
 
 
 
-def to_typed(cfg: DictConfig, overrides: Iterable[tuple[str, Any]] = ()) -> S.TrainConfig:
-    """Check ``cfg`` (and the raw values of the command line ``overrides``) and return the typed config."""
+def to_typed(cfg: DictConfig, overrides: Iterable[tuple[str, Any]] = (), env_checks: bool = True) -> S.TrainConfig:
+    """Check ``cfg`` (and the raw values of the command line ``overrides``) and return the typed config.
+    ``env_checks=False`` skips the env family's own checks (which need its package installed)."""
     for group, registry in (("env", S.ENV_SCHEMAS), ("mixer", S.MIXER_SCHEMAS)):
         name = OmegaConf.select(cfg, f"{group}.name", throw_on_missing=False)
         if name not in registry:
@@ -268,7 +270,7 @@ def to_typed(cfg: DictConfig, overrides: Iterable[tuple[str, Any]] = ()) -> S.Tr
             raise refuse(f"{group}.name", node.name, f"the config group choice instead: {group}={node.name}",
                          "cannot change the schema")
     check_ranges(typed)
-    cross_field_rules(typed)
+    cross_field_rules(typed, env_checks)
     return typed
 
 
