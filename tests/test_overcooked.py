@@ -328,3 +328,24 @@ def test_training_on_lossless_grids_with_the_cnn_torso(tmp_path):
     conv = "agent.torso.net.0.weight"
     assert last["state_dict"][conv].shape == (32, 26, 3, 3)
     assert not th.equal(first["state_dict"][conv], last["state_dict"][conv])
+
+
+@needs_overcooked
+def test_describe_env_reads_a_batch_of_worker_processes_without_asking_the_workers():
+    """describe_env on a ParallelEnv (one worker per game) must not query attributes through the
+    workers: a name their game lacks kills them (BENCHMARKS.md's SMACLite command crashed on it)."""
+    from torchrl.envs import ParallelEnv
+
+    from lightning_marl.config.schema import EnvWorkers
+    from lightning_marl.data.datamodule import describe_env
+    from lightning_marl.envs import make_env as make_any_env
+
+    for obs, grid in (("featurized", None), ("lossless", [26, 5, 4])):
+        env = make_any_env("overcooked", 2, 0, obs=obs, horizon=5, workers=EnvWorkers.processes, start_method="fork")
+        try:
+            assert isinstance(env, ParallelEnv)
+            info = describe_env(env)
+            assert info["obs_grid_shape"] == grid and info["n_agents"] == 2
+            assert env.rollout(3)[OBS].shape[:3] == (2, 3, 2)  # the workers are alive after it
+        finally:
+            env.close()

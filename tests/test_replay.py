@@ -60,3 +60,25 @@ def test_replay_sampling_trims_to_the_longest_episode(make_config):
     dm.replay.extend(episodes)
     batch = dm.sample()
     assert batch.batch_size[1] == int(batch["filled"].sum(1).max()) + 1 <= 4
+
+
+def test_describe_env_of_worker_processes_whose_games_lack_a_grid_asks_no_worker():
+    """A ParallelEnv forwards unknown attributes to its workers; describe_env must not ask them for
+    obs_grid_shape (SMACLite's games lack it, and asking killed the workers)."""
+    from functools import partial
+
+    from torchrl.envs import ParallelEnv
+
+    from lightning_marl.data.datamodule import describe_env
+    from lightning_marl.envs import make_env
+
+    game = partial(make_env, "matrix", 1)  # a matrix game has no obs_grid_shape
+    env = ParallelEnv(2, [game, game], mp_start_method="fork", use_buffers=False)
+    for name, value in (("n_agents", 2), ("n_actions", 3), ("episode_limit", 1), ("stat_keys", ())):
+        setattr(env, name, value)  # as lightning_marl.envs.batching.batch_games does
+    try:
+        info = describe_env(env)
+        assert info["obs_grid_shape"] is None and info["obs_dim"] == 1 and info["n_actions"] == 3
+        assert env.rollout(2).batch_size[0] == 2  # the workers are alive
+    finally:
+        env.close()

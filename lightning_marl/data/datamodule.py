@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import random
 import time
@@ -30,7 +31,9 @@ def describe_env(env) -> dict[str, Any]:
     shaped_reward."""
     spec = env.observation_spec
     obs_dim = int(spec[OBS].shape[-1])
-    grid = getattr(env, "obs_grid_shape", None)  # (C, W, H) where observations are flattened grids
+    # (C, W, H) where observations are flattened grids; looked up statically, since a ParallelEnv
+    # forwards unknown attributes to its workers, which fail on a name their game lacks
+    grid = inspect.getattr_static(env, "obs_grid_shape", None)
     return {
         "n_agents": int(env.n_agents),
         "n_actions": int(env.n_actions),
