@@ -43,6 +43,22 @@ def assert_same_training_state(a: dict, b: dict) -> None:
     assert (da["env_steps"], da["episodes"]) == (db["env_steps"], db["episodes"])
 
 
+def kill_after_checkpoint(proc: subprocess.Popen, run_dir: Path, update: int, seconds: float = 240) -> None:
+    """SIGKILL the training process group once a periodic checkpoint at ``update`` or later exists."""
+    deadline = time.time() + seconds
+    try:
+        while time.time() < deadline:
+            ckpts = list((run_dir / "checkpoints").glob("step*.ckpt")) if (run_dir / "checkpoints").exists() else []
+            if any(int(p.stem[4:]) >= update for p in ckpts):
+                return
+            assert proc.poll() is None, "training ended before it could be killed"
+            time.sleep(0.2)
+        pytest.fail(f"no checkpoint at update {update} or later within {seconds} s")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @pytest.mark.parametrize("mixer", ["qmix", "qfix_sum"])
 def test_stop_and_resume_ends_bitwise_identical_to_an_uninterrupted_run(make_config, tmp_path, mixer):
     overrides = [o if not o.startswith("mixer=") else f"mixer={mixer}" for o in BASE]
@@ -74,19 +90,7 @@ def test_sigkill_during_training_then_resume(tmp_path):
             "trainer.log_every_n_steps=1", f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline:
-            ckpts = list((run_dir / "checkpoints").glob("step*.ckpt")) if (run_dir / "checkpoints").exists() else []
-            if any(int(p.stem[4:]) >= 30 for p in ckpts):
-                break
-            assert proc.poll() is None, "training ended before it could be killed"
-            time.sleep(0.2)
-        else:
-            pytest.fail("no checkpoint within the time limit")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_after_checkpoint(proc, run_dir, 30)
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)  # not corrupt
     killed_at = last["global_step"]
     before = pd.read_csv(run_dir / "metrics.csv")
@@ -172,19 +176,7 @@ def test_resume_overrides_survive_a_crash_and_a_second_resume(tmp_path):
     done = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
     proc = subprocess.Popen(base + [f"resume={run_dir}", "total_env_steps=8000"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline:
-            steps = [int(p.stem[4:]) for p in (run_dir / "checkpoints").glob("step*.ckpt")]
-            if steps and max(steps) >= done + 40:
-                break
-            assert proc.poll() is None, "the resumed run ended before it could be killed"
-            time.sleep(0.2)
-        else:
-            pytest.fail("no checkpoint of the resumed run within the time limit")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_after_checkpoint(proc, run_dir, done + 40)
     again = subprocess.run(base + [f"resume={run_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "after 8000 env steps" in again.stdout
