@@ -184,7 +184,9 @@ def resumed_config(resume: str, overrides: Sequence[str]) -> tuple[DictConfig, T
     if not saved_file.is_file():
         raise ConfigError(f"resume={resume} has no .hydra/config.yaml; allowed: a folder written by train.py")
     saved = migrate_config(OmegaConf.to_container(OmegaConf.load(saved_file)))
-    env, mixer = saved.get("env", {}).get("name"), saved.get("mixer", {}).get("name")
+    # the saved file is read as data (any older layout), not through the schema
+    env, mixer = (saved[group]["name"] if isinstance(saved.get(group), dict) and "name" in saved[group] else None
+                  for group in ("env", "mixer"))
     if env not in ENV_SCHEMAS or mixer not in MIXER_SCHEMAS:
         raise ConfigError(f"resume={resume}: the saved config has env={env}, mixer={mixer}; allowed: "
                           f"env {', '.join(ENV_SCHEMAS)}; mixer {', '.join(MIXER_SCHEMAS)}")
@@ -253,6 +255,13 @@ def preflight(argv: Sequence[str]) -> None:
             compose_checked(job)
 
 
+def remove_session_folder(session: Path) -> None:
+    """Remove this session's folder if it holds nothing but what Hydra wrote into it (its config
+    record and log): a folder the user pointed ``hydra.run.dir`` at that holds anything else stays."""
+    if session.is_dir() and {p.name for p in session.iterdir()} <= {".hydra", "train.log"}:
+        shutil.rmtree(session, ignore_errors=True)
+
+
 def _task(cfg: DictConfig) -> float:
     """The Hydra task: train one run in Hydra's output folder (or continue a resumed one)."""
     from hydra.core.hydra_config import HydraConfig
@@ -263,7 +272,7 @@ def _task(cfg: DictConfig) -> float:
     session = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
     try:
-        if cfg.get("resume"):
+        if cfg.resume:
             cfg, typed, run_dir, ckpt = resumed_config(str(cfg.resume), overrides)
             write_config(run_config(cfg), run_dir / ".hydra" / "config.yaml")  # later resumes keep the overrides
         else:
@@ -272,8 +281,7 @@ def _task(cfg: DictConfig) -> float:
         write_config(cfg, session / ".hydra" / "config.yaml")  # this session's record: the effective config
         result = run(typed, run_dir, ckpt_path=ckpt)
     except ConfigError as err:
-        if not cfg.get("resume"):
-            shutil.rmtree(session, ignore_errors=True)  # a refused config leaves nothing behind
+        remove_session_folder(session)  # a refused config leaves nothing behind
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     except DivergenceError as err:
