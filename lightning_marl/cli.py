@@ -211,8 +211,10 @@ def resumed_config(resume: str, overrides: Sequence[str]) -> tuple[DictConfig, T
             parent = key.rsplit(".", 1)[0] if "." in key else ""
             node = OmegaConf.select(cfg, parent) if parent else cfg
             names = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
-            where = f" of {parent} ({env if parent == 'env' else mixer if parent == 'mixer' else parent})" if parent else ""
-            raise refuse(key, _raw(o), ", ".join(n for n in names if n != "name"), f"is not an option{where} of this run")
+            label = {"env": env, "mixer": mixer}.get(parent, parent)
+            where = f" of {parent} ({label})" if parent else ""
+            raise refuse(key, _raw(o), ", ".join(n for n in names if n != "name"),
+                         f"is not an option{where} of this run")
         try:
             OmegaConf.update(cfg, key, o.value(), merge=True, force_add=o.is_add())
         except Exception as err:

@@ -35,8 +35,9 @@ def show(value: Any) -> str:
 
 
 def _bounds(meta: dict) -> str:
-    lo = [f">= {meta['ge']:g}"] if meta.get("ge") is not None else [f"> {meta['gt']:g}"] if meta.get("gt") is not None else []
-    hi = [f"<= {meta['le']:g}"] if meta.get("le") is not None else [f"< {meta['lt']:g}"] if meta.get("lt") is not None else []
+    has = {k: meta.get(k) is not None for k in ("ge", "gt", "le", "lt")}
+    lo = [f">= {meta['ge']:g}"] if has["ge"] else [f"> {meta['gt']:g}"] if has["gt"] else []
+    hi = [f"<= {meta['le']:g}"] if has["le"] else [f"< {meta['lt']:g}"] if has["lt"] else []
     if lo and hi:
         left = "[" if "ge" in meta and meta["ge"] is not None else "("
         right = "]" if "le" in meta and meta["le"] is not None else ")"
@@ -120,6 +121,9 @@ def strict_booleans(cfg: DictConfig, overrides: Iterable[tuple[str, Any]]) -> No
             raise refuse(key, raw, "true or false", "is not a boolean")
 
 
+_BOUNDS = {"ge": lambda v, b: v < b, "gt": lambda v, b: v <= b, "le": lambda v, b: v > b, "lt": lambda v, b: v >= b}
+
+
 def check_ranges(obj: Any, prefix: str = "") -> None:
     """Walk the typed config object; check each field against its metadata; floats must be finite."""
     for f in dataclasses.fields(obj):
@@ -137,9 +141,8 @@ def check_ranges(obj: Any, prefix: str = "") -> None:
         elif meta.get("choices") is not None and value not in meta["choices"]:
             bad = True
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            bad = ((meta.get("ge") is not None and value < meta["ge"]) or (meta.get("gt") is not None and value <= meta["gt"])
-                   or (meta.get("le") is not None and value > meta["le"]) or (meta.get("lt") is not None and value >= meta["lt"])
-                   or (meta.get("even") and value % 2))
+            bad = any(meta.get(bound) is not None and fails(value, meta[bound])
+                      for bound, fails in _BOUNDS.items()) or bool(meta.get("even") and value % 2)
         if bad:
             raise refuse(key, value, allowed(type(obj), f.name))
 
@@ -181,7 +184,8 @@ def cross_field_rules(c: S.TrainConfig, env_checks: bool = True) -> None:
 
         backends = torch.compiler.list_backends(exclude_tags=())
         if c.learner.compile not in backends:
-            raise refuse("learner.compile", c.learner.compile, "null or a torch.compile backend: " + ", ".join(backends))
+            raise refuse("learner.compile", c.learner.compile,
+                         "null or a torch.compile backend: " + ", ".join(backends))
     if c.agent.torso == S.Torso.cnn and not (c.env.name == "overcooked" and c.env.obs == S.OvercookedObs.lossless):
         raise refuse("agent.torso", "cnn", "mlp for this env (cnn needs grid observations: env=overcooked "
                      "env.obs=lossless)")

@@ -110,7 +110,8 @@ class MARLDataModule(L.LightningDataModule):
         self.async_collection = data.async_collection
         self.collector_processes = data.collector_processes
         self.env_workers, self.start_method = data.env_workers, data.start_method
-        self.prioritized, self.priority_alpha, self.priority_beta = data.prioritized, data.priority_alpha, data.priority_beta
+        self.prioritized = data.prioritized
+        self.priority_alpha, self.priority_beta = data.priority_alpha, data.priority_beta
         self.priority_beta_anneal_steps = data.priority_beta_anneal_steps or cfg.total_env_steps
         self.timeout_as_terminal = self.env_cfg.timeout_as_terminal
         self._collector: Optional[CollectorThread | CollectorProcesses] = None  # asynchronous collection

@@ -406,7 +406,7 @@ class BoxPushingEnv(EnvBase):
 def make_env(num_envs: int = 1, seed: int = 0, device: str = "cpu", grid: int = 4, n_agents: int = 2,
              horizon: int = 100, step_reward: float = -0.1, bump_penalty: float = -5.0,
              small_box_reward: float = 10.0, big_box_reward: float = 100.0, random_init: bool = False,
-             success_prob: float = 1.0, **unused) -> BoxPushingEnv:
+             success_prob: float = 1.0) -> BoxPushingEnv:
     """Build a batch of ``num_envs`` Box Pushing games from config values."""
     env = BoxPushingEnv(num_envs=num_envs, grid=grid, n_agents=n_agents, horizon=horizon,
                         step_reward=step_reward, bump_penalty=bump_penalty,

@@ -105,7 +105,7 @@ class MatrixGameEnv(EnvBase):
 
 def make_env(num_envs: int = 1, seed: int = 0, device: str = "cpu", game: str = "non_monotonic",
              payoff: Optional[Sequence] = None, n_agents: Optional[int] = None,
-             penalty_k: float = -100.0, **unused) -> MatrixGameEnv:
+             penalty_k: float = -100.0) -> MatrixGameEnv:
     """Build a batch of ``num_envs`` games from config values."""
     env = MatrixGameEnv(payoff_tensor(game, payoff, n_agents, penalty_k), num_envs=num_envs, device=device)
     env.set_seed(seed)

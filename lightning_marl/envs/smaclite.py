@@ -282,9 +282,8 @@ def _make_game(map: str, seed: int, device: str, use_cpp_rvo2: bool, episode_lim
 
 
 def make_env(num_envs: int = 1, seed: int = 0, device: str = "cpu", map: str = "2s3z",
-             parallel: Union[bool, str] = True,
-             use_cpp_rvo2: bool = False, episode_limit: Optional[int] = None, start_method: Optional[str] = None,
-             **unused) -> Union[ParallelEnv, SerialEnv]:
+             parallel: Union[bool, str] = True, use_cpp_rvo2: bool = False, episode_limit: Optional[int] = None,
+             start_method: Optional[str] = None) -> Union[ParallelEnv, SerialEnv]:
     """``num_envs`` SMACLite games (game ``i`` seeded ``seed + i``) batched to ``[num_envs]``: a
     ``ParallelEnv`` (one worker process per game) when ``parallel`` and ``num_envs > 1``, else a
     ``SerialEnv`` (all games in this process). ``parallel="auto"``: workers only when this process

@@ -49,7 +49,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import ParallelEnv, SerialEnv
 from torchrl.envs.libs.smacv2 import SMACv2Env
 
-from lightning_marl.envs.batching import GameBatch
+from lightning_marl.envs.batching import GameBatch, available_cpus
 from lightning_marl.envs.contract import ACTION, MASK, OBS, STATE, make_specs, reset_flags
 from lightning_marl.registry import ConfigError, check
 
@@ -246,8 +246,8 @@ def _make_game(map_name: str, capability_config: Optional[dict], env_args: dict,
 
 def make_env(num_envs: int = 1, seed: int = 0, device: str = "cpu", map: str = "10gen_protoss",
              capability_config: Optional[dict] = None, n_units: int = 5, n_enemies: int = 5,
-             env_args: Optional[dict] = None, parallel: bool = True, start_method: Optional[str] = None,
-             **unused) -> Union[ParallelEnv, SerialEnv]:
+             env_args: Optional[dict] = None, parallel: Union[bool, str] = True,
+             start_method: Optional[str] = None) -> Union[ParallelEnv, SerialEnv]:
     """``num_envs`` SMACv2 games (game ``i`` seeded ``seed + i``; one StarCraft II process each)
     batched to ``[num_envs]``: a ``ParallelEnv`` when ``parallel`` and ``num_envs > 1``, else a
     ``SerialEnv``.
@@ -260,7 +260,9 @@ def make_env(num_envs: int = 1, seed: int = 0, device: str = "cpu", map: str = "
     ``stat_keys``, ``obs_dim``, ``state_dim`` and ``map``.
     """
     check(isinstance(num_envs, int) and num_envs >= 1, "data.num_envs", num_envs, "an integer >= 1")
-    check(parallel in (True, False), "env.parallel", parallel, "true | false")
+    check(parallel in (True, False, "auto"), "data.env_workers", parallel, "processes, in_process or auto")
+    if parallel == "auto":  # one StarCraft II process per game, when there are cores for them
+        parallel = available_cpus() >= num_envs
     check_package()
     map_params(map)  # ConfigError on an unknown map
     check_game(map)
