@@ -57,11 +57,11 @@ from torch.func import functional_call, vmap
 
 
 from lightning_marl.envs.matrix import payoff_tensor
+from lightning_marl.config.schema import MIXER_SCHEMAS
 from lightning_marl.models.mixers import MIXERS, build_mixer
 from lightning_marl.module import td_weights
 
 MODES = ("state", "history", "noise", "zeros")
-DEFAULT_MODE = {"duelmix": "history"}       # the config default of each mixer (others: state)
 HIDDEN, NOISE_DIM, EVAL_DRAWS = 16, 16, 8
 RANDOM_SHAPES = ((2, 3), (2, 4), (2, 5), (3, 3), (3, 4))   # (agents, actions) of the random tables
 
@@ -283,7 +283,7 @@ def main(argv=None) -> None:
         elif args.modes is not None:
             modes = list(args.modes)
         else:
-            modes = [DEFAULT_MODE.get(name, "state")] if args.quick else list(MODES)
+            modes = [str(getattr(MIXER_SCHEMAS[name](), "central_info", "state"))] if args.quick else list(MODES)
         t0 = time.time()
         for n in dict.fromkeys(t.n for t in tables):
             members = [Member(mode, table, seed) for mode in modes for table in tables if table.n == n

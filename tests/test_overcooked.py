@@ -20,11 +20,13 @@ from torchrl.envs import ParallelEnv, SerialEnv
 from torchrl.envs.utils import check_env_specs, step_mdp
 
 from lightning_marl.envs.contract import ACTION, MASK, OBS
-from lightning_marl.envs.overcooked import CLASSIC_LAYOUTS, OvercookedEnv, make_env, render_episode
+from lightning_marl import envs
+from lightning_marl.envs.overcooked import CLASSIC_LAYOUTS, OvercookedEnv, render_episode
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # the env tests need the optional package (the shaping-callback test does not)
+make_env = functools.partial(envs.make_env, "overcooked")
 needs_overcooked = pytest.mark.skipif(importlib.util.find_spec("overcooked_ai_py") is None,
                                       reason="overcooked-ai is not installed (pip install 'lightning_marl[overcooked]')")
 
@@ -182,7 +184,7 @@ def _batch_matches_single_games(env, actions: torch.Tensor, horizon: int) -> Non
 @pytest.mark.parametrize("parallel", [False, True])
 def test_batch_of_two_behaves_like_two_single_games(parallel):
     horizon = 6
-    env = make_env(num_envs=2, seed=7, layout="coordination_ring", horizon=horizon, parallel=parallel)
+    env = make_env(num_envs=2, seed=7, layout="coordination_ring", horizon=horizon, workers="processes" if parallel else "in_process")
     try:
         assert isinstance(env, ParallelEnv if parallel else SerialEnv)
         assert env.batch_size == (2,)
@@ -216,11 +218,11 @@ def test_parallel_auto_steps_in_turn_on_few_cores(monkeypatch):
     import lightning_marl.envs.batching as batching
 
     monkeypatch.setattr(batching, "available_cpus", lambda: 2)
-    env = make_env(num_envs=2, horizon=5, parallel="auto")
+    env = make_env(num_envs=2, horizon=5, workers="auto")
     assert isinstance(env, SerialEnv)
     _close(env)
-    with pytest.raises(ConfigError, match="env.parallel"):
-        make_env(num_envs=2, parallel="sometimes")
+    with pytest.raises(ConfigError, match="data.env_workers=sometimes is out of range; allowed: auto, processes"):
+        make_env(num_envs=2, workers="sometimes")
 
 
 @needs_overcooked

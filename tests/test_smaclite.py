@@ -13,9 +13,14 @@ import torch
 from torchrl.envs import ParallelEnv, SerialEnv
 from torchrl.envs.utils import check_env_specs
 
+import functools
+
+from lightning_marl import envs
 from lightning_marl.envs import smaclite as smaclite_env
 from lightning_marl.envs.contract import ACTION, MASK, OBS
 from lightning_marl.registry import ConfigError
+
+make_smaclite = functools.partial(envs.make_env, "smaclite")
 
 INSTALL_COMMANDS = ("pip install --no-deps git+https://github.com/uoe-agents/smaclite.git",
                     'pip install "lightning_marl[smaclite]"', '"rtree>=1.1"', "gymnasium", "pygame", "scikit-learn")
@@ -25,7 +30,7 @@ INSTALL_COMMANDS = ("pip install --no-deps git+https://github.com/uoe-agents/sma
 
 def test_missing_smaclite_message(monkeypatch):
     monkeypatch.setitem(sys.modules, "smaclite", None)  # import smaclite -> ImportError
-    for build in (lambda: smaclite_env.SMACliteEnv("2s3z"), lambda: smaclite_env.make_env(num_envs=2)):
+    for build in (lambda: smaclite_env.SMACliteEnv("2s3z"), lambda: make_smaclite(num_envs=2)):
         with pytest.raises(ImportError) as info:
             build()
         for command in INSTALL_COMMANDS:
@@ -155,7 +160,7 @@ def test_parallel_equals_serial(smaclite):
     (partial steps); a finished game is never stepped again (the env would raise)."""
     rollouts, lengths = [], []
     for parallel in (False, True):
-        env = smaclite_env.make_env(num_envs=2, seed=0, map="2s3z", parallel=parallel, start_method="fork")
+        env = make_smaclite(num_envs=2, seed=0, map="2s3z", workers="processes" if parallel else "in_process", start_method="fork")
         assert isinstance(env, ParallelEnv if parallel else SerialEnv)
         assert (env.n_agents, env.n_actions, env.episode_limit, env.stat_keys) == (5, 11, 120, ("battle_won",))
         rollout = env.rollout(env.episode_limit, masked_random_policy(torch.Generator().manual_seed(7)),
@@ -174,7 +179,7 @@ def test_parallel_equals_serial(smaclite):
 
 
 def test_unknown_map_lists_maps(smaclite):
-    for build in (lambda: smaclite_env.SMACliteEnv("2s3z_typo"), lambda: smaclite_env.make_env(map="mmm2")):
+    for build in (lambda: smaclite_env.SMACliteEnv("2s3z_typo"), lambda: make_smaclite(map="mmm2")):
         with pytest.raises(ConfigError) as info:
             build()
         message = str(info.value)
@@ -216,7 +221,7 @@ def test_batch_rng_state(smaclite, parallel):
     """A batch gathers its games' RNG states (game i at index i) and gives each its own back, also
     through worker processes (a ParallelEnv forwards unknown names to its workers); close() twice
     is harmless."""
-    env = smaclite_env.make_env(num_envs=2, seed=5, map="2s3z", parallel=parallel, start_method="fork")
+    env = make_smaclite(num_envs=2, seed=5, map="2s3z", workers="processes" if parallel else "in_process", start_method="fork")
     assert hasattr(env, "rng_state") and hasattr(env, "set_rng_state")
     states = env.rng_state()
     assert len(states) == 2 and all(s.dtype == torch.uint8 for s in states)

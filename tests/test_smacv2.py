@@ -3,6 +3,7 @@ contract, checked against a stand-in ``smacv2`` package (no game needed). A real
 runs only where smacv2 and StarCraft II are installed."""
 from __future__ import annotations
 
+import functools
 import importlib.machinery
 import importlib.util
 import os
@@ -15,9 +16,12 @@ import torch
 from torchrl.envs import SerialEnv
 
 import torchrl.envs.libs.smacv2 as torchrl_smacv2
+from lightning_marl import envs
 from lightning_marl.envs import smacv2 as smacv2_env
 from lightning_marl.envs.contract import ACTION, MASK, OBS
 from lightning_marl.registry import ConfigError
+
+make_smacv2 = functools.partial(envs.make_env, "smacv2")
 
 MAPS = {"3m": {"limit": 60, "map_name": "3m"}, "10gen_protoss": {"limit": 200, "map_name": "32x32_flat"},
         "10gen_terran": {"limit": 200, "map_name": "32x32_flat"}}
@@ -121,7 +125,7 @@ def fake_game(tmp_path, monkeypatch):
 def test_missing_package_message(monkeypatch):
     monkeypatch.setitem(sys.modules, "smacv2", None)  # find_spec -> None, import -> ImportError
     with pytest.raises(ImportError) as info:
-        smacv2_env.make_env(num_envs=2)
+        make_smacv2(num_envs=2)
     message = str(info.value)
     for text in ("pip install git+https://github.com/oxwhirl/smacv2.git", "SC2PATH", "SC2.4.10.zip",
                  "SMAC_Maps.zip", "env=smaclite"):
@@ -131,7 +135,7 @@ def test_missing_package_message(monkeypatch):
 def test_missing_game_message(fake_smacv2, tmp_path, monkeypatch):
     monkeypatch.setenv("SC2PATH", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError) as info:
-        smacv2_env.make_env(map="10gen_protoss")
+        make_smacv2(map="10gen_protoss")
     message = str(info.value)
     assert "StarCraft II was not found" in message and str(tmp_path / "nowhere") in message
     assert "SC2.4.10.zip" in message and "export SC2PATH" in message
@@ -142,16 +146,16 @@ def test_missing_map_message(fake_smacv2, tmp_path, monkeypatch):
     (tmp_path / "Versions").mkdir()
     monkeypatch.setenv("SC2PATH", str(tmp_path))
     with pytest.raises(FileNotFoundError) as info:
-        smacv2_env.make_env(map="10gen_protoss")
+        make_smacv2(map="10gen_protoss")
     assert "32x32_flat.SC2Map" in str(info.value) and "SMAC_Maps.zip" in str(info.value)
 
 
 def test_unknown_map_lists_maps(fake_smacv2, fake_game):
     with pytest.raises(ConfigError) as info:
-        smacv2_env.make_env(map="10gen_protos")
+        make_smacv2(map="10gen_protos")
     assert "10gen_protoss" in str(info.value) and "3m" in str(info.value)
     with pytest.raises(ConfigError, match="capability_config"):
-        smacv2_env.make_env(map="3m", capability_config={"n_units": 3})
+        make_smacv2(map="3m", capability_config={"n_units": 3})
 
 
 # ----------------------------------------------------------------------------- key mapping
@@ -170,7 +174,7 @@ def first_available(td):
 
 
 def test_generated_map_keys_and_truncation(fake_smacv2, fake_game):
-    env = smacv2_env.make_env(num_envs=2, seed=3, map="10gen_protoss", n_units=5, n_enemies=6, parallel=False)
+    env = make_smacv2(num_envs=2, seed=3, map="10gen_protoss", n_units=5, n_enemies=6, workers="in_process")
     assert isinstance(env, SerialEnv) and hasattr(env, "rng_state")
     assert (env.n_agents, env.n_actions, env.episode_limit, env.stat_keys) == (5, 12, 4, ("battle_won",))
     assert (env.obs_dim, env.state_dim) == (5, 9)
@@ -207,7 +211,7 @@ def test_generated_map_keys_and_truncation(fake_smacv2, fake_game):
 
 
 def test_v1_map_win(fake_smacv2, fake_game):
-    env = smacv2_env.make_env(num_envs=1, map="3m")
+    env = make_smacv2(num_envs=1, map="3m")
     game = FakeStarCraft2Env.created[0]
     assert not isinstance(game, FakeCapabilityWrapper) and game.capability_config is None
     assert "obs_own_pos" not in game.kwargs
@@ -227,7 +231,7 @@ def test_real_game_smoke():
         pytest.skip("smacv2 is not installed")
     if not os.path.isdir(os.path.join(smacv2_env.sc2_path(), "Versions")):
         pytest.skip("StarCraft II is not installed (SC2PATH)")
-    env = smacv2_env.make_env(num_envs=1, map="3m")
+    env = make_smacv2(num_envs=1, map="3m")
     rollout = env.rollout(3, first_available)
     assert rollout.get(OBS).shape[-2] == env.n_agents == 3
     assert rollout.get(("next", "battle_won")).shape[-1] == 1

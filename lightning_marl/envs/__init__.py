@@ -81,5 +81,8 @@ def make_env(env: Union[EnvConfig, Mapping[str, Any], str], num_envs: int = 1, s
     cfg = env_config(env)
     kwargs = family_options(cfg)
     if cfg.name in WORKER_ENVS:
+        if workers not in EnvWorkers._value2member_map_:
+            raise ConfigError(f"data.env_workers={workers} is out of range; allowed: "
+                              f"{', '.join(m.value for m in EnvWorkers)}")
         kwargs.update(parallel=_PARALLEL[EnvWorkers(workers)], start_method=_plain(start_method))
     return ENVS.get(cfg.name)(num_envs=num_envs, seed=seed, device=device, **kwargs)

@@ -403,11 +403,11 @@ class BoxPushingEnv(EnvBase):
         return img
 
 
-def make_env(num_envs: int = 1, seed: int = 0, device: str = "cpu", grid: int = 4, n_agents: int = 2,
-             horizon: int = 100, step_reward: float = -0.1, bump_penalty: float = -5.0,
-             small_box_reward: float = 10.0, big_box_reward: float = 100.0, random_init: bool = False,
-             success_prob: float = 1.0) -> BoxPushingEnv:
-    """Build a batch of ``num_envs`` Box Pushing games from config values."""
+def make_env(num_envs: int, seed: int, device: str, *, grid: int, n_agents: int, horizon: int, step_reward: float,
+             bump_penalty: float, small_box_reward: float, big_box_reward: float, random_init: bool,
+             success_prob: float) -> BoxPushingEnv:
+    """Build a batch of ``num_envs`` Box Pushing games from config values (the options and their
+    defaults: ``BoxPushingEnvConfig``; build through :func:`lightning_marl.envs.make_env`)."""
     env = BoxPushingEnv(num_envs=num_envs, grid=grid, n_agents=n_agents, horizon=horizon,
                         step_reward=step_reward, bump_penalty=bump_penalty,
                         small_box_reward=small_box_reward, big_box_reward=big_box_reward,
@@ -417,7 +417,9 @@ def make_env(num_envs: int = 1, seed: int = 0, device: str = "cpu", grid: int = 
 
 
 if __name__ == "__main__":  # python -m lightning_marl.envs.box_pushing: the optimal 4x4 play
-    demo = make_env()
+    from lightning_marl.envs import make_env as make_any_env
+
+    demo = make_any_env("box_pushing")
     td = demo.reset()
     print(demo.render())
     for joint in ([0, 0], [1, 2], [0, 0], [0, 0]):

@@ -103,10 +103,10 @@ class MatrixGameEnv(EnvBase):
         return None
 
 
-def make_env(num_envs: int = 1, seed: int = 0, device: str = "cpu", game: str = "non_monotonic",
-             payoff: Optional[Sequence] = None, n_agents: Optional[int] = None,
-             penalty_k: float = -100.0) -> MatrixGameEnv:
-    """Build a batch of ``num_envs`` games from config values."""
+def make_env(num_envs: int, seed: int, device: str, *, game: str, payoff: Optional[Sequence], n_agents: Optional[int],
+             penalty_k: float) -> MatrixGameEnv:
+    """Build a batch of ``num_envs`` games from config values (the options and their defaults:
+    ``MatrixEnvConfig``; build through :func:`lightning_marl.envs.make_env`)."""
     env = MatrixGameEnv(payoff_tensor(game, payoff, n_agents, penalty_k), num_envs=num_envs, device=device)
     env.set_seed(seed)
     return env

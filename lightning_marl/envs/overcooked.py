@@ -373,9 +373,8 @@ def _make_game(layout: str, horizon: int, obs: str, state: str, seed: int, devic
     return OvercookedEnv(layout=layout, horizon=horizon, obs=obs, state=state, seed=seed, device=device)
 
 
-def make_env(num_envs: int = 1, seed: int = 0, device: str = "cpu", layout: str = "cramped_room",
-             horizon: int = 400, obs: str = "featurized", state: str = "concat", parallel: Union[bool, str] = True,
-             start_method: Optional[str] = None) -> Union[ParallelEnv, SerialEnv]:
+def make_env(num_envs: int, seed: int, device: str, *, layout: str, horizon: int, obs: str, state: str,
+             parallel: Union[bool, str], start_method: Optional[str]) -> Union[ParallelEnv, SerialEnv]:
     """``num_envs`` games (game ``i`` seeded ``seed + i``) batched to ``[num_envs]``: a ``ParallelEnv``
     (one worker process per game) when ``parallel`` and ``num_envs > 1``, else a ``SerialEnv``.
     ``parallel="auto"``: a ``ParallelEnv`` only when this process may use more than ``num_envs``

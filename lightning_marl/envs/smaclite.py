@@ -281,9 +281,8 @@ def _make_game(map: str, seed: int, device: str, use_cpp_rvo2: bool, episode_lim
                        game_index=game_index)
 
 
-def make_env(num_envs: int = 1, seed: int = 0, device: str = "cpu", map: str = "2s3z",
-             parallel: Union[bool, str] = True, use_cpp_rvo2: bool = False, episode_limit: Optional[int] = None,
-             start_method: Optional[str] = None) -> Union[ParallelEnv, SerialEnv]:
+def make_env(num_envs: int, seed: int, device: str, *, map: str, use_cpp_rvo2: bool, episode_limit: Optional[int],
+             parallel: Union[bool, str], start_method: Optional[str]) -> Union[ParallelEnv, SerialEnv]:
     """``num_envs`` SMACLite games (game ``i`` seeded ``seed + i``) batched to ``[num_envs]``: a
     ``ParallelEnv`` (one worker process per game) when ``parallel`` and ``num_envs > 1``, else a
     ``SerialEnv`` (all games in this process). ``parallel="auto"``: workers only when this process

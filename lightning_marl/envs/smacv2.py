@@ -244,10 +244,9 @@ def _make_game(map_name: str, capability_config: Optional[dict], env_args: dict,
                              categorical_actions=True, device=device, **env_args)
 
 
-def make_env(num_envs: int = 1, seed: int = 0, device: str = "cpu", map: str = "10gen_protoss",
-             capability_config: Optional[dict] = None, n_units: int = 5, n_enemies: int = 5,
-             env_args: Optional[dict] = None, parallel: Union[bool, str] = True,
-             start_method: Optional[str] = None) -> Union[ParallelEnv, SerialEnv]:
+def make_env(num_envs: int, seed: int, device: str, *, map: str, capability_config: Optional[dict], n_units: int,
+             n_enemies: int, env_args: Optional[dict], parallel: Union[bool, str],
+             start_method: Optional[str]) -> Union[ParallelEnv, SerialEnv]:
     """``num_envs`` SMACv2 games (game ``i`` seeded ``seed + i``; one StarCraft II process each)
     batched to ``[num_envs]``: a ``ParallelEnv`` when ``parallel`` and ``num_envs > 1``, else a
     ``SerialEnv``.

@@ -27,9 +27,8 @@ class DuelMIXMixer(Mixer):
     ``[z; onehot(a)]`` (``adv_hypernet_layers``, ``adv_hypernet_embed``).
     """
 
-    def __init__(self, n_agents: int, n_actions: int, central_dim: int, hypernet_layers: int = 2,
-                 hypernet_embed: int = 64, adv_hypernet_layers: int = 2, adv_hypernet_embed: int = 64,
-                 dueling_agent: bool = True):
+    def __init__(self, n_agents: int, n_actions: int, central_dim: int, *, hypernet_layers: int,
+                 hypernet_embed: int, adv_hypernet_layers: int, adv_hypernet_embed: int, dueling_agent: bool):
         super().__init__(n_agents, n_actions, central_dim)
         # ``dueling_agent`` is the trainer's key (it gives the agents dueling heads); accepted here so
         # that the mixer config can be passed through whole. The mixer itself works on any utilities.

@@ -40,13 +40,6 @@ from lightning_marl.registry import check
 FIXEES = ("sum", "mono")
 
 
-def _own_fixee(config: dict, fixee: str) -> str:
-    """The registered variants fix their fixee; a ``fixee`` key, if given, must agree."""
-    given = config.pop("fixee", fixee)
-    check(given == fixee, "mixer.fixee", given, f"{fixee} for this mixer (choose the mixer by name instead)")
-    return fixee
-
-
 class QFIXMixer(Mixer):
     """The generic QFIX mixer; the registered classes below fix ``fixee``, ``additive`` and ``per_agent``.
 
@@ -55,30 +48,26 @@ class QFIXMixer(Mixer):
     ``w = |g([z; onehot(a)]) - t| + t + 1e-10``; with ``per_agent`` the fixee is VDN and
     ``w A_f`` becomes ``sum_i w_i A_i``.
 
-    Config: ``fixee`` (``sum`` = VDN, ``mono`` = light QMIX with ``embed_dim``, ``hypernet_layers``,
-    ``hypernet_embed``), ``w_lower_bound`` (t; default 0 for QFIX, -1 for Q+FIX), ``w_hidden`` and
-    ``w_layers`` (g), ``b_hidden`` (b), ``detach_advantage`` (the sg() of Q+FIX, on by default; QFIX
-    never detaches), ``intervention`` (the initial lambda_D).
+    Config (values and defaults: the mixer's dataclass in ``lightning_marl/config/schema.py``):
+    ``fixee`` (``sum`` = VDN, ``mono`` = light QMIX with ``embed_dim``, ``hypernet_layers``,
+    ``hypernet_embed``), ``w_lower_bound`` (t), ``w_hidden`` and ``w_layers`` (g), ``b_hidden`` (b),
+    ``detach_advantage`` (the sg() of Q+FIX; QFIX never detaches). lambda_D starts at 1.
     """
 
     additive: bool = False
     per_agent: bool = False
 
-    def __init__(self, n_agents: int, n_actions: int, central_dim: int, fixee: str = "sum",
-                 w_lower_bound: Optional[float] = None, w_hidden: int = 64, w_layers: int = 2, b_hidden: int = 64,
-                 detach_advantage: Optional[bool] = None, embed_dim: int = 32, hypernet_layers: int = 1,
-                 hypernet_embed: int = 64, intervention: float = 1.0):
+    def __init__(self, n_agents: int, n_actions: int, central_dim: int, *, fixee: str, w_lower_bound: float,
+                 w_hidden: int, w_layers: int, b_hidden: int, detach_advantage: bool,
+                 embed_dim: Optional[int] = None, hypernet_layers: Optional[int] = None,
+                 hypernet_embed: Optional[int] = None):
         super().__init__(n_agents, n_actions, central_dim)
         check(fixee in FIXEES, "mixer.fixee", fixee, " or ".join(FIXEES))
         check(not (self.per_agent and fixee != "sum"), "mixer.fixee", fixee,
               "sum (the -lin variants mix per-agent advantages)")
-        if w_lower_bound is None:
-            w_lower_bound = -1.0 if self.additive else 0.0
         lowest = -1.0 if self.additive else 0.0
         check(float(w_lower_bound) >= lowest, "mixer.w_lower_bound", w_lower_bound,
               f"a number >= {lowest:g} (IGM needs w > {lowest:g})")
-        if detach_advantage is None:
-            detach_advantage = self.additive
         check(self.additive or not detach_advantage, "mixer.detach_advantage", detach_advantage,
               "false for QFIX (only Q+FIX detaches its advantage; QFIX learns the utilities through it)")
         self.fixee, self.w_lower_bound, self.detach_advantage = fixee, float(w_lower_bound), bool(detach_advantage)
@@ -86,8 +75,7 @@ class QFIXMixer(Mixer):
                     if fixee == "mono" else None)
         self.g = mlp(central_dim + n_agents * n_actions, n_agents if self.per_agent else 1, w_layers, w_hidden)
         self.b = mlp(central_dim, 1, 2, b_hidden)
-        self.register_buffer("intervention", torch.tensor(1.0))
-        self.set_intervention(intervention)
+        self.register_buffer("intervention", torch.tensor(1.0))  # lambda_D = 1: the full fix
 
     def set_intervention(self, value: float) -> None:
         """Set lambda_D in [0, 1] (0: the fixee alone, 1: the full fix)."""
@@ -135,7 +123,7 @@ class QFIXSumMixer(QFIXMixer):
     ``A_f = sum_i A_i``, ``w = |g(z, a)| + 1e-10 > 0``."""
 
     def __init__(self, n_agents: int, n_actions: int, central_dim: int, **config):
-        super().__init__(n_agents, n_actions, central_dim, fixee=_own_fixee(config, "sum"), **config)
+        super().__init__(n_agents, n_actions, central_dim, fixee="sum", detach_advantage=False, **config)
 
 
 class QFIXMonoMixer(QFIXMixer):
@@ -144,7 +132,7 @@ class QFIXMonoMixer(QFIXMixer):
     ``w = |g(z, a)| + 1e-10 > 0``."""
 
     def __init__(self, n_agents: int, n_actions: int, central_dim: int, **config):
-        super().__init__(n_agents, n_actions, central_dim, fixee=_own_fixee(config, "mono"), **config)
+        super().__init__(n_agents, n_actions, central_dim, fixee="mono", detach_advantage=False, **config)
 
 
 class QPlusFIXSumMixer(QFIXMixer):
@@ -154,7 +142,7 @@ class QPlusFIXSumMixer(QFIXMixer):
     additive = True
 
     def __init__(self, n_agents: int, n_actions: int, central_dim: int, **config):
-        super().__init__(n_agents, n_actions, central_dim, fixee=_own_fixee(config, "sum"), **config)
+        super().__init__(n_agents, n_actions, central_dim, fixee="sum", **config)
 
 
 class QPlusFIXMonoMixer(QFIXMixer):
@@ -164,7 +152,7 @@ class QPlusFIXMonoMixer(QFIXMixer):
     additive = True
 
     def __init__(self, n_agents: int, n_actions: int, central_dim: int, **config):
-        super().__init__(n_agents, n_actions, central_dim, fixee=_own_fixee(config, "mono"), **config)
+        super().__init__(n_agents, n_actions, central_dim, fixee="mono", **config)
 
 
 class QFIXLinMixer(QFIXMixer):
@@ -174,7 +162,7 @@ class QFIXLinMixer(QFIXMixer):
     per_agent = True
 
     def __init__(self, n_agents: int, n_actions: int, central_dim: int, **config):
-        super().__init__(n_agents, n_actions, central_dim, fixee=_own_fixee(config, "sum"), **config)
+        super().__init__(n_agents, n_actions, central_dim, fixee="sum", detach_advantage=False, **config)
 
 
 class QPlusFIXLinMixer(QFIXMixer):
@@ -185,4 +173,4 @@ class QPlusFIXLinMixer(QFIXMixer):
     per_agent = True
 
     def __init__(self, n_agents: int, n_actions: int, central_dim: int, **config):
-        super().__init__(n_agents, n_actions, central_dim, fixee=_own_fixee(config, "sum"), **config)
+        super().__init__(n_agents, n_actions, central_dim, fixee="sum", **config)

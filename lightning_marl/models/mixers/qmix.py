@@ -25,8 +25,7 @@ class MonotonicMix(nn.Module):
     ``f(x; z) = |W_2(z)|^T ELU(|W_1(z)|^T x + b_1(z)) + V(z)``, so that ``df/dx_i >= 0``.
     """
 
-    def __init__(self, n_agents: int, central_dim: int, embed_dim: int = 32, hypernet_layers: int = 2,
-                 hypernet_embed: int = 64):
+    def __init__(self, n_agents: int, central_dim: int, embed_dim: int, hypernet_layers: int, hypernet_embed: int):
         super().__init__()
         self.n_agents, self.embed_dim = n_agents, embed_dim
         self.hyper_w1 = hypernet(central_dim, n_agents * embed_dim, hypernet_layers, hypernet_embed)
@@ -46,8 +45,8 @@ class MonotonicMix(nn.Module):
 class QMIXMixer(Mixer):
     """QMIX: ``Q_tot = f(Q_1(a_1), ..., Q_N(a_N); z)`` with :class:`MonotonicMix` f (dQ_tot/dQ_i >= 0)."""
 
-    def __init__(self, n_agents: int, n_actions: int, central_dim: int, embed_dim: int = 32,
-                 hypernet_layers: int = 2, hypernet_embed: int = 64):
+    def __init__(self, n_agents: int, n_actions: int, central_dim: int, *, embed_dim: int, hypernet_layers: int,
+                 hypernet_embed: int):
         super().__init__(n_agents, n_actions, central_dim)
         self.mix = MonotonicMix(n_agents, central_dim, embed_dim, hypernet_layers, hypernet_embed)
 

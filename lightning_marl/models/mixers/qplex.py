@@ -32,8 +32,8 @@ class QPLEXAttention(nn.Module):
     """The advantage weights ``lambda_i(z, a) = sum_k |key_k(z)| sigmoid(agent_k(z))_i
     sigmoid(action_k([z; onehot(a)]))_i + K * 1e-10 > 0`` from ``K`` kernels (``DMAQ_SI_Weight``)."""
 
-    def __init__(self, n_agents: int, n_actions: int, central_dim: int, num_kernel: int = 4,
-                 adv_hypernet_layers: int = 2, adv_hypernet_embed: int = 64):
+    def __init__(self, n_agents: int, n_actions: int, central_dim: int, num_kernel: int, adv_hypernet_layers: int,
+                 adv_hypernet_embed: int):
         super().__init__()
         check(adv_hypernet_layers in (1, 2, 3), "mixer.adv_hypernet_layers", adv_hypernet_layers, "1, 2 or 3")
         check(isinstance(num_kernel, int) and num_kernel >= 1, "mixer.num_kernel", num_kernel, "an integer >= 1")
@@ -70,9 +70,9 @@ class QPLEXMixer(Mixer):
     ``weighted_head=False`` uses ``w_i = 1, v_i = 0``; ``stop_gradient=False`` drops the sg().
     """
 
-    def __init__(self, n_agents: int, n_actions: int, central_dim: int, hypernet_embed: int = 64,
-                 adv_hypernet_layers: int = 2, adv_hypernet_embed: int = 64, num_kernel: int = 4,
-                 is_minus_one: bool = True, weighted_head: bool = True, stop_gradient: bool = True):
+    def __init__(self, n_agents: int, n_actions: int, central_dim: int, *, hypernet_embed: int,
+                 adv_hypernet_layers: int, adv_hypernet_embed: int, num_kernel: int, is_minus_one: bool,
+                 weighted_head: bool, stop_gradient: bool):
         super().__init__(n_agents, n_actions, central_dim)
         self.is_minus_one, self.weighted_head, self.stop_gradient = is_minus_one, weighted_head, stop_gradient
         self.hyper_w_final = mlp(central_dim, n_agents, 2, hypernet_embed)
