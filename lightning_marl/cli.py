@@ -313,3 +313,7 @@ def train(argv: Optional[Sequence[str]] = None) -> Any:
 
 
 __all__ = ["find_checkpoint", "preflight", "resumed_config", "show", "train", "unique_dir"]
+
+
+if __name__ == "__main__":  # python -m lightning_marl.cli (the study runner starts runs this way)
+    train()

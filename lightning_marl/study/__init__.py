@@ -1,0 +1,58 @@
+"""Studies: a grid of training runs from a spec (:mod:`.spec`), run and continued by :mod:`.runner`,
+aggregated with robust statistics (:mod:`.aggregate`) into a report (:mod:`.report`).
+
+    lightning-marl-study run studies/box_pushing_reference.yaml --jobs 2
+    lightning-marl-study status studies/box_pushing_reference.yaml
+    lightning-marl-study report studies/box_pushing_reference.yaml [--out docs/results/box_pushing_reference]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from lightning_marl.errors import ConfigError
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    from lightning_marl.cli import preflight
+    from lightning_marl.study.report import write_report
+    from lightning_marl.study.runner import is_finished, run_all
+    from lightning_marl.study.spec import load_spec, plan
+
+    parser = argparse.ArgumentParser(prog="lightning-marl-study", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("run", "status", "report"))
+    parser.add_argument("spec")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (run)")
+    parser.add_argument("--limit", type=int, default=None, help="start at most this many runs (run)")
+    parser.add_argument("--out", default=None, help="report folder (report; default: the study's runs_dir)")
+    args = parser.parse_args(argv)
+    try:
+        if args.jobs < 1:
+            raise ConfigError(f"--jobs={args.jobs} is out of range; allowed: an integer >= 1")
+        if not Path(args.spec).is_file():
+            raise ConfigError(f"spec={args.spec} does not exist; allowed: a study spec YAML file")
+        spec = load_spec(args.spec)
+        runs = plan(spec)
+        if args.action == "run":
+            for run in runs:  # every run's command line is checked before the first one starts
+                if not is_finished(run):
+                    preflight(list(run.argv))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    if args.action == "run":
+        counts = run_all(runs, jobs=args.jobs, limit=args.limit)
+        print(f"{spec.name}: {counts}")
+        sys.exit(1 if counts["failed"] else 0)
+    if args.action == "status":
+        done = sum(is_finished(r) for r in runs)
+        print(f"{spec.name}: {done} of {len(runs)} runs finished")
+        for run in runs:
+            state = "finished" if is_finished(run) else "started" if (run.folder / "checkpoints").exists() else "-"
+            print(f"  {state:<9} {run.preset} {run.label} seed {run.seed}")
+        return
+    report = write_report(spec, runs, Path(args.out or spec.runs_dir))
+    print(f"report: {report}")

@@ -1,0 +1,105 @@
+"""Robust aggregates over seeds (Agarwal et al., 2021, "Deep RL at the edge of the statistical
+precipice"), through ``rliable``: the interquartile mean (IQM) with stratified bootstrap 95%
+intervals, the probability of improvement between two configurations, performance profiles and
+IQM learning curves with bootstrap bands.
+
+Scores are arrays ``[runs, tasks]`` (a study's tasks are its env presets); curves are
+``[runs, tasks, points]``. ``rliable`` is imported on first use (the ``plot`` extra).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import contextlib
+import warnings
+
+import numpy as np
+
+REPS = 2000          # bootstrap resamples: a 95% interval's ends move by well under 1% between seeds at this count
+CONFIDENCE = 0.95
+
+
+@contextlib.contextmanager
+def _quiet():
+    """rliable passes ``random_state`` to arch's bootstrap, which arch deprecates with a FutureWarning:
+    harmless here (the seeded RandomState is still used), so it is silenced around those calls."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def _rliable():
+    try:
+        from rliable import library, metrics
+    except ImportError as err:  # the plot extra is not installed
+        raise ImportError(f"study reports need rliable ({err}); install it with: pip install 'lightning_marl[plot]'") \
+            from None
+    return library, metrics
+
+
+def iqm(scores: np.ndarray) -> float:
+    """The interquartile mean of all entries (the mean of the middle 50%)."""
+    _, metrics = _rliable()
+    return float(metrics.aggregate_iqm(np.asarray(scores, dtype=float)))
+
+
+def iqm_with_interval(score_dict: Mapping[str, np.ndarray], seed: int = 0,
+                      reps: int = REPS) -> dict[str, tuple[float, float, float]]:
+    """Per configuration: (IQM, low, high) with a stratified bootstrap 95% interval (runs resampled
+    within each task)."""
+    library, metrics = _rliable()
+    scores = {k: np.asarray(v, dtype=float) for k, v in score_dict.items()}
+    with _quiet():
+        point, interval = library.get_interval_estimates(
+            scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps, confidence_interval_size=CONFIDENCE,
+            random_state=np.random.RandomState(seed))
+    return {k: (float(point[k][0]), float(interval[k][0, 0]), float(interval[k][1, 0])) for k in scores}
+
+
+def probability_of_improvement(x: np.ndarray, y: np.ndarray, seed: int = 0,
+                               reps: int = REPS) -> tuple[float, float, float]:
+    """P(X > Y) (ties count half; averaged over tasks) with a stratified bootstrap 95% interval."""
+    library, metrics = _rliable()
+    pair = {"x,y": (np.asarray(x, dtype=float), np.asarray(y, dtype=float))}
+    with _quiet():
+        point, interval = library.get_interval_estimates(
+            pair, metrics.probability_of_improvement, reps=reps, confidence_interval_size=CONFIDENCE,
+            random_state=np.random.RandomState(seed))
+    return float(point["x,y"]), float(interval["x,y"][0]), float(interval["x,y"][1])
+
+
+def performance_profile(score_dict: Mapping[str, np.ndarray], taus: Sequence[float],
+                        reps: int = REPS) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per configuration: the fraction of runs with a score above each tau, with 95% bands."""
+    library, _ = _rliable()
+    np.random.seed(0)  # rliable's profile bootstrap draws from numpy's global generator
+    scores = {k: np.asarray(v, dtype=float) for k, v in score_dict.items()}
+    with _quiet():
+        return library.create_performance_profile(scores, np.asarray(taus, dtype=float), reps=reps,
+                                                  confidence_interval_size=CONFIDENCE)
+
+
+def iqm_curves(curves: Mapping[str, np.ndarray], seed: int = 0,
+               reps: int = REPS) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per configuration with curves ``[runs, tasks, points]``: (IQM, low, high) at each point."""
+    library, metrics = _rliable()
+    data = {k: np.asarray(v, dtype=float) for k, v in curves.items()}
+
+    def per_point(x: np.ndarray) -> np.ndarray:  # x: [runs, tasks, points]
+        return np.array([metrics.aggregate_iqm(x[..., t]) for t in range(x.shape[-1])])
+
+    with _quiet():
+        point, interval = library.get_interval_estimates(data, per_point, reps=reps,
+                                                         confidence_interval_size=CONFIDENCE,
+                                                         random_state=np.random.RandomState(seed))
+    return {k: (point[k], interval[k][0], interval[k][1]) for k in data}
+
+
+def area_under_curve(steps: np.ndarray, values: np.ndarray) -> float:
+    """The mean of a learning curve over env steps (trapezoid area / step range): a curve that is
+    high early scores higher than one that gets there late."""
+    steps, values = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+    if len(steps) < 2:
+        return float(values[-1])
+    area = float(np.sum((values[1:] + values[:-1]) / 2 * np.diff(steps)))
+    return area / float(steps[-1] - steps[0])

@@ -1,0 +1,142 @@
+"""A study's report: per configuration and preset the IQM of the final score and of its area under
+the curve with stratified bootstrap 95% intervals, the probability of improvement between the
+spec's pairs, performance profiles and IQM learning curves (``report.md`` and ``figures/``)."""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from lightning_marl.study import aggregate as agg
+from lightning_marl.study.runner import FINISHED, is_finished, record
+from lightning_marl.study.spec import Run, StudySpec
+
+
+def read_curve(run: Run, metric: str) -> Optional[pd.Series]:
+    """The run's evaluations of ``metric`` indexed by env step (None if it has none)."""
+    path = record(run) / "metrics.csv"
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path)
+    if metric not in frame.columns:
+        return None
+    rows = frame.dropna(subset=[metric]).drop_duplicates("env_steps", keep="last").sort_values("env_steps")
+    return pd.Series(rows[metric].to_numpy(dtype=float), index=rows["env_steps"].to_numpy(dtype=float))
+
+
+def collect(spec: StudySpec, runs: list[Run]) -> dict:
+    """{(preset, label): {"final": [...], "auc": [...], "curves": [...], "extra": {metric: [...]}, "wall": [...]}}."""
+    out: dict = defaultdict(lambda: {"final": [], "auc": [], "curves": [], "extra": defaultdict(list), "wall": []})
+    for run in runs:
+        if not is_finished(run):
+            continue
+        curve = read_curve(run, spec.metric)
+        if curve is None or curve.empty:
+            continue
+        cell = out[(run.preset, run.label)]
+        cell["final"].append(float(curve.iloc[-1]))
+        cell["auc"].append(agg.area_under_curve(curve.index.to_numpy(), curve.to_numpy()))
+        cell["curves"].append(curve)
+        cell["wall"].append(json.loads((record(run) / FINISHED).read_text()).get("wall_s", float("nan")))
+        for metric in spec.metrics:
+            extra = read_curve(run, metric)
+            if extra is not None and not extra.empty:
+                cell["extra"][metric].append(float(extra.iloc[-1]))
+    return out
+
+
+def _fmt(triple) -> str:
+    value, low, high = triple
+    return f"{value:.3g} [{low:.3g}, {high:.3g}]"
+
+
+def _grid(curves: list[pd.Series]) -> np.ndarray:
+    """Common env-step grid of a configuration's curves: the shortest run's evaluation steps."""
+    return min((c.index.to_numpy() for c in curves), key=len)
+
+
+def write_report(spec: StudySpec, runs: list[Run], out_dir: Path) -> Path:
+    """Write ``report.md`` and the figures into ``out_dir``; returns the report's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = collect(spec, runs)
+    figures = out_dir / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    total = len(runs)
+    done = sum(is_finished(r) for r in runs)
+    lines = [f"# Study report: {spec.name}", "",
+             f"{done} of {total} runs finished. Score: `{spec.metric}` (final = the last greedy evaluation, "
+             "AUC = its mean over the run's env steps). IQM over seeds with stratified bootstrap 95% intervals "
+             f"({agg.REPS} resamples, rliable). Wall s: the training time of a run's sessions that the runner "
+             "saw end.", ""]
+    for preset in spec.presets:
+        labels = [lbl for (p, lbl) in cells if p == preset]
+        if not labels:
+            lines += [f"## {preset}", "", "no finished run yet", ""]
+            continue
+        finals = {lbl: np.array(cells[(preset, lbl)]["final"])[:, None] for lbl in labels}
+        aucs = {lbl: np.array(cells[(preset, lbl)]["auc"])[:, None] for lbl in labels}
+        final_ci, auc_ci = agg.iqm_with_interval(finals), agg.iqm_with_interval(aucs)
+        extra_columns = "".join(f"IQM final {m} | " for m in spec.metrics)
+        header = f"| configuration | seeds | IQM final | IQM AUC | {extra_columns}wall s (median) |"
+        lines += [f"## {preset}", "", header, "|" + "---|" * (5 + len(spec.metrics))]
+        for lbl in labels:
+            cell = cells[(preset, lbl)]
+            extras = [f"{agg.iqm(np.array(cell['extra'][m])[:, None]):.3g}" if cell["extra"][m] else "-"
+                      for m in spec.metrics]
+            lines.append(f"| {lbl} | {len(cell['final'])} | {_fmt(final_ci[lbl])} | {_fmt(auc_ci[lbl])} | "
+                         + " | ".join(extras) + (" | " if extras else "") + f"{np.median(cell['wall']):.0f} |")
+        lines.append("")
+        pairs = [(x, y) for x, y in spec.pairs if x in finals and y in finals]
+        if pairs:
+            lines += ["| P(X > Y), final score | value [95% CI] |", "|---|---|"]
+            for x, y in pairs:
+                lines.append(f"| {x} > {y} | {_fmt(agg.probability_of_improvement(finals[x], finals[y]))} |")
+            lines.append("")
+        # learning curves: IQM over seeds on the shortest run's evaluation grid
+        fig, ax = plt.subplots(figsize=(7, 4))
+        curve_data = {}
+        for lbl in labels:
+            grid = _grid(cells[(preset, lbl)]["curves"])
+            curve_data[lbl] = (grid, np.stack([np.interp(grid, c.index.to_numpy(), c.to_numpy())
+                                               for c in cells[(preset, lbl)]["curves"]])[:, None, :])
+        bands = agg.iqm_curves({lbl: arr for lbl, (_, arr) in curve_data.items()})
+        for lbl, (grid, _) in curve_data.items():
+            mid, low, high = bands[lbl]
+            ax.plot(grid, mid, label=lbl)
+            ax.fill_between(grid, low, high, alpha=0.2)
+        ax.set_xlabel("env steps")
+        ax.set_ylabel(f"{spec.metric} (IQM over seeds)")
+        ax.set_title(preset)
+        ax.legend(fontsize=8)
+        name = preset.replace("/", "_")
+        fig.tight_layout()
+        fig.savefig(figures / f"curves_{name}.png", dpi=120)
+        plt.close(fig)
+        # performance profile of the final scores
+        values = np.concatenate([f.ravel() for f in finals.values()])
+        taus = np.linspace(values.min(), values.max(), 41) if values.max() > values.min() else np.array([values.min()])
+        profiles, profile_cis = agg.performance_profile(finals, taus)
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for lbl in labels:
+            ax.plot(taus, profiles[lbl], label=lbl)
+            ax.fill_between(taus, profile_cis[lbl][0], profile_cis[lbl][1], alpha=0.2)
+        ax.set_xlabel(f"final {spec.metric} (tau)")
+        ax.set_ylabel("fraction of runs with score > tau")
+        ax.set_title(preset)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(figures / f"profile_{name}.png", dpi=120)
+        plt.close(fig)
+        lines += [f"![learning curves](figures/curves_{name}.png)",
+                  f"![performance profile](figures/profile_{name}.png)", ""]
+    report = out_dir / "report.md"
+    report.write_text("\n".join(lines))
+    return report

@@ -1,0 +1,101 @@
+"""A study: a grid of (env preset, mixer, centralized information, variant, seed) runs, each one an
+ordinary ``train.py`` run in a folder of its own. The spec is a YAML file with this schema::
+
+    name: box_pushing_reference
+    runs_dir: ~/lightning_marl_studies/box_pushing_reference  # run folders (large checkpoints: outside git)
+    archive_dir: docs/results/box_pushing_reference/runs     # each finished run's metrics and config
+    presets: [reference/box_pushing_4x4, reference/box_pushing_6x6]   # experiment=... (the tasks)
+    mixers: [qmix, qplex, duelmix, qfix_sum, qplusfix_sum]
+    central_info: [null]                       # null = each mixer's own default
+    variants: {"": []}                         # label -> overrides ("" = none),
+                                               # e.g. {detach: [mixer.detach_advantage=true]}
+    seeds: [0, 1, 2, 3, 4]
+    overrides: []                              # added to every run
+    metric: test/return_mean                   # the score: its final value and its area under the curve
+    metrics: [test/big_box_mean]               # also reported (final values)
+    pairs: [[duelmix, qmix]]                   # probability of improvement of the first over the second
+
+The archive (committed with the study's report) is what makes a study outlive its run folders: a
+run whose record is in the archive counts as finished. A configuration's label is ``<mixer>``, plus ``z=<central_info>`` and ``<variant>`` where given.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from omegaconf import OmegaConf
+
+from lightning_marl.errors import ConfigError
+
+
+@dataclass
+class StudySpec:
+    name: str
+    runs_dir: str
+    presets: List[str]
+    mixers: List[str]
+    seeds: List[int]
+    archive_dir: Optional[str] = None
+    central_info: List[Optional[str]] = field(default_factory=lambda: [None])
+    variants: Dict[str, List[str]] = field(default_factory=lambda: {"": []})
+    overrides: List[str] = field(default_factory=list)
+    metric: str = "test/return_mean"
+    metrics: List[str] = field(default_factory=list)
+    pairs: List[List[str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Run:
+    preset: str
+    mixer: str
+    central_info: Optional[str]
+    variant: str
+    seed: int
+    folder: Path
+    argv: tuple
+    archive: Optional[Path] = None
+
+    @property
+    def label(self) -> str:
+        return config_label(self.mixer, self.central_info, self.variant)
+
+
+def config_label(mixer: str, central_info: Optional[str], variant: str) -> str:
+    return " ".join([mixer] + ([f"z={central_info}"] if central_info else []) + ([variant] if variant else []))
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """The spec at ``path``, checked against :class:`StudySpec` (unknown keys and wrong types refused)."""
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(StudySpec), OmegaConf.load(path))
+        spec = OmegaConf.to_object(node)
+    except Exception as err:  # noqa: BLE001 - OmegaConf's errors name the key
+        first = str(err).strip().splitlines()[0]
+        raise ConfigError(f"study spec {path}: {first}; allowed: the keys of StudySpec "
+                          f"({', '.join(f.name for f in dataclasses.fields(StudySpec))})") from None
+    labels = {config_label(m, z, v) for m in spec.mixers for z in spec.central_info for v in spec.variants}
+    for pair in spec.pairs:
+        if len(pair) != 2 or not set(pair) <= labels:
+            raise ConfigError(f"study spec {path}: pairs entry {pair}; allowed: two of {', '.join(sorted(labels))}")
+    return spec
+
+
+def plan(spec: StudySpec) -> list[Run]:
+    """Every run of the grid, in an order that finishes whole seeds of the grid first."""
+    runs = []
+    for seed in spec.seeds:
+        for preset in spec.presets:
+            for mixer in spec.mixers:
+                for z in spec.central_info:
+                    for variant, extra in spec.variants.items():
+                        label = config_label(mixer, z, variant).replace(" ", "_").replace("=", "-")
+                        relative = Path(preset.replace("/", "_")) / label / f"s{seed}"
+                        folder = Path(spec.runs_dir).expanduser() / relative
+                        archive = Path(spec.archive_dir) / relative if spec.archive_dir else None
+                        argv = [f"experiment={preset}", f"mixer={mixer}", f"seed={seed}", *spec.overrides, *extra]
+                        if z:
+                            argv.append(f"mixer.central_info={z}")
+                        runs.append(Run(preset, mixer, z, variant, seed, folder, tuple(argv), archive))
+    return runs

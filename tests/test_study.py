@@ -1,0 +1,130 @@
+"""The study runner (skip finished runs, resume interrupted ones, claims) and its robust statistics,
+checked on synthetic data whose answers are known."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rliable")
+
+from lightning_marl.study import aggregate as agg  # noqa: E402
+from lightning_marl.study.runner import CLAIM, claim, command, run_all  # noqa: E402
+from lightning_marl.study.spec import load_spec, plan  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_iqm_is_the_mean_of_the_middle_half():
+    assert agg.iqm(np.arange(1, 9)[:, None]) == pytest.approx(4.5)  # middle half of 1..8: 3, 4, 5, 6
+    assert agg.iqm(np.array([[0.0], [1], [1], [1], [1], [1], [1], [1000]])) == pytest.approx(1.0)  # outliers cut
+
+
+def test_iqm_interval_holds_the_truth_and_collapses_on_constant_scores():
+    rng = np.random.default_rng(0)
+    scores = {"a": rng.normal(5.0, 1.0, size=(60, 1)), "flat": np.full((10, 1), 3.0)}
+    result = agg.iqm_with_interval(scores)
+    value, low, high = result["a"]
+    assert low < value < high and low < 5.0 < high and high - low < 1.0
+    assert result["flat"] == pytest.approx((3.0, 3.0, 3.0))
+
+
+def test_probability_of_improvement_on_known_cases():
+    x, y = np.array([[3.0], [4.0], [5.0]]), np.array([[0.0], [1.0], [2.0]])
+    assert agg.probability_of_improvement(x, y)[0] == pytest.approx(1.0)
+    assert agg.probability_of_improvement(y, x)[0] == pytest.approx(0.0)
+    assert agg.probability_of_improvement(x, x)[0] == pytest.approx(0.5)  # ties count half
+    p, low, high = agg.probability_of_improvement(np.array([[1.0], [2.0]]), np.array([[1.5], [1.5]]))
+    assert p == pytest.approx(0.5) and low <= 0.5 <= high
+
+
+def test_performance_profile_is_the_fraction_above_tau():
+    profiles, bands = agg.performance_profile({"m": np.array([[1.0], [2.0], [3.0], [4.0]])}, [0.5, 2.5, 4.5])
+    assert profiles["m"].tolist() == pytest.approx([1.0, 0.5, 0.0])
+    assert bands["m"].shape == (2, 3)
+
+
+def test_area_under_curve_and_iqm_curves():
+    assert agg.area_under_curve([0, 10], [0.0, 1.0]) == pytest.approx(0.5)
+    assert agg.area_under_curve([0, 5, 10], [2.0, 2.0, 2.0]) == pytest.approx(2.0)
+    curves = {"c": np.stack([np.linspace(0, 1, 5) + i for i in range(4)])[:, None, :]}  # runs 0..3 shifted
+    mid, low, high = agg.iqm_curves(curves)["c"]
+    assert mid.tolist() == pytest.approx((np.linspace(0, 1, 5) + 1.5).tolist())  # IQM of shifts 0..3 = 1.5
+    assert (low <= mid).all() and (mid <= high).all()
+
+
+def write_spec(tmp_path, seeds=(0, 1)) -> Path:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"""
+name: tiny
+runs_dir: {tmp_path / 'runs'}
+archive_dir: {tmp_path / 'archive'}
+presets: [reference/box_pushing_4x4]
+mixers: [vdn, qmix]
+seeds: {list(seeds)}
+overrides: [total_env_steps=240, data.num_envs=8, data.batch_size=8, data.warmup_episodes=8, env.horizon=10,
+            eval.interval_env_steps=80, eval.episodes=4, eval.num_envs=4, checkpoint.every_n_updates=2]
+metrics: [test/small_boxes_mean]
+pairs: [[qmix, vdn]]
+""")
+    return spec
+
+
+def study(*args, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "study.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_a_study_runs_skips_what_is_finished_and_reports(tmp_path):
+    spec = write_spec(tmp_path)
+    first = study("run", str(spec), "--jobs", "2", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    runs = plan(load_spec(spec))
+    assert len(runs) == 4 and all((r.folder / "finished.json").is_file() for r in runs)
+    assert all(not (r.folder / CLAIM).exists() for r in runs)
+    assert all((r.archive / "metrics.csv").is_file() and (r.archive / ".hydra" / "config.yaml").is_file() for r in runs)
+    for r in runs[:2]:  # run folders lost (another machine, a new session): the archive still counts
+        import shutil
+
+        shutil.rmtree(r.folder)
+    again = study("run", str(spec), cwd=tmp_path)
+    assert again.returncode == 0 and "start " not in again.stdout and "'finished_before': 4" in again.stdout
+    report = study("report", str(spec), cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-2000:]
+    text = (tmp_path / "runs" / "report.md").read_text()
+    assert "## reference/box_pushing_4x4" in text and "| qmix | 2 |" in text and "| vdn | 2 |" in text
+    assert "| qmix > vdn |" in text
+    assert (tmp_path / "runs" / "figures" / "curves_reference_box_pushing_4x4.png").stat().st_size > 5000
+    assert (tmp_path / "runs" / "figures" / "profile_reference_box_pushing_4x4.png").is_file()
+
+
+def test_an_interrupted_run_is_resumed_and_claims_are_respected(tmp_path):
+    spec = load_spec(write_spec(tmp_path, seeds=(0,)))
+    run = plan(spec)[0]
+    assert "resume=" not in " ".join(command(run))
+    (run.folder / "checkpoints").mkdir(parents=True)
+    (run.folder / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (run.folder / ".hydra").mkdir()
+    (run.folder / ".hydra" / "config.yaml").write_text("{}")
+    assert command(run)[-1] == f"resume={run.folder}"
+    other = plan(spec)[1]
+    other.folder.mkdir(parents=True)
+    (other.folder / CLAIM).write_text(f"{os.uname().nodename}:{os.getppid()}")  # a live process holds it
+    assert not claim(other)
+    (other.folder / CLAIM).write_text(f"{os.uname().nodename}:999999999")  # its process is gone
+    assert claim(other) and (other.folder / CLAIM).read_text().endswith(f":{os.getpid()}")
+    counts = run_all([other], say=lambda _: None)
+    assert counts["skipped"] == 1  # a run this runner claimed already is not started a second time
+
+
+def test_a_bad_spec_or_run_is_refused_before_anything_starts(tmp_path):
+    spec = write_spec(tmp_path)
+    spec.write_text(spec.read_text().replace("checkpoint.every_n_updates=2", "learner.gamma=2"))
+    proc = study("run", str(spec), cwd=tmp_path)
+    assert proc.returncode == 2 and "error: learner.gamma=2.0 is out of range" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+    spec.write_text(spec.read_text().replace("pairs: [[qmix, vdn]]", "pairs: [[qmix, nobody]]"))
+    proc = study("status", str(spec), cwd=tmp_path)
+    assert proc.returncode == 2 and "pairs entry ['qmix', 'nobody']" in proc.stderr
