@@ -107,6 +107,8 @@ def finish(run: Run, proc: subprocess.Popen) -> bool:
             "host": socket.gethostname(), "wall_s": round(wall, 1),
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": list(run.argv)}))
         archive(run)
+        for periodic in (run.folder / "checkpoints").glob("step*.ckpt"):  # last.ckpt holds the final state
+            periodic.unlink()
     (run.folder / CLAIM).unlink(missing_ok=True)
     return ok
 
