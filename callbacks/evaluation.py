@@ -1,7 +1,7 @@
 """Greedy evaluation every N env steps: test return mean and every env statistic (win rate...)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -16,8 +16,9 @@ class GreedyEvaluation(Callback):
     with the env-step count straight to the loggers, so no evaluation row is dropped. Under DDP
     each rank evaluates ``episodes`` on its own envs and the means are averaged over ranks."""
 
-    def __init__(self, interval_env_steps: int = 10_000, episodes: int = 32):
+    def __init__(self, interval_env_steps: int, episodes: int, skip_final: Callable[[], bool] = lambda: False):
         self.interval, self.episodes = interval_env_steps, episodes
+        self.skip_final = skip_final  # a run stopped by a signal ends without the final evaluation
         self.last_eval_step = -1
         self.history: list[dict[str, float]] = []
 
@@ -50,7 +51,7 @@ class GreedyEvaluation(Callback):
             self.evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self.last_eval_step != trainer.datamodule.env_steps:
+        if self.last_eval_step != trainer.datamodule.env_steps and not self.skip_final():
             self.evaluate(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:

@@ -20,16 +20,17 @@ import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_marl.config import CONFIG_MODULE, compose
+from lightning_marl.checkpoint_files import CheckpointError, architecture_differences, choose_checkpoint
+from lightning_marl.config import CONFIG_MODULE, compose, plain
 from lightning_marl.config.migrate import migrate_config
 from lightning_marl.config.schema import ENV_SCHEMAS, LOGGERS, MIXER_SCHEMAS, TRAINERS, LoggerConfig, TrainConfig, \
     TrainerConfig
 from lightning_marl.config.validate import from_omegaconf, refuse, show, to_typed
-from lightning_marl.errors import ConfigError, DivergenceError
+from lightning_marl.errors import ConfigError, DivergenceError, Interrupted
 
 GROUPS = ("env", "mixer", "trainer", "logger", "experiment")
 # Hydra's own flags that do not start a run: no check, Hydra answers them
@@ -176,10 +177,14 @@ def compose_checked(overrides: Sequence[str]) -> tuple[DictConfig, TrainConfig]:
 
 
 # ----------------------------------------------------------------------------- resume
-def resumed_config(resume: str, overrides: Sequence[str]) -> tuple[DictConfig, TrainConfig, Path, Path]:
+def resumed_config(resume: str, overrides: Sequence[str],
+                   warn: Optional[Callable[[str], None]] = None) -> tuple[DictConfig, TrainConfig, Path, Path]:
     """The run's effective config: its saved config (in today's layout) with ``overrides`` on top,
-    checked against the run's own schema. Returns (config, typed config, run folder, checkpoint)."""
+    checked against the run's own schema and its checkpoint's architecture. The checkpoint is the
+    run's ``last.ckpt``, or where that is unreadable the newest readable periodic one (``warn`` says
+    so). Returns (config, typed config, run folder, checkpoint)."""
     run_dir, ckpt = find_checkpoint(resume)
+    ckpt, state = choose_checkpoint(ckpt, warn)
     saved_file = run_dir / ".hydra" / "config.yaml"
     if not saved_file.is_file():
         raise ConfigError(f"resume={resume} has no .hydra/config.yaml; allowed: a folder written by train.py")
@@ -221,7 +226,13 @@ def resumed_config(resume: str, overrides: Sequence[str]) -> tuple[DictConfig, T
             raise from_omegaconf(err, {key: _raw(o)}) from None
         values.append((key, o.value()))
     cfg.resume = str(resume)
-    return cfg, to_typed(cfg, values), run_dir, ckpt
+    typed = to_typed(cfg, values)
+    differences = architecture_differences(state["hyper_parameters"], {"agent": plain(typed.agent),
+                                                                       "mixer": plain(typed.mixer)})
+    if differences:
+        raise CheckpointError(f"resume={resume}: its checkpoint {ckpt} was trained with another architecture "
+                              f"({'; '.join(differences)}); allowed: overrides that keep the agent and mixer")
+    return cfg, typed, run_dir, ckpt
 
 
 def write_config(cfg: DictConfig, path: Path) -> None:
@@ -275,7 +286,8 @@ def _task(cfg: DictConfig) -> float:
     overrides = list(hydra_cfg.overrides.task)
     try:
         if cfg.resume:
-            cfg, typed, run_dir, ckpt = resumed_config(str(cfg.resume), overrides)
+            cfg, typed, run_dir, ckpt = resumed_config(str(cfg.resume), overrides,
+                                                       warn=lambda text: print(text, file=sys.stderr))
             write_config(run_config(cfg), run_dir / ".hydra" / "config.yaml")  # later resumes keep the overrides
         else:
             typed = to_typed(cfg)
@@ -289,6 +301,9 @@ def _task(cfg: DictConfig) -> float:
     except DivergenceError as err:
         print(f"error: {err}; the last good checkpoint is in {Path(run_dir) / 'checkpoints'}", file=sys.stderr)
         sys.exit(EXIT_DIVERGED)
+    except Interrupted as err:
+        print(str(err), file=sys.stderr)
+        sys.exit(128 + err.signum)
     final = result["final"]
     if result["is_global_zero"]:
         print(f"final greedy evaluation after {result['env_steps']} env steps: "

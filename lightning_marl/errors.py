@@ -8,3 +8,11 @@ class ConfigError(ValueError):
 class DivergenceError(RuntimeError):
     """Training produced a non-finite loss, gradient, parameter or Q value; the message names the
     update and env step. The last checkpoint written before it is the last good one."""
+
+
+class Interrupted(Exception):
+    """A signal stopped training; the run wrote its checkpoint. ``signum`` gives the exit code 128 + signum."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum

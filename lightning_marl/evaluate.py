@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -19,7 +18,12 @@ import yaml
 from torchrl.envs.utils import step_mdp
 
 from lightning_marl.data.collector import EpisodeActor, collect_episodes
+from lightning_marl.arguments import OneLineParser, at_least, fail
+from lightning_marl.checkpoint_files import load_checkpoint
 from lightning_marl.config.schema import EnvConfig, EnvWorkers
+from lightning_marl.config.validate import check_env
+from lightning_marl.data.datamodule import describe_env
+from lightning_marl.errors import ConfigError
 from lightning_marl.envs import env_config, env_options, make_env
 from lightning_marl.envs.contract import ACTION
 from lightning_marl.module import MARLModule
@@ -32,9 +36,10 @@ _OLD_ENV_KEYS = ("parallel", "start_method", "shaping_anneal_steps")
 
 
 def load(ckpt: str | Path, env_overrides: Sequence[str] = ()) -> Loaded:
-    """The checkpoint's module, env config and seed (memory-mapped: a stored replay is not read).
-    ``env_overrides``: ``key=value`` (YAML values) replacing options of the run's env config."""
-    state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+    """The checkpoint's module, env config and seed (loaded safely, memory-mapped: a stored replay
+    is not read). ``env_overrides``: ``key=value`` (YAML values) replacing options of the run's env
+    config; options that change the game's sizes (agents, actions, observations, state) are refused."""
+    state = load_checkpoint(ckpt)
     module = MARLModule(**state["hyper_parameters"])
     module.load_state_dict(state["state_dict"])
     data = state["MARLDataModule"]
@@ -43,10 +48,22 @@ def load(ckpt: str | Path, env_overrides: Sequence[str] = ()) -> Loaded:
     for item in env_overrides:
         key, sep, value = item.partition("=")
         if not sep or key not in options:
-            raise SystemExit(f"--env {item!r}: not KEY=VALUE with an option of env {env_cfg['name']!r}; "
-                             f"allowed keys: {', '.join(options)}")
+            raise ConfigError(f"--env {item!r}: not KEY=VALUE with an option of env {env_cfg['name']!r}; "
+                              f"allowed keys: {', '.join(options)}")
         env_cfg[key] = yaml.safe_load(value)
-    return module.eval(), env_config(env_cfg), int(data["seed"])
+    typed = env_config(env_cfg)
+    if env_overrides:
+        check_env(typed)
+        probe = make_env(typed, 1, 0, workers=EnvWorkers.in_process)
+        info = describe_env(probe)
+        probe.close()
+        changed = [f"{k} {module.env_info[k]} -> {info[k]}" for k in ("n_agents", "n_actions", "obs_dim", "state_dim")
+                   if info[k] != module.env_info[k]]
+        if changed:
+            raise ConfigError(f"--env {' '.join(env_overrides)} changes the game the agent was trained on "
+                              f"({', '.join(changed)}); allowed: options that keep the numbers of agents and "
+                              "actions and the sizes of observations and state")
+    return module.eval(), typed, int(data["seed"])
 
 
 @torch.no_grad()
@@ -75,7 +92,7 @@ def render_episode(loaded: Loaded, seed: int = 0) -> list[str]:
     module, env_cfg, _ = loaded
     env = make_env(env_cfg, 1, seed, workers=EnvWorkers.in_process)
     if not callable(getattr(env, "render", None)):
-        raise SystemExit(f"env {env_cfg.name!r} has no text rendering")
+        raise ConfigError(f"--render: env {env_cfg.name!r} has no text rendering; allowed: box_pushing, overcooked")
     actor = EpisodeActor(module.agent, lambda: 0.0, torch.device("cpu"))
     actor.begin(1)
     td = env.reset()
@@ -97,7 +114,7 @@ def save_gif(loaded: Loaded, path: str | Path) -> dict:
     where pygame cannot draw). Returns the episode's path, steps, soups and returns."""
     module, env_cfg, _ = loaded
     if env_cfg.name != "overcooked":
-        raise SystemExit(f"--gif draws Overcooked games; this checkpoint's env is {env_cfg.name!r} "
+        raise ConfigError(f"--gif draws Overcooked games; this checkpoint's env is {env_cfg.name!r} "
                          "(use --render for text frames)")
     from lightning_marl.envs.overcooked import render_episode as draw_overcooked
 
@@ -113,11 +130,11 @@ def save_gif(loaded: Loaded, path: str | Path) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
-    parser.add_argument("--episodes", type=int, default=32)
-    parser.add_argument("--num-envs", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--episodes", type=at_least(1), default=32)
+    parser.add_argument("--num-envs", type=at_least(1), default=8)
+    parser.add_argument("--seed", type=at_least(0), default=None)
     parser.add_argument("--render", action="store_true", help="print the frames of one greedy episode")
     parser.add_argument("--gif", metavar="PATH", help="draw one greedy episode to this GIF (Overcooked)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -125,10 +142,18 @@ def main(argv=None) -> None:
                         help="evaluate with this env option changed (repeatable), e.g. random_init=false")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    loaded = load(args.checkpoint, args.env)
-    result = evaluate(loaded, args.episodes, args.num_envs, args.seed)
-    if args.gif:
-        result["gif"] = save_gif(loaded, args.gif)
+    if args.gif and not Path(args.gif).resolve().parent.is_dir():
+        fail(f"--gif {args.gif}: the folder {Path(args.gif).resolve().parent} does not exist; allowed: a path in an "
+             "existing folder")
+    try:
+        loaded = load(args.checkpoint, args.env)
+        if args.gif and loaded[1].name != "overcooked":
+            save_gif(loaded, args.gif)  # refuses before the evaluation runs
+        result = evaluate(loaded, args.episodes, args.num_envs, args.seed)
+        if args.gif:
+            result["gif"] = save_gif(loaded, args.gif)
+    except ConfigError as err:
+        fail(str(err))
     if args.json:
         print(json.dumps(result))
     else:
@@ -140,7 +165,11 @@ def main(argv=None) -> None:
         if args.gif:
             print("one greedy episode: " + ", ".join(f"{k}={v}" for k, v in result["gif"].items()))
     if args.render:
-        for frame in render_episode(loaded, seed=args.seed or 0):
+        try:
+            frames = render_episode(loaded, seed=args.seed or 0)
+        except ConfigError as err:
+            fail(str(err))
+        for frame in frames:
             print(frame, end="\n\n")
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -9,29 +10,27 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lightning_marl.callbacks.epsilon import EpsilonAnnealing
 from lightning_marl.callbacks.evaluation import GreedyEvaluation
 from lightning_marl.callbacks.qfix_annealing import InterventionAnnealing
 from lightning_marl.callbacks.reward_shaping import RewardShapingAnnealing
+from lightning_marl.callbacks.signals import StopOnSignal
 from lightning_marl.callbacks.target_update import TargetNetworkUpdate
+from lightning_marl.checkpoint_files import CheckpointError, architecture_differences, load_checkpoint, safe_loading, tidy
 from lightning_marl.checkpointing import AtomicCheckpointIO, ContinuingCSVLogger
+from lightning_marl.config import plain
 from lightning_marl.config.schema import TrainConfig
 from lightning_marl.config.validate import to_typed
 from lightning_marl.data.datamodule import MARLDataModule
+from lightning_marl.errors import Interrupted
 from lightning_marl.module import MARLModule
-from lightning_marl.registry import ConfigError
 
 
 def typed_config(cfg: DictConfig | TrainConfig) -> TrainConfig:
     """The checked, typed config (a composed DictConfig is validated first)."""
     return cfg if isinstance(cfg, TrainConfig) else to_typed(cfg)
-
-
-def plain(node: Any) -> Any:
-    """A schema object as plain containers (enums as their names), e.g. for hyperparameters."""
-    return OmegaConf.to_container(OmegaConf.structured(node), enum_to_str=True)
 
 
 def build_datamodule(cfg: DictConfig | TrainConfig) -> MARLDataModule:
@@ -52,9 +51,9 @@ class FlushLoggersOnCheckpoint(Callback):
             logger.save()
 
 
-def build_callbacks(cfg: TrainConfig, run_dir: Path, env_info: dict) -> list:
+def build_callbacks(cfg: TrainConfig, run_dir: Path, env_info: dict, stop: StopOnSignal) -> list:
     learner = cfg.learner
-    callbacks = []
+    callbacks = [stop]
     if env_info.get("shaped_reward"):
         callbacks.append(RewardShapingAnnealing(learner.shaping_anneal_steps))
     if learner.intervention_anneal_steps:
@@ -62,12 +61,12 @@ def build_callbacks(cfg: TrainConfig, run_dir: Path, env_info: dict) -> list:
     callbacks += [
         EpsilonAnnealing(learner.epsilon_start, learner.epsilon_finish, learner.epsilon_anneal_steps),
         TargetNetworkUpdate(learner.target_update_interval, learner.target_tau),
-        GreedyEvaluation(cfg.eval.interval_env_steps, cfg.eval.episodes),
+        GreedyEvaluation(cfg.eval.interval_env_steps, cfg.eval.episodes, skip_final=lambda: stop.stopped),
         FlushLoggersOnCheckpoint(),
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", save_last=True,
                         every_n_train_steps=cfg.checkpoint.every_n_updates or None,
                         save_top_k=-1 if cfg.checkpoint.keep_all else 1,
-                        auto_insert_metric_name=False),
+                        auto_insert_metric_name=False, enable_version_counter=False),
     ]
     return callbacks
 
@@ -91,14 +90,22 @@ def run(cfg: DictConfig | TrainConfig, run_dir: str | os.PathLike, ckpt_path: Op
     run_dir = Path(run_dir)
     resumed_step = None
     if ckpt_path is not None:
-        resumed_step = int(torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+        saved = load_checkpoint(ckpt_path)
+        resumed_step = int(saved["global_step"])
     run_dir.mkdir(parents=True, exist_ok=True)
+    tidy(run_dir / "checkpoints", cfg.checkpoint.keep_all)  # what an earlier crash left behind
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule.env_info())
-    callbacks = build_callbacks(cfg, run_dir, datamodule.env_info()) + list(extra_callbacks)
+    if ckpt_path is not None:
+        differences = architecture_differences(saved["hyper_parameters"], module.hparams)
+        if differences:
+            raise CheckpointError(f"checkpoint {ckpt_path} was trained with another architecture "
+                                  f"({'; '.join(differences)}); allowed: the run's own agent and mixer settings")
+    stop = StopOnSignal()
+    callbacks = build_callbacks(cfg, run_dir, datamodule.env_info(), stop) + list(extra_callbacks)
     trainer = L.Trainer(
         max_epochs=-1, max_steps=-1, logger=build_loggers(cfg, run_dir, resumed_step), callbacks=callbacks,
         default_root_dir=str(run_dir), use_distributed_sampler=False, num_sanity_val_steps=0,
@@ -107,10 +114,17 @@ def run(cfg: DictConfig | TrainConfig, run_dir: str | os.PathLike, ckpt_path: Op
     if trainer.is_global_zero:
         print(f"run folder: {run_dir}  (metrics: {run_dir / 'metrics.csv'}, checkpoints: {run_dir / 'checkpoints'})",
               flush=True)
-    # our own checkpoints hold replay TensorDicts and RNG states: trusted, loaded with weights_only=False
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None,
-                weights_only=False if ckpt_path else None)
-    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")  # the final state, after the final evaluation
+    # checkpoints hold tensors and plain data only: loaded with weights_only=True, loading runs no code
+    with stop.handling(), safe_loading():
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None,
+                    weights_only=True if ckpt_path else None)
+        last = run_dir / "checkpoints" / "last.ckpt"
+        trainer.save_checkpoint(last)  # the final state (after the final evaluation), or where a signal stopped it
+    tidy(run_dir / "checkpoints", cfg.checkpoint.keep_all)
+    if stop.stopped:
+        raise Interrupted(stop.signum, f"stopped by {signal.Signals(stop.signum).name} after update "
+                                       f"{trainer.global_step} (env step {datamodule.env_steps}); checkpoint: {last}; "
+                                       f"continue with: train.py resume={run_dir}")
     evaluation = next(cb for cb in callbacks if isinstance(cb, GreedyEvaluation))
     return {"final": evaluation.history[-1] if evaluation.history else {}, "run_dir": str(run_dir),
             "metrics_csv": str(run_dir / "metrics.csv"), "env_steps": datamodule.env_steps,

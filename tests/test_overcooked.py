@@ -351,3 +351,25 @@ def test_describe_env_reads_a_batch_of_worker_processes_without_asking_the_worke
             assert env.rollout(3)[OBS].shape[:3] == (2, 3, 2)  # the workers are alive after it
         finally:
             env.close()
+
+
+@needs_overcooked
+def test_game_workers_leave_sigint_and_sigterm_to_the_trainer():
+    """Ctrl+C reaches the whole process group: the game workers must survive it (the trainer stops
+    after its update, writes its checkpoint and closes them)."""
+    import os
+    import signal
+
+    env = make_env(num_envs=2, horizon=5, workers="processes", start_method="fork")
+    try:
+        env.rollout(2)
+        from tests.test_resume import _children
+
+        workers = _children(os.getpid())
+        assert len(workers) == 2
+        for pid in workers:
+            os.kill(pid, signal.SIGINT)
+            os.kill(pid, signal.SIGTERM)
+        assert env.rollout(3)[OBS].shape[:2] == (2, 3)  # both still step
+    finally:
+        _close(env)

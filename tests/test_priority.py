@@ -71,8 +71,8 @@ def test_training_writes_td_errors_back_and_resumes_exactly(make_config, tmp_pat
     run(make_config(overrides + ["total_env_steps=1600"]), half, ckpt_path=half / "checkpoints" / "last.ckpt")
     a, b = final_state(full), final_state(half)
     assert_same_training_state(a, b)
-    sampler = a["MARLDataModule"]["replay"]["_sampler"]
-    assert torch.equal(sampler["priority"], b["MARLDataModule"]["replay"]["_sampler"]["priority"])
+    sampler = a["MARLDataModule"]["replay"]["sampler"]
+    assert torch.equal(sampler["priority"], b["MARLDataModule"]["replay"]["sampler"]["priority"])
     stored = a["MARLDataModule"]["episodes"]
     priority = sampler["priority"][:min(stored, len(sampler["priority"]))]
     # every stored episode has a priority; replayed ones carry their TD error, not the insertion value

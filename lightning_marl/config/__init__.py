@@ -22,10 +22,17 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
         return hydra_compose(config_name="config", overrides=list(overrides))
 
 
+def plain(node: Any) -> Any:
+    """A schema object as plain containers (enums as their names), e.g. for hyperparameters."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(node), enum_to_str=True)
+
+
 def validate(cfg: DictConfig, overrides: Iterable[tuple[str, Any]] = (), env_checks: bool = True) -> TrainConfig:
     """Check a composed config; returns it typed, or raises :class:`~lightning_marl.errors.ConfigError`
     (``env_checks=False``: without the checks that need the env's package installed)."""
     return to_typed(cfg, overrides, env_checks)
 
 
-__all__ = ["CONFIG_MODULE", "TrainConfig", "compose", "validate"]
+__all__ = ["CONFIG_MODULE", "TrainConfig", "compose", "plain", "validate"]

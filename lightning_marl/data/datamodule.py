@@ -60,6 +60,9 @@ class _TrainingStream(IterableDataset):
         dm = self.dm
         dm.restore_rng_states()
         while True:
+            if dm.trainer is not None and dm.trainer.should_stop:  # e.g. a signal (callbacks/signals.py)
+                dm.stop_background_collection()
+                return
             if dm.pending_updates == 0:
                 if dm.budget_spent():
                     dm.stop_background_collection()
@@ -260,7 +263,7 @@ class MARLDataModule(L.LightningDataModule):
                  "pending_updates": self.pending_updates, "last_stats": dict(self.last_stats),
                  "rng": _global_rng_states()}
         if self.keep_replay_in_checkpoint and self.replay is not None:
-            state["replay"] = self.replay.state_dict()
+            state["replay"] = replay_state(self.replay)
         for name in ("train_env", "eval_env"):
             env = getattr(self, name)
             if env is not None and _has_method(env, "rng_state"):
@@ -273,7 +276,7 @@ class MARLDataModule(L.LightningDataModule):
         self.pending_updates, self.last_stats = state["pending_updates"], dict(state["last_stats"])
         self._start_steps, self._start_time = self.env_steps, time.perf_counter()
         if "replay" in state:
-            self.replay.load_state_dict(state["replay"])
+            load_replay_state(self.replay, state["replay"])
         for name in ("train_env", "eval_env"):
             env = getattr(self, name)
             if name + "_rng" in state and _has_method(env, "set_rng_state"):
@@ -288,6 +291,28 @@ class MARLDataModule(L.LightningDataModule):
             self._pending_rng = None
 
 
+def replay_state(replay: TensorDictReplayBuffer) -> dict[str, Any]:
+    """The replay for a checkpoint: the episodes it holds (not its whole preallocated capacity, as
+    TorchRL's ``state_dict`` stores), in slot order, with the writer's and sampler's state."""
+    n = len(replay)
+    state = {"length": n, "writer": replay.writer.state_dict(), "sampler": replay.sampler.state_dict()}
+    if n:
+        episodes = replay.storage[:n].exclude("index")
+        state.update(episodes=episodes.to_dict(), batch_size=list(episodes.batch_size))  # [n, episode_limit + 1]
+    return state
+
+
+def load_replay_state(replay: TensorDictReplayBuffer, state: dict[str, Any]) -> None:
+    """Put back :func:`replay_state` (or TorchRL's own ``state_dict``, in checkpoints written before 2026-11-29)."""
+    if "length" not in state:
+        replay.load_state_dict(state)
+        return
+    if state["length"]:
+        replay.extend(TensorDict(state["episodes"], batch_size=state["batch_size"]))  # slots 0..n-1, in order
+    replay.writer.load_state_dict(state["writer"])
+    replay.sampler.load_state_dict(state["sampler"])
+
+
 def env_state(env_cfg: EnvConfig) -> dict[str, Any]:
     """The env config as plain values, for the checkpoint's record."""
     return {"name": env_cfg.name, "timeout_as_terminal": env_cfg.timeout_as_terminal, **family_options(env_cfg)}
@@ -299,7 +324,11 @@ def _has_method(env, name: str) -> bool:
 
 
 def _global_rng_states() -> dict[str, Any]:
-    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The global RNG states as tensors and plain numbers (a checkpoint loads with weights_only=True)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)}
+    states = {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -307,7 +336,11 @@ def _global_rng_states() -> dict[str, Any]:
 
 def _set_global_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
+    numpy_state = states["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = (numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                       numpy_state["has_gauss"], numpy_state["cached_gaussian"])
+    np.random.set_state(numpy_state)  # (a tuple in checkpoints written before 2026-11-29)
     random.setstate(states["python"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])

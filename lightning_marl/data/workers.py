@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 import queue
 import threading
 from typing import Any, Optional
@@ -27,6 +28,8 @@ WORKER_SEED_OFFSET = 7_919
 def _worker(index: int, env_cfg, games: int, seed: int, shared_agent, lock, epsilon,
             version, rounds: "mp.Queue", stopping, parent: int) -> None:
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the trainer stops after its update and closes us
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     rounds.cancel_join_thread()  # exiting never waits for the learner to read what was queued
 
     def go_on() -> bool:  # stop when told, and when the training process died without telling (killed)

@@ -2,7 +2,9 @@
 wrap a Python game: Overcooked, SMACLite, SMACv2."""
 from __future__ import annotations
 
+import functools
 import os
+import signal
 from typing import Callable, Sequence, Union
 
 import torch
@@ -34,6 +36,15 @@ class GameBatch:
         return None
 
 
+def in_worker(factory: Callable[[], EnvBase]) -> EnvBase:
+    """Build a game in its worker process, which leaves SIGINT and SIGTERM to the training process:
+    Ctrl+C reaches the whole process group and a scheduler signals every process, but the trainer
+    stops after its update and closes the workers itself (callbacks/signals.py)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return factory()
+
+
 def available_cpus() -> int:
     """CPU cores this process may run on."""
     try:
@@ -56,7 +67,8 @@ def batch_games(factories: Sequence[Callable[[], EnvBase]], probe: EnvBase, attr
         parallel = available_cpus() >= num_envs + spare_cores
     if parallel and num_envs > 1:
         kwargs = {} if use_buffers is None else {"use_buffers": use_buffers}
-        env = parallel_cls(num_envs, list(factories), device=device, mp_start_method=start_method, **kwargs)
+        factories = [functools.partial(in_worker, factory) for factory in factories]
+        env = parallel_cls(num_envs, factories, device=device, mp_start_method=start_method, **kwargs)
     else:
         env = serial_cls(num_envs, list(factories), device=device)
     for name in attributes:

@@ -41,7 +41,7 @@ import contextlib
 import functools
 import importlib
 import io
-import pickle
+import json
 from typing import Optional, Union
 
 import numpy as np
@@ -104,6 +104,19 @@ def map_names() -> tuple[str, ...]:
     from smaclite.env.maps.map import MapPreset
 
     return tuple(sorted(preset.value.name for preset in MapPreset))
+
+
+def _json_array(value):
+    """JSON for the numpy arrays some bit generators keep in their state (MT19937's key)."""
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": value.tolist(), "dtype": str(value.dtype)}
+    if isinstance(value, np.integer):
+        return int(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _array_from_json(obj: dict):
+    return np.asarray(obj["__ndarray__"], dtype=obj["dtype"]) if "__ndarray__" in obj else obj
 
 
 def check_map(map_name: str) -> None:
@@ -231,14 +244,16 @@ class SMACliteEnv(EnvBase):
         self._seed = seed
 
     def rng_state(self) -> torch.Tensor:
-        """The game's RNG state (numpy bit generator, pickled into a uint8 tensor), for checkpoints."""
-        state = pickle.dumps(self._game._np_random.bit_generator.state)
-        return torch.frombuffer(bytearray(state), dtype=torch.uint8).clone()
+        """The game's RNG state (numpy bit generator state as JSON text in a uint8 tensor: data, never
+        code, so a checkpoint loads with weights_only=True)."""
+        state = json.dumps(self._game._np_random.bit_generator.state, default=_json_array)
+        return torch.frombuffer(bytearray(state.encode()), dtype=torch.uint8).clone()
 
     get_rng_state = game_rng_state = rng_state
 
     def set_rng_state(self, state: torch.Tensor) -> None:
-        self._game._np_random.bit_generator.state = pickle.loads(bytes(state.cpu().numpy().tobytes()))
+        text = bytes(state.cpu().numpy().tobytes()).decode()
+        self._game._np_random.bit_generator.state = json.loads(text, object_hook=_array_from_json)
 
     def set_batch_rng_state(self, states) -> None:
         """Take this game's entry (``game_index``) of a batch's states (see :class:`SMACliteSerialEnv`)."""

@@ -1,0 +1,68 @@
+"""Stopping on a signal (SIGINT, SIGTERM as schedulers send before pre-emption, SIGUSR1): the
+current update finishes, training stops, and the run writes its checkpoint and exits with 128 +
+the signal number (130, 143, 138), saying where the checkpoint is and how to resume.
+
+The handler only sets a flag: a signal that arrives while a checkpoint is being written never
+interrupts the write. Why not Lightning's own handling: it turns SIGTERM into an exit with code 0
+and no checkpoint (a pre-empted job looks finished), and Ctrl+C into a KeyboardInterrupt that can
+land inside a checkpoint write.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Iterator, Optional
+
+from lightning.pytorch.callbacks import Callback
+
+SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGUSR1")) if s is not None)
+
+
+class StopOnSignal(Callback):
+    """Install with :meth:`handling` around ``trainer.fit``; ``signum`` is the signal that stopped the run."""
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self.trainer = None
+
+    @property
+    def stopped(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+            print(f"\n{signal.Signals(signum).name} received: stopping after the current update and writing a "
+                  "checkpoint ...", flush=True)
+        if self.trainer is not None:  # Lightning checks this after each update; the data stream before each round
+            self.trainer.should_stop = True
+
+    @contextlib.contextmanager
+    def handling(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                # once stopped, the process is on its way out: more signals (a storm of Ctrl+C) are ignored,
+                # also during the interpreter's shutdown, instead of killing it halfway through its exit
+                signal.signal(s, signal.SIG_IGN if self.stopped else handler)
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        self.trainer = trainer
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Lightning installs its own SIGTERM handler when fit starts (it would end the run with exit code 0
+        # through SIGTERMException and tear the data module down before the checkpoint): take it back.
+        # Lightning restores the handlers it found (ours, from handling()) at its teardown.
+        if threading.current_thread() is threading.main_thread():
+            for s in SIGNALS:
+                signal.signal(s, self._handle)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.stopped:
+            trainer.should_stop = True
