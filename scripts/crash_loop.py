@@ -3,7 +3,7 @@ each kill, and must end bitwise equal to the same run uninterrupted, with a clea
 
     python scripts/crash_loop.py --kills 20 --seed 0
 
-Checkpoints are written every few updates, so many kills land inside a checkpoint write (the
+A checkpoint is written after every update, so some kills land inside a checkpoint write (the
 script counts the kills that left a temporary checkpoint file behind). Prints one line per kill
 and a summary; exit code 1 if the runs differ or the folder is not clean.
 """
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ["env=box_pushing", "mixer=qmix", "seed=7", "data.num_envs=4", "data.batch_size=8", "data.warmup_episodes=8",
             "learner.epsilon_anneal_steps=1000", "learner.target_update_interval=16", "eval.interval_env_steps=500",
             "eval.episodes=4", "eval.num_envs=4", "env.horizon=30", "trainer.enable_progress_bar=false",
-            "checkpoint.every_n_updates=3"]
+            "checkpoint.every_n_updates=1"]
 
 
 def train(args: list[str]) -> subprocess.Popen:
@@ -52,10 +52,10 @@ def same(a: dict, b: dict) -> list[str]:
 def main(argv=None) -> None:
     parser = OneLineParser(description=__doc__)
     parser.add_argument("--kills", type=at_least(1), default=20)
-    parser.add_argument("--budget", type=at_least(100), default=6000, help="env steps of the run")
+    parser.add_argument("--budget", type=at_least(100), default=60000, help="env steps of the run")
     parser.add_argument("--seed", type=at_least(0), default=0, help="seed of the kill moments")
-    parser.add_argument("--min-wait", type=float, default=4.0, help="seconds after a (re)start before a kill, at least")
-    parser.add_argument("--max-wait", type=float, default=9.0)
+    parser.add_argument("--min-wait", type=float, default=5.0, help="seconds after a (re)start before a kill, at least")
+    parser.add_argument("--max-wait", type=float, default=12.0)
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="crash_loop_"))

@@ -57,7 +57,7 @@ from torch.func import functional_call, vmap
 
 
 from lightning_marl.envs.matrix import payoff_tensor
-from lightning_marl.config.schema import MIXER_SCHEMAS
+from lightning_marl.config.schema import MIXER_SCHEMAS, LearnerConfig
 from lightning_marl.models.mixers import MIXERS, build_mixer
 from lightning_marl.module import td_weights
 
@@ -226,7 +226,7 @@ def fit_group(mixer_spec: str, members: list[Member], steps: int, lr: float, ini
     gen = torch.Generator().manual_seed(members[0].seed)
     for _ in range(steps):
         q_tot = q_tot_fn(params, buffers, q, central(gen), mask)
-        c = td_weights(q_tot.detach(), target, {"td_weighting": weighting, "optimistic_alpha": alpha})
+        c = td_weights(q_tot.detach(), target, LearnerConfig(td_weighting=weighting, optimistic_alpha=alpha))
         loss = (weight * c * (q_tot - target) ** 2).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -98,15 +98,22 @@ def test_a_resume_that_changes_the_architecture_names_the_keys(matrix_run):
 
 
 def test_the_replay_is_stored_up_to_what_it_holds(make_config, tmp_path):
-    sizes = {}
-    for steps in (80, 320):
-        run(make_config([*MATRIX, f"total_env_steps={steps}", "data.buffer_size=5000"]), tmp_path / str(steps))
-        state = load_checkpoint(tmp_path / str(steps) / "checkpoints" / "last.ckpt")
+    sizes, stored = {}, {}
+    for steps in (400, 1600):
+        run(make_config(BASE + [f"total_env_steps={steps}", "data.buffer_size=5000"]), tmp_path / str(steps))
+        path = tmp_path / str(steps) / "checkpoints" / "last.ckpt"
+        state = load_checkpoint(path)
         replay = state["MARLDataModule"]["replay"]
-        assert replay["length"] == steps // 1 == state["MARLDataModule"]["episodes"]  # one-step episodes
-        assert replay["episodes"]["obs"].shape[0] == steps  # not the capacity of 5000
-        sizes[steps] = (tmp_path / str(steps) / "checkpoints" / "last.ckpt").stat().st_size
-    assert sizes[320] > sizes[80]
+        stored[steps] = state["MARLDataModule"]["episodes"]
+        assert replay["length"] == stored[steps] == replay["episodes"]["obs"].shape[0]  # not the capacity of 5000
+        per_episode = 0
+        for tensor in replay["episodes"].values():  # saved alone, not as a view of the whole storage
+            assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+            per_episode += tensor.numel() * tensor.element_size() / stored[steps]
+        sizes[steps] = path.stat().st_size
+        assert sizes[steps] < 0.25 * per_episode * 5000  # far below a checkpoint of the whole capacity
+    grown = (sizes[1600] - sizes[400]) / (stored[1600] - stored[400])
+    assert 0.5 * per_episode < grown < 2 * per_episode  # the file grows by the episodes added
 
 
 def wait_for_periodic(run_dir: Path, proc: subprocess.Popen, update: int, seconds: float = 120) -> None:

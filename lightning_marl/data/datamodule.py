@@ -297,7 +297,7 @@ def replay_state(replay: TensorDictReplayBuffer) -> dict[str, Any]:
     n = len(replay)
     state = {"length": n, "writer": replay.writer.state_dict(), "sampler": replay.sampler.state_dict()}
     if n:
-        episodes = replay.storage[:n].exclude("index")
+        episodes = replay.storage[:n].exclude("index").clone()  # a copy: a view would save the whole storage
         state.update(episodes=episodes.to_dict(), batch_size=list(episodes.batch_size))  # [n, episode_limit + 1]
     return state
 
