@@ -152,12 +152,21 @@ def test_two_train_py_started_together_write_two_folders(tmp_path):
 
 
 def saved_run(tmp_path, make_config, overrides) -> Path:
-    """A run folder as train.py leaves it (its config; the checkpoint file only has to exist here)."""
+    """A run folder as train.py leaves it: its config, and a checkpoint with the hyperparameters
+    that resume reads (no weights: these tests stop before training)."""
+    import torch
+
+    from lightning_marl.config import plain
+
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
     (run / "checkpoints").mkdir()
-    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
-    OmegaConf.save(make_config(overrides), run / ".hydra" / "config.yaml")
+    cfg = make_config(overrides)
+    typed = validate(cfg)
+    torch.save({"state_dict": {}, "MARLDataModule": {}, "global_step": 0,
+                "hyper_parameters": {"agent": plain(typed.agent), "mixer": plain(typed.mixer)}},
+               run / "checkpoints" / "last.ckpt")
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
     return run
 
 
@@ -174,10 +183,10 @@ def test_resume_overrides_are_checked_against_the_runs_own_config(tmp_path, make
         resumed_config(str(run), [f"resume={run}", override])
 
 
-def test_resume_override_of_the_runs_own_mixer_option_is_taken(tmp_path, make_config):
+def test_resume_overrides_of_the_runs_own_options_are_taken(tmp_path, make_config):
     run = saved_run(tmp_path, make_config, ["env=matrix", "mixer=qmix"])
-    _, typed, run_dir, _ = resumed_config(str(run), [f"resume={run}", "mixer.embed_dim=64", "total_env_steps=777"])
-    assert typed.mixer.embed_dim == 64 and typed.total_env_steps == 777 and run_dir == run
+    _, typed, run_dir, _ = resumed_config(str(run), [f"resume={run}", "learner.lr=0.0005", "total_env_steps=777"])
+    assert typed.learner.lr == 0.0005 and typed.total_env_steps == 777 and run_dir == run
 
 
 def test_a_config_saved_by_an_older_version_still_resumes(tmp_path, make_config):

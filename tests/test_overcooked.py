@@ -360,12 +360,13 @@ def test_game_workers_leave_sigint_and_sigterm_to_the_trainer():
     import os
     import signal
 
+    from tests.test_resume import _children
+
+    before = set(_children(os.getpid()))
     env = make_env(num_envs=2, horizon=5, workers="processes", start_method="fork")
     try:
         env.rollout(2)
-        from tests.test_resume import _children
-
-        workers = _children(os.getpid())
+        workers = set(_children(os.getpid())) - before  # this env's two game workers
         assert len(workers) == 2
         for pid in workers:
             os.kill(pid, signal.SIGINT)
