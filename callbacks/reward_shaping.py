@@ -28,7 +28,7 @@ class RewardShapingAnnealing(Callback):
     """
 
     def __init__(self, anneal_steps: int = 2_500_000, start: float = 1.0):
-        check(isinstance(anneal_steps, int) and anneal_steps >= 0, "env.shaping_anneal_steps", anneal_steps,
+        check(isinstance(anneal_steps, int) and anneal_steps >= 0, "learner.shaping_anneal_steps", anneal_steps,
               "an integer >= 0 (0 = no shaping)")
         check(start >= 0, "shaping start factor", start, "a number >= 0")
         self.anneal_steps = anneal_steps

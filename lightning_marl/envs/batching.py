@@ -62,7 +62,7 @@ def batch_games(factories: Sequence[Callable[[], EnvBase]], probe: EnvBase, attr
     ``len(factories) + spare_cores`` cores. The batch gets ``attributes`` copied from ``probe``
     (a game built in this process, which also validates the config before any worker starts)."""
     num_envs = len(factories)
-    check(parallel in (True, False, "auto"), "env.parallel", parallel, "true | false | auto")
+    check(parallel in (True, False, "auto"), "data.env_workers", parallel, "processes, in_process or auto")
     if parallel == "auto":
         parallel = available_cpus() >= num_envs + spare_cores
     if parallel and num_envs > 1:

@@ -316,7 +316,7 @@ def make_env(num_envs: int, seed: int, device: str, *, map: str, use_cpp_rvo2: b
     ``obs_dim``, ``state_dim`` and ``map``. Call ``env.close()`` to stop the workers.
     """
     check(isinstance(num_envs, int) and num_envs >= 1, "data.num_envs", num_envs, "an integer >= 1")
-    check(parallel in (True, False, "auto"), "env.parallel", parallel, "true | false | auto")
+    check(parallel in (True, False, "auto"), "data.env_workers", parallel, "processes, in_process or auto")
     # Validate (and read the sizes) in this process, so that a bad value raises here, not in a worker.
     probe = SMACliteEnv(map=map, seed=seed, device=device, use_cpp_rvo2=use_cpp_rvo2, episode_limit=episode_limit)
     probe.close()
