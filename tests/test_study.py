@@ -109,6 +109,14 @@ def test_an_interrupted_run_is_resumed_and_claims_are_respected(tmp_path):
     (run.folder / ".hydra").mkdir()
     (run.folder / ".hydra" / "config.yaml").write_text("{}")
     assert command(run)[-1] == f"resume={run.folder}"
+    from lightning_marl.study.runner import clear_unresumable
+
+    clear_unresumable(run)
+    assert (run.folder / ".hydra" / "config.yaml").is_file()  # it has a checkpoint: kept for the resume
+    (run.folder / "checkpoints" / "last.ckpt").unlink()
+    (run.folder / "metrics.csv").write_text("step,loss\n0,1\n")
+    clear_unresumable(run)  # stopped before its first checkpoint: starts over, nothing appended to
+    assert not (run.folder / "metrics.csv").exists() and not (run.folder / ".hydra").exists()
     other = plan(spec)[1]
     other.folder.mkdir(parents=True)
     (other.folder / CLAIM).write_text(f"{os.uname().nodename}:{os.getppid()}")  # a live process holds it

@@ -83,7 +83,19 @@ def command(run: Run) -> list[str]:
     return base + [*run.argv, f"hydra.run.dir={run.folder}"]
 
 
+def clear_unresumable(run: Run) -> None:
+    """A run stopped before its first checkpoint starts over: its earlier metrics and config go, so
+    that the new attempt does not append to them."""
+    if (run.folder / "checkpoints" / "last.ckpt").is_file():
+        return
+    for name in ("metrics.csv", "hparams.yaml", "train.log"):
+        (run.folder / name).unlink(missing_ok=True)
+    for name in (".hydra", "checkpoints", "resumed"):
+        shutil.rmtree(run.folder / name, ignore_errors=True)
+
+
 def start(run: Run) -> subprocess.Popen:
+    clear_unresumable(run)
     log = open(run.folder / LOG, "a")
     log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command(run))}\n")
     log.flush()
