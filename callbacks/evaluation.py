@@ -1,19 +1,30 @@
 """Greedy evaluation every N env steps: test return mean and every env statistic (win rate...)."""
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightning_marl.errors import DivergenceError
+from lightning_marl.loggers import log_row
+
+log = logging.getLogger(__name__)
+
+
+def describe(metrics: dict[str, float]) -> str:
+    """``return 19.30, length 11.0, big_box 0.00`` from an evaluation's ``test/<stat>_mean`` values."""
+    return ", ".join(f"{k[len('test/'):-len('_mean')]} {v:.2f}" for k, v in metrics.items()
+                     if k.startswith("test/") and k.endswith("_mean"))
 
 
 class GreedyEvaluation(Callback):
     """Runs ``episodes`` greedy episodes (epsilon 0) on the evaluation envs at the start of training,
     whenever ``interval_env_steps`` env steps have passed since the last evaluation, and at the end.
     Writes ``test/return_mean`` and ``test/<stat>_mean`` (e.g. ``test/battle_won_mean`` = win rate)
-    with the env-step count straight to the loggers, so no evaluation row is dropped. Under DDP
+    with the env-step count straight to the loggers, so no evaluation row is dropped, and logs a
+    line with the results. Under DDP
     each rank evaluates ``episodes`` on its own envs and the means are averaged over ranks."""
 
     def __init__(self, interval_env_steps: int, episodes: int, skip_final: Callable[[], bool] = lambda: False):
@@ -36,9 +47,10 @@ class GreedyEvaluation(Callback):
         self.last_eval_step = dm.env_steps
         self.history.append(metrics)
         if trainer.is_global_zero:
-            step = max(trainer.global_step - 1, 0)  # the index of the update just done, as training rows use
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=step)
+            # the index of the update just done, as training rows use
+            log_row(trainer.loggers, metrics, update=max(trainer.global_step - 1, 0))
+            log.info("greedy evaluation at env step %d (%d episodes): %s", dm.env_steps, self.episodes,
+                     describe(metrics))
         return metrics
 
     def on_train_start(self, trainer, pl_module) -> None:

@@ -41,13 +41,14 @@ class InterventionAnnealing(Callback):
         return applied
 
     def on_train_start(self, trainer, pl_module) -> None:
-        # applied only: Lightning logs on_train_start values per epoch, which would clash with the
-        # per-step values logged below under the same key
         self._update(trainer, pl_module)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self._update(trainer, pl_module):
-            pl_module.log("intervention", self.value, on_step=True, on_epoch=False, batch_size=1)
+        self._update(trainer, pl_module)
+
+    def logged_values(self) -> dict[str, float]:
+        """Written with each row of training metrics (callbacks.train_metrics)."""
+        return {"intervention": self.value}
 
     def state_dict(self) -> dict[str, Any]:
         return {"anneal_steps": self.anneal_steps, "value": self.value}

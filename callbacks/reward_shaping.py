@@ -40,13 +40,14 @@ class RewardShapingAnnealing(Callback):
         pl_module.reward_shaping_factor = self.value
 
     def on_train_start(self, trainer, pl_module) -> None:
-        # set only: a value logged from on_train_start is aggregated per epoch by Lightning and
-        # would clash with the per-step values logged under the same key below
         self._update(trainer, pl_module)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._update(trainer, pl_module)
-        pl_module.log("shaping_factor", self.value, on_step=True, on_epoch=False, batch_size=1)
+
+    def logged_values(self) -> dict[str, float]:
+        """Written with each row of training metrics (callbacks.train_metrics)."""
+        return {"shaping_factor": self.value}
 
     def state_dict(self) -> dict[str, Any]:
         return {"anneal_steps": self.anneal_steps, "start": self.start, "value": self.value}

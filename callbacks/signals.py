@@ -1,6 +1,9 @@
-"""Stopping on a signal (SIGINT, SIGTERM as schedulers send before pre-emption, SIGUSR1): the
-current update finishes, training stops, and the run writes its checkpoint and exits with 128 +
-the signal number (130, 143, 138), saying where the checkpoint is and how to resume.
+"""Stopping on a signal (SIGINT, SIGTERM as schedulers send before pre-emption, SIGUSR1 and
+SIGUSR2 as SLURM sends before a time limit): the current update finishes, training stops, and the
+run writes its checkpoint and exits with 128 + the signal number (130, 143, 138, 140), saying
+where the checkpoint is and how to resume. Where a scheduler had its own handler for the signal
+(submitit's requeue on SIGUSR2), that handler runs after the checkpoint is written
+(:attr:`StopOnSignal.hand_back`), so a requeued job continues from it.
 
 The handler only sets a flag: a signal that arrives while a checkpoint is being written never
 interrupts the write. Why not Lightning's own handling: it turns SIGTERM into an exit with code 0
@@ -12,11 +15,12 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from lightning.pytorch.callbacks import Callback
 
-SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGUSR1")) if s is not None)
+SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2"))
+                if s is not None)
 
 
 class StopOnSignal(Callback):
@@ -25,6 +29,14 @@ class StopOnSignal(Callback):
     def __init__(self):
         self.signum: Optional[int] = None
         self.trainer = None
+        self.previous: dict[int, object] = {}
+
+    @property
+    def hand_back(self) -> Optional[Callable]:
+        """The handler the stopping signal had before (a scheduler's), if it was a Python function
+        other than Python's own Ctrl+C handler; call it with ``(signum, None)`` after the checkpoint."""
+        handler = self.previous.get(self.signum) if self.signum is not None else None
+        return handler if callable(handler) and handler is not signal.default_int_handler else None
 
     @property
     def stopped(self) -> bool:
@@ -43,7 +55,7 @@ class StopOnSignal(Callback):
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
+        self.previous = previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
         try:
             yield
         finally:

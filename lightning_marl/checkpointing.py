@@ -3,6 +3,7 @@ resumed run's metrics file instead of replacing it."""
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -13,6 +14,9 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+log = logging.getLogger(__name__)
 
 
 def _umask() -> int:
@@ -36,6 +40,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+            log.info("checkpoint written: %s", path)
         except BaseException:
             if os.path.exists(tmp):
                 os.remove(tmp)

@@ -14,6 +14,7 @@ run's effective config; it is written back to the run, so a later resume keeps t
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import shutil
 import sys
@@ -37,6 +38,7 @@ GROUPS = ("env", "mixer", "trainer", "logger", "experiment")
 INFO_FLAGS = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion", "--version")
 SWEEP_CHECK_LIMIT = 512
 EXIT_CONFIG, EXIT_DIVERGED = 2, 3
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- run folders
@@ -88,7 +90,21 @@ def session_dir(resume: Optional[str], new_run_dir: str) -> str:
     return unique_dir(str(run_folder / "resumed" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")))
 
 
+SWEEP_DIR_ENV = "LIGHTNING_MARL_SWEEP_DIR"
+
+
+def sweep_dir(path: str) -> str:
+    """A multirun's folder, made once (:func:`unique_dir`) by the process that launches the sweep and
+    handed to its jobs through the environment: jobs that run in other processes (joblib, submitit,
+    a requeued cluster job) resolve ``hydra.sweep.dir`` again, later, and must land in the same folder."""
+    made = os.environ.get(SWEEP_DIR_ENV)
+    if not made:
+        made = os.environ[SWEEP_DIR_ENV] = unique_dir(path)
+    return made
+
+
 OmegaConf.register_new_resolver("session_dir", session_dir, replace=True)
+OmegaConf.register_new_resolver("sweep_dir", sweep_dir, replace=True)
 OmegaConf.register_new_resolver("unique_dir", unique_dir, replace=True)
 
 
@@ -146,8 +162,11 @@ def check_group_choices(parsed: list) -> None:
             continue
         allowed = options[group] if group in options else experiment_names()
         value = o.value()
-        if value is not None and str(value) not in allowed:
-            raise refuse(group, value, ", ".join(allowed), "is not an option")
+        chosen = value if isinstance(value, list) and group == "logger" else [] if value is None else [value]
+        for one in chosen:
+            if str(one) not in allowed:
+                raise refuse(group, one, ", ".join(allowed) + (" (several as a list: logger=[csv,wandb])"
+                                                               if group == "logger" else ""), "is not an option")
 
 
 def combinations(overrides: Sequence[str]) -> list[list[str]]:
@@ -171,6 +190,13 @@ def compose_checked(overrides: Sequence[str]) -> tuple[DictConfig, TrainConfig]:
     try:
         cfg = compose([o.input_line for o in parsed])
     except Exception as err:  # Hydra's composition errors (types, unknown keys)
+        choice = next((o.value() for o in parsed if o.key_or_group.lstrip("/") == "logger"), "csv")
+        chosen = {str(c) for c in (choice if isinstance(choice, list) else [choice])}
+        for key, value in raw.items():  # an option of a logger that is not chosen (its node is null)
+            parts = key.split(".")
+            if len(parts) > 2 and parts[0] == "logger" and parts[1] in LOGGERS and parts[1] not in chosen:
+                raise refuse(key, value, f"choose the logger too: logger=[csv,{parts[1]}]",
+                             f"sets an option of logger {parts[1]}, which this run does not use") from None
         raise from_omegaconf(err, raw) from None
     values = [(o.key_or_group, o.value()) for o in parsed if o.key_or_group not in GROUPS and not o.is_delete()]
     return cfg, to_typed(cfg, values)
@@ -253,11 +279,38 @@ def run_config(cfg: DictConfig) -> DictConfig:
 
 
 # ----------------------------------------------------------------------------- entry
+# launchers from Hydra plugins (hydra/launcher=...): the module each needs and the extra installing it
+LAUNCHER_PLUGINS = {"joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
+                    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+                    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+                    "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm")}
+
+
+def check_launcher(overrides: Sequence[str]) -> None:
+    """``hydra/launcher=X`` whose plugin is not installed, refused with the line that installs it."""
+    import importlib.util
+
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.lstrip("+/") != "hydra/launcher" or value not in LAUNCHER_PLUGINS:
+            continue
+        module, extra = LAUNCHER_PLUGINS[value]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            install = f"pip install '{extra}'" if "-" in extra else f"pip install 'lightning_marl[{extra}]'"
+            raise ConfigError(f"hydra/launcher={value} needs a Hydra plugin that is not installed; allowed: install "
+                              f"it ({install}), or hydra/launcher=basic (one run after another)")
+
+
 def preflight(argv: Sequence[str]) -> None:
     """Check the command line before Hydra runs anything (raises ConfigError)."""
     if any(a in INFO_FLAGS or a.split("=", 1)[0] in INFO_FLAGS for a in argv):
         return
     overrides = [a for a in argv if not a.startswith("-")]
+    check_launcher(overrides)
     multirun = "-m" in argv or "--multirun" in argv
     jobs = combinations(overrides) if multirun else [overrides]
     for job in jobs:
@@ -275,6 +328,14 @@ def remove_session_folder(session: Path) -> None:
         shutil.rmtree(session, ignore_errors=True)
 
 
+def requeued(session: Path) -> bool:
+    """A multirun job whose folder already holds a checkpoint: the same job started again (requeued)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.get().mode == RunMode.MULTIRUN and (session / "checkpoints" / "last.ckpt").is_file()
+
+
 def _task(cfg: DictConfig) -> float:
     """The Hydra task: train one run in Hydra's output folder (or continue a resumed one)."""
     from hydra.core.hydra_config import HydraConfig
@@ -287,36 +348,56 @@ def _task(cfg: DictConfig) -> float:
     try:
         if cfg.resume:
             cfg, typed, run_dir, ckpt = resumed_config(str(cfg.resume), overrides,
-                                                       warn=lambda text: print(text, file=sys.stderr))
+                                                       warn=log.warning)
             write_config(run_config(cfg), run_dir / ".hydra" / "config.yaml")  # later resumes keep the overrides
+        elif requeued(session):
+            # this job ran before and was stopped (a cluster job requeued after a time limit or a
+            # pre-emption): continue its run from its checkpoint, with its own config
+            cfg, typed, run_dir, ckpt = resumed_config(str(session), [], warn=log.warning)
+            cfg.resume = None
+            log.info("continuing this job's run from %s (the job was started before and requeued)", ckpt)
         else:
             typed = to_typed(cfg)
             run_dir, ckpt = session, None
         write_config(cfg, session / ".hydra" / "config.yaml")  # this session's record: the effective config
         result = run(typed, run_dir, ckpt_path=ckpt)
     except ConfigError as err:
+        log.error("error: %s", err)
+        logging.shutdown()  # close train.log before its folder goes
         remove_session_folder(session)  # a refused config leaves nothing behind
-        print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     except DivergenceError as err:
-        print(f"error: {err}; the last good checkpoint is in {Path(run_dir) / 'checkpoints'}", file=sys.stderr)
+        log.error("error: %s; the last good checkpoint is in %s", err, Path(run_dir) / "checkpoints")
         sys.exit(EXIT_DIVERGED)
     except Interrupted as err:
-        print(str(err), file=sys.stderr)
+        log.warning("%s", err)
+        if err.hand_back is not None:  # the scheduler's own handler, now that the checkpoint is written
+            logging.shutdown()  # (submitit's requeues the job and exits)
+            err.hand_back(err.signum, None)
         sys.exit(128 + err.signum)
     final = result["final"]
     if result["is_global_zero"]:
-        print(f"final greedy evaluation after {result['env_steps']} env steps: "
-              + ", ".join(f"{k}={v:.3f}" for k, v in final.items() if k.startswith("test/")))
-        print(f"metrics: {result['metrics_csv']}")
+        log.info("final greedy evaluation after %d env steps: %s", result["env_steps"],
+                 ", ".join(f"{k}={v:.3f}" for k, v in final.items() if k.startswith("test/")))
+        log.info("metrics: %s", result["metrics_csv"])
     return final.get("test/return_mean", float("nan"))
+
+
+def logger_lists(argv: Sequence[str]) -> list[str]:
+    """``logger=csv,wandb`` means both loggers: outside a multirun (where commas sweep), Hydra's list
+    syntax ``logger=[csv,wandb]`` is what the user meant."""
+    if "-m" in argv or "--multirun" in argv:
+        return list(argv)
+    return [f"{a.split('=', 1)[0]}=[{a.split('=', 1)[1]}]"
+            if a.split("=", 1)[0].lstrip("/") == "logger" and "," in a and "[" not in a else a for a in argv]
 
 
 def train(argv: Optional[Sequence[str]] = None) -> Any:
     """Console entry point ``lightning-marl-train``."""
     import hydra
 
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = logger_lists(sys.argv[1:] if argv is None else argv)
+    os.environ.pop(SWEEP_DIR_ENV, None)  # a new command: its multirun (if any) gets a new folder
     try:
         preflight(argv)
     except ConfigError as err:

@@ -11,8 +11,11 @@ class DivergenceError(RuntimeError):
 
 
 class Interrupted(Exception):
-    """A signal stopped training; the run wrote its checkpoint. ``signum`` gives the exit code 128 + signum."""
+    """A signal stopped training; the run wrote its checkpoint. ``signum`` gives the exit code 128 + signum.
+    ``hand_back``: the handler the signal had before training took it (a scheduler's own, such as
+    submitit's requeue on SIGUSR2), to be called once the checkpoint is written; None if there was none."""
 
-    def __init__(self, signum: int, message: str):
+    def __init__(self, signum: int, message: str, hand_back=None):
         super().__init__(message)
         self.signum = signum
+        self.hand_back = hand_back

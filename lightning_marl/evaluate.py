@@ -1,9 +1,9 @@
 """Greedy evaluation of a checkpoint: test return and win rate (where the env reports one) with 95%
-confidence intervals, and optionally a rendering of one greedy episode (text frames, or a GIF of an
-Overcooked game drawn by the package's visualizer).
+confidence intervals, and optionally a rendering of one greedy episode (text frames, or a GIF of a
+Box Pushing, SMACLite or Overcooked game).
 
     lightning-marl-evaluate outputs/.../checkpoints/last.ckpt --episodes 100 [--render] [--seed 123]
-    lightning-marl-evaluate outputs/.../checkpoints/last.ckpt --gif episode.gif    # Overcooked
+    lightning-marl-evaluate outputs/.../checkpoints/last.ckpt --gif episode.gif  # Box Pushing, SMACLite, Overcooked
     lightning-marl-evaluate outputs/.../checkpoints/last.ckpt --env random_init=false   # other env options
 """
 from __future__ import annotations
@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 import yaml
+from PIL import Image, ImageDraw
 from torchrl.envs.utils import step_mdp
 
 from lightning_marl.data.collector import EpisodeActor, collect_episodes
@@ -31,6 +33,10 @@ from lightning_marl.stats import mean_ci
 
 
 Loaded = tuple[MARLModule, EnvConfig, int]  # the agent and mixers, the env config, the run's seed
+TEXT_ENVS = ("box_pushing", "overcooked")
+GIF_ENVS = ("box_pushing", "smaclite", "overcooked")
+GIF_FRAME_MS = {"box_pushing": 400, "smaclite": 250}
+CAPTION_PX, MIN_GIF_PX = 16, 256
 # env keys of checkpoints written before the typed schema that are no env options any more
 _OLD_ENV_KEYS = ("parallel", "start_method", "shaping_anneal_steps")
 
@@ -87,35 +93,86 @@ def evaluate(loaded: Loaded, episodes: int = 32, num_envs: int = 8, seed: int | 
 
 
 @torch.no_grad()
-def render_episode(loaded: Loaded, seed: int = 0) -> list[str]:
-    """Text frames of one greedy episode, for envs that can render a game (``env.render(index)``)."""
+def play_episode(loaded: Loaded, seed: int, draw: Callable[[Any, dict], Any]) -> tuple[list, dict]:
+    """One greedy episode of the checkpoint's policy on one game seeded ``seed``; ``draw(env, step)``
+    makes a frame after the reset and after every step (``step``: ``t``, the joint ``actions``, the
+    ``reward`` and the ``return`` so far). Returns the frames and ``{"steps", "return"}``."""
     module, env_cfg, _ = loaded
     env = make_env(env_cfg, 1, seed, workers=EnvWorkers.in_process)
-    if not callable(getattr(env, "render", None)):
-        raise ConfigError(f"--render: env {env_cfg.name!r} has no text rendering; allowed: box_pushing, overcooked")
-    actor = EpisodeActor(module.agent, lambda: 0.0, torch.device("cpu"))
-    actor.begin(1)
-    td = env.reset()
-    frames = [env.render(0)]
-    for t in range(module.env_info["episode_limit"]):
-        td = env.step(actor(td))
-        frames.append(f"t={t + 1} actions={td[ACTION][0].tolist()} reward={float(td['next', 'reward'][0]):.1f}\n"
-                      + env.render(0))
-        if bool(td["next", "done"][0]):
-            break
-        td = step_mdp(td)
-    env.close()
-    return frames
+    try:
+        actor = EpisodeActor(module.agent, lambda: 0.0, torch.device("cpu"))
+        actor.begin(1)
+        td = env.reset()
+        step = {"t": 0, "actions": None, "reward": 0.0, "return": 0.0}
+        frames = [draw(env, step)]
+        for t in range(module.env_info["episode_limit"]):
+            td = env.step(actor(td))
+            reward = float(td["next", "reward"][0])
+            step = {"t": t + 1, "actions": td[ACTION][0].tolist(), "reward": reward, "return": step["return"] + reward}
+            frames.append(draw(env, step))
+            if bool(td["next", "done"][0]):
+                break
+            td = step_mdp(td)
+    finally:
+        env.close()
+    return frames, {"steps": step["t"], "return": round(step["return"], 4)}
+
+
+def render_episode(loaded: Loaded, seed: int = 0) -> list[str]:
+    """Text frames of one greedy episode, for envs that can render a game (``env.render(index)``)."""
+    _, env_cfg, _ = loaded
+    if env_cfg.name not in TEXT_ENVS:
+        raise ConfigError(f"--render: env {env_cfg.name!r} has no text rendering; allowed: {', '.join(TEXT_ENVS)}")
+
+    def text(env, step: dict) -> str:
+        if step["actions"] is None:
+            return env.render(0)
+        return f"t={step['t']} actions={step['actions']} reward={step['reward']:.1f}\n" + env.render(0)
+
+    return play_episode(loaded, seed, text)[0]
+
+
+def check_gif(env_cfg: EnvConfig) -> None:
+    if env_cfg.name not in GIF_ENVS:
+        raise ConfigError(f"--gif: env {env_cfg.name!r} has no drawing (a one-step game); allowed: checkpoints of "
+                          f"{', '.join(GIF_ENVS)} (use --render for text frames)")
+
+
+def annotate(picture: np.ndarray, step: dict) -> Image.Image:
+    """The env's picture under a caption line: step, joint action, reward and return so far."""
+    factor = max(1, MIN_GIF_PX // max(picture.shape[:2]))  # small grids drawn bigger, pixels kept exact
+    picture = picture.repeat(factor, axis=0).repeat(factor, axis=1)
+    caption = f"t={step['t']}  R={step['return']:.1f}"
+    if step["actions"] is not None:
+        caption += f"  r={step['reward']:.1f}  a={step['actions']}"
+    width = max(picture.shape[1], 8 * len(caption) + 8)
+    frame = Image.new("RGB", (width, picture.shape[0] + CAPTION_PX), (255, 255, 255))
+    frame.paste(Image.fromarray(np.ascontiguousarray(picture[..., :3])), (0, CAPTION_PX))
+    ImageDraw.Draw(frame).text((4, 3), caption, fill=(0, 0, 0))
+    return frame
 
 
 @torch.no_grad()
-def save_gif(loaded: Loaded, path: str | Path) -> dict:
-    """One greedy Overcooked episode of the checkpoint's policy drawn to a GIF (text frames next to it
-    where pygame cannot draw). Returns the episode's path, steps, soups and returns."""
+def save_gif(loaded: Loaded, path: str | Path, seed: int = 0) -> dict:
+    """One greedy episode (game seeded ``seed``) drawn to a GIF, one frame per step plus the start:
+    Box Pushing's grid (agents with their headings, boxes, the goal row) and SMACLite's battle from
+    the envs' own ``render_rgb``, Overcooked by its package's visualizer. Returns the file, the
+    number of frames, the episode's steps and return."""
     module, env_cfg, _ = loaded
-    if env_cfg.name != "overcooked":
-        raise ConfigError(f"--gif draws Overcooked games; this checkpoint's env is {env_cfg.name!r} "
-                         "(use --render for text frames)")
+    check_gif(env_cfg)
+    if env_cfg.name == "overcooked":
+        return save_overcooked_gif(loaded, path)
+    frames, summary = play_episode(loaded, seed, lambda env, step: annotate(env.render_rgb(0), step))
+    # every frame is a step (the caption differs), so no two are merged; 256 colours or fewer: exact
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=GIF_FRAME_MS[env_cfg.name], loop=0,
+                   optimize=False)
+    return {"path": str(path), "frames": len(frames), **summary}
+
+
+def save_overcooked_gif(loaded: Loaded, path: str | Path) -> dict:
+    """One greedy Overcooked episode drawn by overcooked-ai's visualizer (text frames next to it where
+    pygame cannot draw). Returns the episode's path, steps, soups and returns."""
+    module, env_cfg, _ = loaded
     from lightning_marl.envs.overcooked import render_episode as draw_overcooked
 
     actor = EpisodeActor(module.agent, lambda: 0.0, torch.device("cpu"))
@@ -136,7 +193,7 @@ def main(argv=None) -> None:
     parser.add_argument("--num-envs", type=at_least(1), default=8)
     parser.add_argument("--seed", type=at_least(0), default=None)
     parser.add_argument("--render", action="store_true", help="print the frames of one greedy episode")
-    parser.add_argument("--gif", metavar="PATH", help="draw one greedy episode to this GIF (Overcooked)")
+    parser.add_argument("--gif", metavar="PATH", help="draw one greedy episode to this GIF (Box Pushing, SMACLite, Overcooked)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="evaluate with this env option changed (repeatable), e.g. random_init=false")
@@ -147,11 +204,11 @@ def main(argv=None) -> None:
              "existing folder")
     try:
         loaded = load(args.checkpoint, args.env)
-        if args.gif and loaded[1].name != "overcooked":
-            save_gif(loaded, args.gif)  # refuses before the evaluation runs
+        if args.gif:
+            check_gif(loaded[1])  # refused before the evaluation runs
         result = evaluate(loaded, args.episodes, args.num_envs, args.seed)
         if args.gif:
-            result["gif"] = save_gif(loaded, args.gif)
+            result["gif"] = save_gif(loaded, args.gif, seed=args.seed or 0)
     except ConfigError as err:
         fail(str(err))
     if args.json:

@@ -1,6 +1,7 @@
 """Build and run one training job from a composed Hydra config."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from pathlib import Path
@@ -9,23 +10,28 @@ from typing import Any, Optional, Sequence
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 
 from lightning_marl.callbacks.epsilon import EpsilonAnnealing
 from lightning_marl.callbacks.evaluation import GreedyEvaluation
+from lightning_marl.callbacks.progress import EnvStepProgressBar
 from lightning_marl.callbacks.qfix_annealing import InterventionAnnealing
 from lightning_marl.callbacks.reward_shaping import RewardShapingAnnealing
 from lightning_marl.callbacks.signals import StopOnSignal
 from lightning_marl.callbacks.target_update import TargetNetworkUpdate
+from lightning_marl.callbacks.train_metrics import TrainMetrics
 from lightning_marl.checkpoint_files import CheckpointError, architecture_differences, load_checkpoint, safe_loading, tidy
-from lightning_marl.checkpointing import AtomicCheckpointIO, ContinuingCSVLogger
+from lightning_marl.checkpointing import AtomicCheckpointIO
 from lightning_marl.config import plain
 from lightning_marl.config.schema import TrainConfig
 from lightning_marl.config.validate import to_typed
 from lightning_marl.data.datamodule import MARLDataModule
 from lightning_marl.errors import Interrupted
+from lightning_marl.loggers import build_loggers, finish_loggers, start_loggers
 from lightning_marl.module import MARLModule
+from lightning_marl.output import configure_output
+
+log = logging.getLogger(__name__)
 
 
 def typed_config(cfg: DictConfig | TrainConfig) -> TrainConfig:
@@ -58,28 +64,23 @@ def build_callbacks(cfg: TrainConfig, run_dir: Path, env_info: dict, stop: StopO
         callbacks.append(RewardShapingAnnealing(learner.shaping_anneal_steps))
     if learner.intervention_anneal_steps:
         callbacks.append(InterventionAnnealing(learner.intervention_anneal_steps))
+    evaluation = GreedyEvaluation(cfg.eval.interval_env_steps, cfg.eval.episodes, skip_final=lambda: stop.stopped)
     callbacks += [
         EpsilonAnnealing(learner.epsilon_start, learner.epsilon_finish, learner.epsilon_anneal_steps),
         TargetNetworkUpdate(learner.target_update_interval, learner.target_tau),
-        GreedyEvaluation(cfg.eval.interval_env_steps, cfg.eval.episodes, skip_final=lambda: stop.stopped),
+        evaluation,
+        TrainMetrics(),
         FlushLoggersOnCheckpoint(),
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}", save_last=True,
                         every_n_train_steps=cfg.checkpoint.every_n_updates or None,
                         save_top_k=-1 if cfg.checkpoint.keep_all else 1,
-                        auto_insert_metric_name=False, enable_version_counter=False),
+                        auto_insert_metric_name=False, enable_version_counter=False,
+                        save_on_train_epoch_end=False),  # the final state is saved by run() itself
     ]
+    if cfg.trainer.enable_progress_bar:
+        callbacks.append(EnvStepProgressBar(cfg.total_env_steps,
+                                            lambda: evaluation.history[-1] if evaluation.history else {}))
     return callbacks
-
-
-def build_loggers(cfg: TrainConfig, run_dir: Path, resumed_step: Optional[int] = None) -> list:
-    kinds = {"csv": ["csv"], "tensorboard": ["tensorboard"], "both": ["csv", "tensorboard"]}
-    loggers = []
-    for name in kinds[str(cfg.logger.kind)]:
-        if name == "csv":
-            loggers.append(ContinuingCSVLogger(save_dir=str(run_dir), name="", version="", keep_until_step=resumed_step))
-        else:
-            loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="", version=""))
-    return loggers
 
 
 def run(cfg: DictConfig | TrainConfig, run_dir: str | os.PathLike, ckpt_path: Optional[str | os.PathLike] = None,
@@ -87,6 +88,7 @@ def run(cfg: DictConfig | TrainConfig, run_dir: str | os.PathLike, ckpt_path: Op
     """Train as configured (continuing from ``ckpt_path`` if given) and write everything to
     ``run_dir``; returns the last evaluation metrics and where the outputs are."""
     cfg = typed_config(cfg)
+    configure_output()
     run_dir = Path(run_dir)
     resumed_step = None
     if ckpt_path is not None:
@@ -106,25 +108,34 @@ def run(cfg: DictConfig | TrainConfig, run_dir: str | os.PathLike, ckpt_path: Op
                                   f"({'; '.join(differences)}); allowed: the run's own agent and mixer settings")
     stop = StopOnSignal()
     callbacks = build_callbacks(cfg, run_dir, datamodule.env_info(), stop) + list(extra_callbacks)
+    loggers = build_loggers(cfg, run_dir, resumed_step)
     trainer = L.Trainer(
-        max_epochs=-1, max_steps=-1, logger=build_loggers(cfg, run_dir, resumed_step), callbacks=callbacks,
+        max_epochs=-1, max_steps=-1, logger=loggers, callbacks=callbacks,
         default_root_dir=str(run_dir), use_distributed_sampler=False, num_sanity_val_steps=0,
         enable_model_summary=False, plugins=[AtomicCheckpointIO()],
         **plain(cfg.trainer))
     if trainer.is_global_zero:
-        print(f"run folder: {run_dir}  (metrics: {run_dir / 'metrics.csv'}, checkpoints: {run_dir / 'checkpoints'})",
-              flush=True)
+        log.info("run folder: %s", run_dir)
+        if ckpt_path is not None:
+            log.info("continuing from %s (update %d)", ckpt_path, resumed_step)
+        start_loggers(loggers, cfg, run_dir)
     # checkpoints hold tensors and plain data only: loaded with weights_only=True, loading runs no code
-    with stop.handling(), safe_loading():
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None,
-                    weights_only=True if ckpt_path else None)
-        last = run_dir / "checkpoints" / "last.ckpt"
-        trainer.save_checkpoint(last)  # the final state (after the final evaluation), or where a signal stopped it
+    try:
+        with stop.handling(), safe_loading():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None,
+                        weights_only=True if ckpt_path else None)
+            last = run_dir / "checkpoints" / "last.ckpt"
+            # the final state (after the final evaluation), or where a signal stopped it; the whole
+            # training state, not only the weights
+            trainer.save_checkpoint(last, weights_only=False)
+    finally:
+        if trainer.is_global_zero:
+            finish_loggers(loggers)
     tidy(run_dir / "checkpoints", cfg.checkpoint.keep_all)
     if stop.stopped:
         raise Interrupted(stop.signum, f"stopped by {signal.Signals(stop.signum).name} after update "
                                        f"{trainer.global_step} (env step {datamodule.env_steps}); checkpoint: {last}; "
-                                       f"continue with: train.py resume={run_dir}")
+                                       f"continue with: train.py resume={run_dir}", hand_back=stop.hand_back)
     evaluation = next(cb for cb in callbacks if isinstance(cb, GreedyEvaluation))
     return {"final": evaluation.history[-1] if evaluation.history else {}, "run_dir": str(run_dir),
             "metrics_csv": str(run_dir / "metrics.csv"), "env_steps": datamodule.env_steps,

@@ -84,6 +84,7 @@ class MARLModule(L.LightningModule):
                                     target_agent=self.target_agent, target_mixer=self.target_mixer)
         self.epsilon = float(learner_cfg.epsilon_start)
         self.reward_shaping_factor = 1.0 if env_info.get("shaped_reward") else 0.0
+        self.last_grad_norm = torch.zeros(())
 
     # -- targets -----------------------------------------------------------------------
     @torch.no_grad()
@@ -131,7 +132,7 @@ class MARLModule(L.LightningModule):
         }
         return loss, stats
 
-    def training_step(self, dataloader_iter) -> torch.Tensor:
+    def training_step(self, dataloader_iter) -> dict[str, Any]:
         # Taking the iterator (instead of a batch) stops Lightning from prefetching the next batch,
         # i.e. from collecting the next round before this update: acting always uses the newest
         # weights, and a resumed run collects exactly what the uninterrupted run would have.
@@ -143,9 +144,7 @@ class MARLModule(L.LightningModule):
         priority = stats.pop("episode_priority")
         if WEIGHT_KEY in batch.keys():
             self.trainer.datamodule.update_priorities(batch["index"][:, 0], priority)
-        if self._logging_step():
-            self.log_metrics(stats)
-        return loss
+        return {"loss": loss, "stats": stats}  # stats: read by callbacks.train_metrics.TrainMetrics
 
     def diverged(self, what: str) -> None:
         """Stop training: raise a :class:`DivergenceError` naming the update and the env step."""
@@ -153,27 +152,11 @@ class MARLModule(L.LightningModule):
                               f"(env step {self.trainer.datamodule.env_steps}): {what}; "
                               "allowed: finite values (lower learner.lr, check the rewards)")
 
-    def _logging_step(self) -> bool:
-        """Lightning only writes every ``log_every_n_steps``; skip the (slow) self.log calls in between."""
-        return self.trainer._logger_connector.should_update_logs
-
-    def log_metrics(self, stats: dict[str, torch.Tensor]) -> None:
-        dm = self.trainer.datamodule
-        metrics = {f"train/{k}": float(v) for k, v in stats.items() if k != "loss"}
-        metrics.update({f"train/{k}": v for k, v in dm.last_stats.items()})
-        metrics.update({"loss": float(stats["loss"]), "env_steps": float(dm.env_steps),
-                        "episodes": float(dm.episodes), "epsilon": self.epsilon,
-                        "env_steps_per_s": dm.env_steps_per_second()})
-        self.log_dict(metrics, on_step=True, batch_size=1, sync_dist=self.trainer.world_size > 1)
-        self.log_dict({"ret": dm.last_stats.get("return", 0.0), "steps": float(dm.env_steps), "eps": self.epsilon},
-                      on_step=True, prog_bar=True, logger=False, batch_size=1)
-
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.learner_cfg.grad_clip)
         if not torch.isfinite(norm):
             self.diverged(f"the gradient norm is {float(norm)}")
-        if self._logging_step():
-            self.log("train/grad_norm", float(norm), on_step=True, batch_size=1)
+        self.last_grad_norm = norm.detach()  # before clipping; logged with the update's stats
 
     def configure_optimizers(self):
         params = list(self.agent.parameters()) + list(self.mixer.parameters())

@@ -300,8 +300,7 @@ def test_bad_qfix_config_is_refused():
 def test_intervention_annealing_callback():
     mixer = build_mixer("qplusfix_mono", n_agents=2, n_actions=3, central_dim=4)
     target = build_mixer("qplusfix_mono", n_agents=2, n_actions=3, central_dim=4)
-    logged = {}
-    module = SimpleNamespace(mixer=mixer, target_mixer=target, log=lambda k, v, **kw: logged.__setitem__(k, v))
+    module = SimpleNamespace(mixer=mixer, target_mixer=target)
     trainer = SimpleNamespace(datamodule=SimpleNamespace(env_steps=0))
     cb = InterventionAnnealing(anneal_steps=1000)
     cb.on_train_start(trainer, module)
@@ -309,7 +308,7 @@ def test_intervention_annealing_callback():
     trainer.datamodule.env_steps = 250
     cb.on_train_batch_start(trainer, module, None, 0)
     assert mixer.intervention.item() == pytest.approx(0.25) and target.intervention.item() == pytest.approx(0.25)
-    assert logged["intervention"] == pytest.approx(0.25)
+    assert cb.logged_values() == {"intervention": pytest.approx(0.25)}  # the value training rows get
     trainer.datamodule.env_steps = 5000
     cb.on_train_batch_start(trainer, module, None, 1)
     assert mixer.intervention.item() == 1.0

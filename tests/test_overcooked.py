@@ -254,10 +254,6 @@ def test_render_episode_text_and_gif(tmp_path):
 class _FakeModule:
     def __init__(self):
         self.reward_shaping_factor = 1.0
-        self.logged = {}
-
-    def log(self, name, value, **kwargs):
-        self.logged[name] = value
 
 
 def test_shaping_factor_anneals_linearly_to_zero():
@@ -271,7 +267,7 @@ def test_shaping_factor_anneals_linearly_to_zero():
         trainer.datamodule.env_steps = steps
         cb.on_train_batch_start(trainer, module, None, 0)
         seen.append(module.reward_shaping_factor)
-        assert module.logged["shaping_factor"] == module.reward_shaping_factor
+        assert cb.logged_values() == {"shaping_factor": module.reward_shaping_factor}  # what training rows get
     assert seen == [1.0, 0.75, 0.5, 0.0, 0.0]
     state = cb.state_dict()
     again = RewardShapingAnnealing(anneal_steps=1000)

@@ -41,6 +41,10 @@ def migrate_config(cfg: dict[str, Any]) -> dict[str, Any]:
     if "shaping_anneal_steps" in env:
         steps = env.pop("shaping_anneal_steps")
         learner.setdefault("shaping_anneal_steps", steps if env.get("name") == "overcooked" else 0)
+    logger = cfg.get("logger")
+    if isinstance(logger, dict) and "kind" in logger:  # logger.kind=csv|tensorboard|both -> one field per logger
+        kind = logger.pop("kind")
+        cfg["logger"] = {name: {} for name in ("csv", "tensorboard") if kind in (name, "both")}
     cfg["learner"] = migrate_learner(learner)
     if "mixer" in cfg:
         cfg["mixer"] = migrate_mixer(cfg["mixer"])

@@ -6,7 +6,7 @@ checks and quotes in its error messages. Closed sets are enums. The YAML files u
 ``configs/`` hold only what differs from these defaults (per-env budgets, experiment presets).
 
 Config groups: ``env`` (one dataclass per env family), ``mixer`` (one per mixer), ``trainer``
-(cpu, gpu, ddp) and ``logger`` (csv, tensorboard); ``data``, ``eval``, ``checkpoint``, ``learner``
+(cpu, gpu, ddp) and ``logger`` (csv, tensorboard, wandb, mlflow; several at once); ``data``, ``eval``, ``checkpoint``, ``learner``
 and ``agent`` are plain nodes of :class:`TrainConfig`.
 """
 from dataclasses import dataclass, field
@@ -61,10 +61,10 @@ class EnvWorkers(StrEnum):
     in_process = "in_process"  # all games stepped in the training process (TorchRL SerialEnv)
 
 
-class LoggerKind(StrEnum):
-    csv = "csv"
-    tensorboard = "tensorboard"
-    both = "both"
+class WandbMode(StrEnum):
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
 
 
 class MatrixGame(StrEnum):
@@ -356,8 +356,43 @@ class TrainerConfig:
 
 
 @dataclass
+class CSVLoggerConfig:
+    """``metrics.csv`` in the run folder: one row per logged update (column ``step``, the update's
+    index) with its ``env_steps``; a resumed run continues the file."""
+
+
+@dataclass
+class TensorBoardLoggerConfig:
+    """TensorBoard event files in the run folder, against env steps (pip install '.[tensorboard]')."""
+
+
+@dataclass
+class WandbLoggerConfig:
+    """Weights & Biases, against env steps; files under ``<run folder>/wandb`` (pip install '.[wandb]')."""
+    project: str = spec("lightning_marl", "W&B project")
+    entity: Optional[str] = spec(None, "W&B team or user (null: your default entity)")
+    group: Optional[str] = spec(None, "W&B group (e.g. one per study)")
+    tags: List[str] = spec(factory=list, help="W&B tags")
+    mode: WandbMode = spec(WandbMode.online, "online | offline (sync later with `wandb sync`) | disabled")
+
+
+@dataclass
+class MLflowLoggerConfig:
+    """MLflow, against env steps (pip install '.[mlflow]')."""
+    tracking_uri: Optional[str] = spec(None, "MLflow tracking URI, e.g. sqlite:///mlflow.db or http://host:5000 "
+                                             "(null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working folder)")
+    experiment_name: str = spec("lightning_marl", "MLflow experiment")
+    run_name: Optional[str] = spec(None, "MLflow run name (null: the run folder's name)")
+
+
+@dataclass
 class LoggerConfig:
-    kind: LoggerKind = spec(LoggerKind.csv, "csv | tensorboard | both")
+    """The loggers a run writes to: any of csv, tensorboard, wandb, mlflow (``logger=[csv,wandb]``;
+    a field left null is a logger not used)."""
+    csv: Optional[CSVLoggerConfig] = None
+    tensorboard: Optional[TensorBoardLoggerConfig] = None
+    wandb: Optional[WandbLoggerConfig] = None
+    mlflow: Optional[MLflowLoggerConfig] = None
 
 
 @dataclass
@@ -384,7 +419,9 @@ TRAINERS = {
     "gpu": TrainerConfig(accelerator="gpu"),
     "ddp": TrainerConfig(accelerator="auto", devices=2, strategy="ddp"),
 }
-LOGGERS = {kind.value: LoggerConfig(kind=kind) for kind in (LoggerKind.csv, LoggerKind.tensorboard)}
+# each logger option fills its own field of LoggerConfig, so several combine (logger=[csv,wandb])
+LOGGERS = {"csv": CSVLoggerConfig, "tensorboard": TensorBoardLoggerConfig, "wandb": WandbLoggerConfig,
+           "mlflow": MLflowLoggerConfig}
 
 
 def register() -> None:
@@ -398,7 +435,7 @@ def register() -> None:
     for name, node in TRAINERS.items():
         store.store(group="trainer", name=name, node=node)
     for name, node in LOGGERS.items():
-        store.store(group="logger", name=name, node=node)
+        store.store(group="logger", name=name, node={name: node})
 
 
 register()

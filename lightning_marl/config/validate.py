@@ -201,8 +201,27 @@ def cross_field_rules(c: S.TrainConfig, env_checks: bool = True) -> None:
                      f"cpu (trainer=cpu; this machine has {gpus} CUDA device(s), trainer.devices={c.trainer.devices})",
                      "is not available")
     check_eval_env(c)
+    check_logger_packages(c.logger)
     if env_checks:
         check_env(c.env)
+
+
+# the package each optional logger needs (any one of them) and the extra that installs it
+LOGGER_PACKAGES = {"tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"), "wandb": (("wandb",), "wandb"),
+                   "mlflow": (("mlflow",), "mlflow")}
+
+
+def check_logger_packages(logger: S.LoggerConfig) -> None:
+    """A chosen logger whose package is not installed is refused with the line that installs it."""
+    import importlib.util
+
+    for name, (modules, extra) in LOGGER_PACKAGES.items():
+        if getattr(logger, name) is not None and not any(importlib.util.find_spec(m) for m in modules):
+            others = [n for n in S.LOGGERS if n == "csv" or not (n in LOGGER_PACKAGES and not any(
+                importlib.util.find_spec(m) for m in LOGGER_PACKAGES[n][0]))]
+            raise ConfigError(f"logger={name} needs the {modules[0]} package, which is not installed; allowed: "
+                              f"install it (pip install 'lightning_marl[{extra}]', in a checkout "
+                              f".venv/bin/pip install -e '.[{extra}]'), or a logger that is: {', '.join(others)}")
 
 
 def check_eval_env(c: S.TrainConfig) -> None:

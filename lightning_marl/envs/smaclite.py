@@ -259,6 +259,16 @@ class SMACliteEnv(EnvBase):
         """Take this game's entry (``game_index``) of a batch's states (see :class:`SMACliteSerialEnv`)."""
         self.set_rng_state(states[self.game_index])
 
+    def game_render_rgb(self) -> np.ndarray:
+        """The battle drawn by SMACLite's own renderer (pygame, off screen: no display needed):
+        terrain, units as circles filled to their health, attack lines."""
+        import os
+
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+        os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+        self._game.render_mode = "rgb_array"
+        return np.array(self._game.render(), dtype=np.uint8)  # a copy: pygame's array is a view of its surface
+
     def close(self, *, raise_if_closed: bool = True):
         self._game.close()
         return super().close(raise_if_closed=raise_if_closed)
@@ -280,6 +290,10 @@ class _SMACliteBatch(GameBatch):
 
     def set_rng_state(self, states) -> None:
         getattr(self, "set_batch_rng_state")([torch.as_tensor(s) for s in states])
+
+    def render_rgb(self, index: int = 0) -> np.ndarray:
+        """Game ``index`` drawn by SMACLite's renderer, ``[H, W, 3]`` uint8."""
+        return getattr(self, "game_render_rgb")()[index]
 
 
 class SMACliteParallelEnv(_SMACliteBatch, ParallelEnv):

@@ -1,0 +1,97 @@
+"""Many seeds: the joblib launcher (parallel on one machine) and submitit (a cluster, or its local
+stand-in) run every job of a sweep to its end in a folder of its own, inside one sweep folder; a
+job stopped by the scheduler's signal and requeued continues from its checkpoint."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lightning_marl.cli import check_launcher
+from lightning_marl.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+JOB = ["env=matrix", "mixer=qmix", "data.warmup_episodes=8", "data.batch_size=8", "eval.interval_env_steps=200",
+       "eval.episodes=4", "trainer.enable_progress_bar=false"]
+
+
+def multirun(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def finished_runs(tmp_path: Path, budget: int) -> list[Path]:
+    """The run folders of the one sweep folder under tmp_path/multirun, each checked to have finished."""
+    sweeps = [p for p in (tmp_path / "multirun").glob("*/*") if p.is_dir()]
+    assert len(sweeps) == 1, sweeps  # every job in the same sweep folder
+    runs = sorted(p for p in sweeps[0].iterdir() if (p / "metrics.csv").is_file())
+    for run in runs:
+        tests = pd.read_csv(run / "metrics.csv").dropna(subset=["test/return_mean"])
+        assert tests["env_steps"].max() >= budget and (run / "checkpoints" / "last.ckpt").is_file()
+    return runs
+
+
+def test_joblib_runs_two_seeds_each_in_its_own_folder(tmp_path):
+    multirun(tmp_path, "hydra/launcher=joblib", *JOB, "total_env_steps=400", "seed=0,1")
+    runs = finished_runs(tmp_path, 400)
+    assert [r.name for r in runs] == ["matrix_qmix_s0_0", "matrix_qmix_s1_1"]
+
+
+def test_submitit_local_runs_two_seeds_each_in_its_own_folder(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    multirun(tmp_path, "hydra/launcher=submitit_local", *JOB, "total_env_steps=400", "seed=0,1")
+    runs = finished_runs(tmp_path, 400)
+    assert [r.name for r in runs] == ["matrix_qmix_s0_0", "matrix_qmix_s1_1"]
+
+
+def test_the_slurm_launcher_composes_with_requeueing():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    proc = subprocess.run([sys.executable, "train.py", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+                           "hydra.launcher.gpus_per_node=1", "hydra.launcher.timeout_min=600", "--cfg", "hydra"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    launcher = proc.stdout.split("\n  launcher:\n", 1)[1].split("\n  sweeper:", 1)[0]
+    for line in ("_target_: hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+                 "partition: gpu", "gpus_per_node: 1", "timeout_min: 600", "max_num_timeout: 10",
+                 "signal_delay_s: 120"):
+        assert line in launcher, launcher
+
+
+def test_a_requeued_job_continues_from_its_checkpoint(tmp_path):
+    """SIGUSR2 (what SLURM sends before a time limit) to a submitit job: the run writes its checkpoint,
+    submitit requeues the job, and the job continues its run to the budget."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    args = [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}",
+            *JOB, "total_env_steps=6000", "checkpoint.every_n_updates=20", "seed=0"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = sweep / "matrix_qmix_s0_0"
+    deadline = time.time() + 120
+    while not list((run / "checkpoints").glob("step*.ckpt")) if (run / "checkpoints").exists() else True:
+        assert time.time() < deadline and proc.poll() is None, "no periodic checkpoint"
+        time.sleep(0.2)
+    job = subprocess.run(["pgrep", "-f", f"submitit.core._submit {sweep}"], capture_output=True, text=True)
+    os.kill(int(job.stdout.split()[0]), signal.SIGUSR2)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-2000:] + err[-2000:]
+    log = (run / "train.log").read_text()
+    assert "stopped by SIGUSR2" in log and "Requeued job" in log
+    assert "continuing this job's run from" in log
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert metrics.dropna(subset=["test/return_mean"])["env_steps"].max() >= 6000
+    train = metrics.dropna(subset=["loss"])["step"]
+    assert train.is_monotonic_increasing and train.is_unique  # one stream, the stopped part not repeated
+
+
+def test_a_launcher_whose_plugin_is_missing_is_refused_with_its_install_line(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ConfigError, match=r"hydra/launcher=slurm needs a Hydra plugin.*lightning_marl\[slurm\]"):
+        check_launcher(["hydra/launcher=slurm", "seed=0,1"])
