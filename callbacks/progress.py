@@ -1,6 +1,7 @@
 """A progress bar over env steps."""
 from __future__ import annotations
 
+import shutil
 import sys
 from typing import Callable, Optional
 
@@ -57,11 +58,14 @@ class EnvStepProgressBar(ProgressBar):
     def on_train_start(self, trainer, pl_module) -> None:
         if not (self._enabled and trainer.is_global_zero):
             return
-        interactive = sys.stdout.isatty()
+        terminal = sys.stdout.isatty()
+        # a terminal that reports its size follows it; one without a size (a bare pseudo-terminal
+        # reports 0 lines, which would make tqdm hide the bar) and files get a fixed width
+        sized = terminal and shutil.get_terminal_size((0, 0)).lines > 0
         done = int(trainer.datamodule.env_steps)
         self.bar = tqdm(total=self.total, initial=min(done, self.total), desc="train", unit=" env steps", unit_scale=True,
-                        file=sys.stdout, dynamic_ncols=interactive, ncols=None if interactive else 120,
-                        mininterval=TERMINAL_REFRESH_S if interactive else FILE_REFRESH_S, smoothing=0.1,
+                        file=sys.stdout, dynamic_ncols=sized, ncols=None if sized else 120, nrows=None if sized else 20,
+                        mininterval=TERMINAL_REFRESH_S if terminal else FILE_REFRESH_S, smoothing=0.1,
                         bar_format="{desc}: {n}/{total} env steps |{bar}| {percentage:3.0f}% "
                                    "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
         self._redirect = logging_redirect_tqdm()
