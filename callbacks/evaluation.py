@@ -57,13 +57,18 @@ class GreedyEvaluation(Callback):
         if self.last_eval_step < 0:
             self.evaluate(trainer, pl_module)
 
+    @staticmethod
+    def _agreed(trainer, due: bool) -> bool:
+        """Under DDP every rank evaluates (and averages) together: when any rank is due."""
+        return trainer.strategy.reduce_boolean_decision(due, all=False) if trainer.world_size > 1 else due
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         steps = trainer.datamodule.env_steps
-        if self.interval > 0 and steps - self.last_eval_step >= self.interval:
+        if self._agreed(trainer, self.interval > 0 and steps - self.last_eval_step >= self.interval):
             self.evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self.last_eval_step != trainer.datamodule.env_steps and not self.skip_final():
+        if self._agreed(trainer, self.last_eval_step != trainer.datamodule.env_steps and not self.skip_final()):
             self.evaluate(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:

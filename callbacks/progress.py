@@ -1,17 +1,54 @@
 """A progress bar over env steps."""
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 from typing import Callable, Optional
 
 from lightning.pytorch.callbacks import ProgressBar
 from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 # refresh at most this often on a terminal; into a file (a cluster job's output, a study's log),
-# one line per this many seconds instead of a flood of carriage returns
+# once per this many seconds (and with each log record) instead of a flood of updates
 TERMINAL_REFRESH_S, FILE_REFRESH_S = 0.5, 60.0
+
+
+class ConsoleAboveBar(logging.StreamHandler):
+    """A console handler that writes each record above the bar (``tqdm.write`` to its own stream).
+
+    Why not tqdm's ``logging_redirect_tqdm``: it replaces every console handler by one that takes
+    the first handler's stream and filters, so with stdout for information and stderr for warnings
+    (as the run's logging is set up) warnings and errors would vanish from the console."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # as logging.StreamHandler does
+            self.handleError(record)
+
+
+def write_above_bar(logger: logging.Logger) -> list[tuple[logging.Handler, logging.Handler]]:
+    """Swap ``logger``'s stdout/stderr handlers for :class:`ConsoleAboveBar` copies (same level,
+    filters, formatter); returns the pairs, for :func:`restore_handlers`."""
+    swaps = []
+    for handler in list(logger.handlers):
+        if type(handler) is logging.StreamHandler and handler.stream in (sys.stdout, sys.stderr):
+            above = ConsoleAboveBar(handler.stream)
+            above.setLevel(handler.level)
+            above.setFormatter(handler.formatter)
+            for f in handler.filters:
+                above.addFilter(f)
+            logger.removeHandler(handler)
+            logger.addHandler(above)
+            swaps.append((handler, above))
+    return swaps
+
+
+def restore_handlers(logger: logging.Logger, swaps: list[tuple[logging.Handler, logging.Handler]]) -> None:
+    for handler, above in swaps:
+        logger.removeHandler(above)
+        logger.addHandler(handler)
 
 
 def postfix(train_return: Optional[float], evaluation: dict[str, float], epsilon: float) -> str:
@@ -34,7 +71,7 @@ class EnvStepProgressBar(ProgressBar):
 
     Why not Lightning's ``TQDMProgressBar``: it counts batches against the dataloader's length,
     which an endless stream of collected episodes does not have; budgets here are in env steps.
-    While the bar is shown, log records are written above it (tqdm's ``logging_redirect_tqdm``)."""
+    While the bar is shown, log records are written above it (:class:`ConsoleAboveBar`)."""
 
     def __init__(self, total_env_steps: int, latest_evaluation: Callable[[], dict[str, float]]):
         super().__init__()
@@ -42,7 +79,7 @@ class EnvStepProgressBar(ProgressBar):
         self.latest_evaluation = latest_evaluation
         self._enabled = True
         self.bar: Optional[tqdm] = None
-        self._redirect = None
+        self._swaps: list = []
 
     # Lightning's ProgressBar interface
     def disable(self) -> None:
@@ -68,8 +105,7 @@ class EnvStepProgressBar(ProgressBar):
                         mininterval=TERMINAL_REFRESH_S if terminal else FILE_REFRESH_S, smoothing=0.1,
                         bar_format="{desc}: {n}/{total} env steps |{bar}| {percentage:3.0f}% "
                                    "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
-        self._redirect = logging_redirect_tqdm()
-        self._redirect.__enter__()
+        self._swaps = write_above_bar(logging.getLogger())
         self._refresh(trainer, pl_module, force=True)
 
     def _refresh(self, trainer, pl_module, force: bool = False) -> None:
@@ -89,9 +125,8 @@ class EnvStepProgressBar(ProgressBar):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        if self._redirect is not None:
-            self._redirect.__exit__(None, None, None)
-            self._redirect = None
+        restore_handlers(logging.getLogger(), self._swaps)
+        self._swaps = []
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.bar is not None:

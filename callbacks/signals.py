@@ -13,6 +13,7 @@ land inside a checkpoint write.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from typing import Callable, Iterator, Optional
@@ -45,9 +46,13 @@ class StopOnSignal(Callback):
     def _handle(self, signum, frame) -> None:
         if self.signum is None:
             self.signum = signum
-            print(f"\n{signal.Signals(signum).name} received: stopping after the current update and writing a "
-                  "checkpoint ...", flush=True)
-        if self.trainer is not None:  # Lightning checks this after each update; the data stream before each round
+            # os.write, not print: a print here can land inside another write to the same stream
+            # (the progress bar's) and raise "reentrant call" in the training loop
+            os.write(2, f"\n{signal.Signals(signum).name} received: stopping after the current update and writing "
+                        "a checkpoint ...\n".encode())
+        # Lightning checks this after each update, the data stream before each round; under DDP only
+        # the ranks' common decision at the end of an update stops them (on_train_batch_end)
+        if self.trainer is not None and self.trainer.world_size == 1:
             self.trainer.should_stop = True
 
     @contextlib.contextmanager
@@ -76,5 +81,10 @@ class StopOnSignal(Callback):
                 signal.signal(s, self._handle)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.stopped:
+        stopped = self.stopped
+        if trainer.world_size > 1:  # a signal may reach one rank only: every rank stops after the same update
+            stopped = trainer.strategy.reduce_boolean_decision(stopped, all=False)
+            if stopped and self.signum is None:
+                self.signum = signal.SIGTERM  # (another rank's signal; this rank writes its part and exits alike)
+        if stopped:
             trainer.should_stop = True

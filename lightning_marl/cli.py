@@ -163,6 +163,9 @@ def check_group_choices(parsed: list) -> None:
         allowed = options[group] if group in options else experiment_names()
         value = o.value()
         chosen = value if isinstance(value, list) and group == "logger" else [] if value is None else [value]
+        if group == "logger" and isinstance(value, list) and not value:
+            raise refuse("logger", "[]", "at least one of " + ", ".join(options["logger"]) + " (logger=[csv,wandb])",
+                         "chooses no logger")
         for one in chosen:
             if str(one) not in allowed:
                 raise refuse(group, one, ", ".join(allowed) + (" (several as a list: logger=[csv,wandb])"
@@ -328,12 +331,38 @@ def remove_session_folder(session: Path) -> None:
         shutil.rmtree(session, ignore_errors=True)
 
 
+SCHEDULER_JOB_FILE = "scheduler_job.json"
+
+
 def requeued(session: Path) -> bool:
-    """A multirun job whose folder already holds a checkpoint: the same job started again (requeued)."""
+    """Whether this multirun job continues a run it started before: the job folder holds a checkpoint
+    and the scheduler job that wrote it (submitit's job id, kept by SLURM across a requeue) is this
+    one. A folder holding another job's run is refused: a sweep never trains over an old run."""
+    import json
+
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    return HydraConfig.get().mode == RunMode.MULTIRUN and (session / "checkpoints" / "last.ckpt").is_file()
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN or not (session / "checkpoints" / "last.ckpt").is_file():
+        return False
+    record = session / SCHEDULER_JOB_FILE
+    job = json.loads(record.read_text()).get("job_id") if record.is_file() else None
+    if os.environ.get("SUBMITIT_EXECUTOR") and job is not None and job == str(hydra_cfg.job.id):
+        return True
+    raise ConfigError(f"hydra.sweep.dir: the job folder {session} holds a run already (checkpoints/last.ckpt); "
+                      f"allowed: a new sweep folder (hydra.sweep.dir left to its default), or resume={session} "
+                      "to continue that run")
+
+
+def record_scheduler_job(session: Path) -> None:
+    """Under submitit, note the scheduler job that runs in this folder (see :func:`requeued`)."""
+    import json
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        (session / SCHEDULER_JOB_FILE).write_text(json.dumps({"job_id": str(HydraConfig.get().job.id)}))
 
 
 def _task(cfg: DictConfig) -> float:
@@ -359,6 +388,7 @@ def _task(cfg: DictConfig) -> float:
         else:
             typed = to_typed(cfg)
             run_dir, ckpt = session, None
+            record_scheduler_job(session)
         write_config(cfg, session / ".hydra" / "config.yaml")  # this session's record: the effective config
         result = run(typed, run_dir, ckpt_path=ckpt)
     except ConfigError as err:
@@ -379,7 +409,8 @@ def _task(cfg: DictConfig) -> float:
     if result["is_global_zero"]:
         log.info("final greedy evaluation after %d env steps: %s", result["env_steps"],
                  ", ".join(f"{k}={v:.3f}" for k, v in final.items() if k.startswith("test/")))
-        log.info("metrics: %s", result["metrics_csv"])
+        if typed.logger.csv is not None:
+            log.info("metrics: %s", result["metrics_csv"])
     return final.get("test/return_mean", float("nan"))
 
 

@@ -152,6 +152,12 @@ def annotate(picture: np.ndarray, step: dict) -> Image.Image:
     return frame
 
 
+def pad_right(frame: Image.Image, width: int) -> Image.Image:
+    canvas = Image.new("RGB", (width, frame.height), (255, 255, 255))
+    canvas.paste(frame, (0, 0))
+    return canvas
+
+
 @torch.no_grad()
 def save_gif(loaded: Loaded, path: str | Path, seed: int = 0) -> dict:
     """One greedy episode (game seeded ``seed``) drawn to a GIF, one frame per step plus the start:
@@ -163,6 +169,8 @@ def save_gif(loaded: Loaded, path: str | Path, seed: int = 0) -> dict:
     if env_cfg.name == "overcooked":
         return save_overcooked_gif(loaded, path)
     frames, summary = play_episode(loaded, seed, lambda env, step: annotate(env.render_rgb(0), step))
+    width = max(frame.width for frame in frames)  # a GIF keeps the first frame's size: one width for all
+    frames = [frame if frame.width == width else pad_right(frame, width) for frame in frames]
     # every frame is a step (the caption differs), so no two are merged; 256 colours or fewer: exact
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=GIF_FRAME_MS[env_cfg.name], loop=0,
                    optimize=False)

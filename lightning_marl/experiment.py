@@ -90,10 +90,10 @@ def run(cfg: DictConfig | TrainConfig, run_dir: str | os.PathLike, ckpt_path: Op
     cfg = typed_config(cfg)
     configure_output()
     run_dir = Path(run_dir)
-    resumed_step = None
+    resumed_step = resumed_env_steps = None
     if ckpt_path is not None:
         saved = load_checkpoint(ckpt_path)
-        resumed_step = int(saved["global_step"])
+        resumed_step, resumed_env_steps = int(saved["global_step"]), int(saved["MARLDataModule"]["env_steps"])
     run_dir.mkdir(parents=True, exist_ok=True)
     tidy(run_dir / "checkpoints", cfg.checkpoint.keep_all)  # what an earlier crash left behind
     if cfg.threads is not None:
@@ -108,7 +108,7 @@ def run(cfg: DictConfig | TrainConfig, run_dir: str | os.PathLike, ckpt_path: Op
                                   f"({'; '.join(differences)}); allowed: the run's own agent and mixer settings")
     stop = StopOnSignal()
     callbacks = build_callbacks(cfg, run_dir, datamodule.env_info(), stop) + list(extra_callbacks)
-    loggers = build_loggers(cfg, run_dir, resumed_step)
+    loggers = build_loggers(cfg, run_dir, resumed_step, resumed_env_steps)
     trainer = L.Trainer(
         max_epochs=-1, max_steps=-1, logger=loggers, callbacks=callbacks,
         default_root_dir=str(run_dir), use_distributed_sampler=False, num_sanity_val_steps=0,
@@ -132,7 +132,7 @@ def run(cfg: DictConfig | TrainConfig, run_dir: str | os.PathLike, ckpt_path: Op
         if trainer.is_global_zero:
             finish_loggers(loggers)
     tidy(run_dir / "checkpoints", cfg.checkpoint.keep_all)
-    if stop.stopped:
+    if stop.stopped and datamodule.env_steps < cfg.total_env_steps:  # (a signal after the last update: finished)
         raise Interrupted(stop.signum, f"stopped by {signal.Signals(stop.signum).name} after update "
                                        f"{trainer.global_step} (env step {datamodule.env_steps}); checkpoint: {last}; "
                                        f"continue with: train.py resume={run_dir}", hand_back=stop.hand_back)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from lightning_marl.checkpointing import ContinuingCSVLogger
 from lightning_marl.config import plain
@@ -33,6 +34,7 @@ class ResumableMLFlowLogger(MLFlowLogger):
     resumed run may change some (``total_env_steps=``), so parameters the run already has keep their
     first value (the run folder's ``.hydra/config.yaml`` holds the effective config)."""
 
+    @rank_zero_only  # as the method it overrides: other ranks have no MLflow client
     def log_hyperparams(self, params: Any) -> None:
         flat = flatten(dict(params))
         known = self.experiment.get_run(self.run_id).data.params
@@ -61,16 +63,21 @@ def _write_ids(run_dir: Path, ids: dict[str, str]) -> None:
     tmp.replace(run_dir / IDS_FILE)
 
 
-def build_loggers(cfg: TrainConfig, run_dir: Path, resumed_step: Optional[int] = None) -> list[Logger]:
+def build_loggers(cfg: TrainConfig, run_dir: Path, resumed_step: Optional[int] = None,
+                  resumed_env_steps: Optional[int] = None) -> list[Logger]:
     """The configured loggers, writing into ``run_dir`` (W&B and MLflow continue a resumed run's own
-    runs). ``resumed_step``: the checkpoint's update count; ``metrics.csv`` keeps the rows before it."""
+    runs, MLflow in the store it used). ``resumed_step`` / ``resumed_env_steps``: where the checkpoint
+    was taken; ``metrics.csv`` keeps the rows before it, TensorBoard drops its events from there on
+    (the resumed run logs them again). W&B and MLflow keep the points a crash left after the
+    checkpoint: the resumed run's points for the same env steps follow them."""
     chosen = cfg.logger
     ids = _read_ids(run_dir)
     loggers: list[Logger] = []
     if chosen.csv is not None:
         loggers.append(ContinuingCSVLogger(save_dir=str(run_dir), name="", version="", keep_until_step=resumed_step))
     if chosen.tensorboard is not None:
-        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False))
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False,
+                                         purge_step=resumed_env_steps))
     if chosen.wandb is not None:
         w = chosen.wandb
         ids.setdefault("wandb", uuid.uuid4().hex[:12])
@@ -80,7 +87,8 @@ def build_loggers(cfg: TrainConfig, run_dir: Path, resumed_step: Optional[int] =
     if chosen.mlflow is not None:
         m = chosen.mlflow
         # MLflow's own default store (a SQLite file in the working folder); its file store is retired
-        uri = m.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+        uri = (m.tracking_uri or ids.get("mlflow_tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+               or f"sqlite:///{Path('mlflow.db').resolve()}")
         loggers.append(ResumableMLFlowLogger(experiment_name=m.experiment_name, run_name=m.run_name or run_dir.name,
                                              tracking_uri=uri, run_id=ids.get("mlflow")))
     return loggers
@@ -97,7 +105,7 @@ def start_loggers(loggers: list[Logger], cfg: TrainConfig, run_dir: Path) -> Non
             run.define_metric("*", step_metric="env_steps", step_sync=True)
             ids["wandb"] = run.id
         elif isinstance(logger, MLFlowLogger):
-            ids["mlflow"] = logger.run_id
+            ids["mlflow"], ids["mlflow_tracking_uri"] = logger.run_id, logger.experiment.tracking_uri
             log.info("MLflow run %s in experiment %s", logger.run_id, logger.experiment_id)
         logger.log_hyperparams(plain(cfg))
     if ids:

@@ -72,3 +72,18 @@ def test_wandb_offline_writes_its_run_files_against_env_steps(tmp_path, monkeypa
     for text in (b"total_env_steps", b"qmix", b"test/return_mean", b"loss",
                  b"env_steps"):
         assert text in records
+
+
+def test_a_resume_from_an_earlier_checkpoint_leaves_one_tensorboard_curve(tmp_path):
+    """A crash after a checkpoint: the resumed run logs the same env steps again; TensorBoard drops
+    its old events from the checkpoint's env step on (purge_step), so each step appears once."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = ["logger=[csv,tensorboard]", "checkpoint.keep_all=true", "eval.interval_env_steps=100"]
+    train(tmp_path, "total_env_steps=600", *logger)
+    earlier = tmp_path / "checkpoints" / "step20.ckpt"
+    train(tmp_path, "total_env_steps=600", *logger, ckpt=earlier)
+    steps = [e.step for e in EventAccumulator(str(tmp_path)).Reload().Scalars("test/return_mean")]
+    assert steps == sorted(set(steps)) and steps[-1] >= 600
+    assert steps == [int(s) for s in evaluations(tmp_path)["env_steps"]]

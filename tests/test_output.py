@@ -91,3 +91,28 @@ def test_a_missing_logger_package_is_refused_with_its_install_line(monkeypatch, 
     with pytest.raises(ConfigError, match=rf"logger={logger} needs the {module} package.*pip install "
                                           rf"'lightning_marl\[{extra}\]'"):
         check_logger_packages(chosen)
+
+
+def test_warnings_still_reach_stderr_while_the_bar_is_shown(capsys):
+    """Console handlers as the run sets them up (information on stdout, warnings on stderr) keep
+    their streams and filters when they write above the bar."""
+    import logging
+
+    from callbacks.progress import restore_handlers, write_above_bar
+    from lightning_marl.output import BelowWarning
+
+    logger = logging.getLogger("test_bar_console")
+    logger.propagate, logger.level = False, logging.INFO
+    out, err = logging.StreamHandler(sys.stdout), logging.StreamHandler(sys.stderr)
+    out.addFilter(BelowWarning())
+    err.setLevel(logging.WARNING)
+    logger.handlers = [out, err]
+    swaps = write_above_bar(logger)
+    assert len(swaps) == 2 and out not in logger.handlers
+    logger.info("information")
+    logger.warning("a warning")
+    restore_handlers(logger, swaps)
+    assert set(logger.handlers) == {out, err}
+    captured = capsys.readouterr()
+    assert "information" in captured.out and "a warning" not in captured.out
+    assert "a warning" in captured.err and "information" not in captured.err

@@ -370,3 +370,15 @@ def test_game_workers_leave_sigint_and_sigterm_to_the_trainer():
         assert env.rollout(3)[OBS].shape[:2] == (2, 3)  # both still step
     finally:
         _close(env)
+
+
+@needs_overcooked
+def test_a_batch_of_games_renders_the_game_asked_for():
+    """``--render`` asks the batch for one game's text (not a list of every game's)."""
+    env = envs.make_env("overcooked", num_envs=2, seed=0, layout="cramped_room", horizon=5, workers="in_process")
+    env.reset()
+    joint = torch.tensor([[0, 4], [4, 4]])  # game 0's first chef moves, game 1 stays
+    env.step(env.reset().set(ACTION, joint))
+    first, second = env.render(0), env.render(1)
+    assert isinstance(first, str) and isinstance(second, str) and first != second
+    env.close()

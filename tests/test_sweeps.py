@@ -95,3 +95,15 @@ def test_a_launcher_whose_plugin_is_missing_is_refused_with_its_install_line(mon
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(ConfigError, match=r"hydra/launcher=slurm needs a Hydra plugin.*lightning_marl\[slurm\]"):
         check_launcher(["hydra/launcher=slurm", "seed=0,1"])
+
+
+def test_a_new_sweep_never_trains_over_an_old_run_in_its_folder(tmp_path):
+    """Outside a requeued submitit job, a job folder that holds a run is refused (exit 2, the run kept)."""
+    args = [sys.executable, str(ROOT / "train.py"), "-m", f"hydra.sweep.dir={tmp_path / 'sweep'}", *JOB,
+            "total_env_steps=100", "seed=0"]
+    first = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    metrics = (tmp_path / "sweep" / "matrix_qmix_s0_0" / "metrics.csv").read_text()
+    again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "holds a run already" in again.stderr and "Traceback" not in again.stderr
+    assert (tmp_path / "sweep" / "matrix_qmix_s0_0" / "metrics.csv").read_text() == metrics

@@ -201,6 +201,9 @@ def cross_field_rules(c: S.TrainConfig, env_checks: bool = True) -> None:
                      f"cpu (trainer=cpu; this machine has {gpus} CUDA device(s), trainer.devices={c.trainer.devices})",
                      "is not available")
     check_eval_env(c)
+    if all(getattr(c.logger, name) is None for name in S.LOGGERS):
+        raise refuse("logger", "[]", "at least one of " + ", ".join(S.LOGGERS) + " (logger=[csv,wandb])",
+                     "chooses no logger")
     check_logger_packages(c.logger)
     if env_checks:
         check_env(c.env)

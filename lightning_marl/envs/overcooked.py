@@ -269,6 +269,10 @@ class OvercookedEnv(EnvBase):
         return None
 
     # -- rendering
+    def game_text(self) -> str:
+        """:meth:`render`, under the name a batch of games forwards to each game."""
+        return self.render()
+
     def render(self, mode: str = "text") -> str:
         """The current game as text (``mdp.state_string``): ``X`` counter, ``P`` pot, ``O`` onion,
         ``T`` tomato, ``D`` dish dispensers, ``S`` serving; a chef is an arrow (its facing) + its
@@ -361,11 +365,18 @@ def _save_gif(env: OvercookedEnv, states: list, path: Path) -> Path:
 
 # ----------------------------------------------------------------------------- factory
 
-class OvercookedParallelEnv(GameBatch, ParallelEnv):
+class _OvercookedBatch(GameBatch):
+    def render(self, index: int = 0) -> str:
+        """Game ``index`` as text (asked of the games by a name the batch lacks, so that TorchRL
+        forwards it: each game answers with its ``render()``)."""
+        return getattr(self, "game_text")()[index]
+
+
+class OvercookedParallelEnv(_OvercookedBatch, ParallelEnv):
     """A ``ParallelEnv`` of Overcooked games (one worker process each)."""
 
 
-class OvercookedSerialEnv(GameBatch, SerialEnv):
+class OvercookedSerialEnv(_OvercookedBatch, SerialEnv):
     """A ``SerialEnv`` of Overcooked games (stepped in turn in this process)."""
 
 
