@@ -6,14 +6,15 @@ import csv
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+import yaml
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 
 
 log = logging.getLogger(__name__)
@@ -47,42 +48,102 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
 
 
-class _ContinuingWriter(ExperimentWriter):
-    """Lightning's CSV writer deletes an existing metrics file; this one keeps its rows and header.
-    With ``keep_until_step`` (the checkpoint's global step S) it keeps only the rows logged by the
-    S updates before the checkpoint (``step < S``: a row's step is the index of the update that
-    logged it); later rows belong to updates the resumed run replays and logs again."""
+class MetricsCSV(Logger):
+    """``<run>/metrics.csv``: one row per logged step (column ``step``), columns added as new metrics
+    appear, continued (not replaced) when a run is resumed; hyperparameters in ``hparams.yaml``.
 
-    def __init__(self, log_dir: str, keep_until_step: Optional[int] = None):
-        self.keep_until_step = keep_until_step
-        super().__init__(log_dir=log_dir)
+    ``keep_until_step`` (a resumed run: the checkpoint's update count S) keeps only the rows logged by
+    the S updates before the checkpoint (``step < S``; a row's step is the index of the update that
+    logged it); later rows belong to updates the resumed run replays and logs again.
 
-    def _check_log_dir_exists(self) -> None:
-        if not self._fs.isfile(self.metrics_file_path):
-            return
-        with open(self.metrics_file_path, newline="") as f:
-            reader = csv.DictReader(f)
-            keys = list(reader.fieldnames or [])
-            rows = [r for r in reader
-                    if self.keep_until_step is None or r.get("step") in (None, "") or int(r["step"]) < self.keep_until_step]
-        with open(self.metrics_file_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
-        self.metrics_keys = sorted(keys)
+    Why not Lightning's ``CSVLogger``: it deletes an existing ``metrics.csv`` when it starts (a
+    resumed run would lose its history), and changing that means overriding its writer's private
+    methods. Rows are buffered and written every ``FLUSH_S`` seconds, at every checkpoint and at the end.
+    """
 
+    FILE = "metrics.csv"
+    FLUSH_S = 10.0
 
-class ContinuingCSVLogger(CSVLogger):
-    """CSVLogger that appends to the run folder's ``metrics.csv`` when a run is resumed."""
-
-    def __init__(self, *args, keep_until_step: Optional[int] = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._keep_until_step = keep_until_step
+    def __init__(self, run_dir: str | os.PathLike, keep_until_step: Optional[int] = None):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / self.FILE
+        self.columns: list[str] = []
+        self.rows: list[dict[str, Any]] = []
+        self.hparams: dict[str, Any] = {}
+        self.saved_at = time.monotonic()
+        if self.path.is_file() and rank_zero_only.rank == 0:
+            with open(self.path, newline="") as f:
+                reader = csv.DictReader(f)
+                self.columns = list(reader.fieldnames or [])
+                kept = [r for r in reader if keep_until_step is None or r.get("step") in (None, "")
+                        or int(r["step"]) < keep_until_step]
+            self._write(kept)
 
     @property
-    @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _ContinuingWriter(self.log_dir, self._keep_until_step)
-        return self._experiment
+    def name(self) -> str:
+        return ""
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @property
+    def save_dir(self) -> str:
+        return str(self.run_dir)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
+        row = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
+        row["step"] = len(self.rows) if step is None else step
+        self.rows.append(row)
+        if time.monotonic() - self.saved_at >= self.FLUSH_S:
+            self.save()
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        self.hparams.update(dict(params) if not isinstance(params, dict) else params)
+
+    @rank_zero_only
+    def save(self) -> None:
+        self.saved_at = time.monotonic()
+        if self.hparams:
+            with open(self.run_dir / "hparams.yaml", "w") as f:
+                yaml.safe_dump(_plain(self.hparams), f, sort_keys=False)
+        if not self.rows:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        new = sorted({k for row in self.rows for k in row} - set(self.columns))
+        if new or not self.path.is_file():  # the header changes: rewrite the file with the new columns
+            old = []
+            if self.path.is_file():
+                with open(self.path, newline="") as f:
+                    old = list(csv.DictReader(f))
+            self.columns = sorted(self.columns + new)
+            self._write(old + self.rows)
+        else:
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self.columns).writerows(self.rows)
+        self.rows = []
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.save()
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def _plain(value: Any) -> Any:
+    """Hyperparameters as YAML-safe values (enums and other objects as their text)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

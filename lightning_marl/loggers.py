@@ -18,10 +18,10 @@ import uuid
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from lightning_marl.checkpointing import ContinuingCSVLogger
+from lightning_marl.checkpointing import MetricsCSV
 from lightning_marl.config import plain
 from lightning_marl.config.schema import TrainConfig
 
@@ -74,7 +74,7 @@ def build_loggers(cfg: TrainConfig, run_dir: Path, resumed_step: Optional[int] =
     ids = _read_ids(run_dir)
     loggers: list[Logger] = []
     if chosen.csv is not None:
-        loggers.append(ContinuingCSVLogger(save_dir=str(run_dir), name="", version="", keep_until_step=resumed_step))
+        loggers.append(MetricsCSV(run_dir, keep_until_step=resumed_step))
     if chosen.tensorboard is not None:
         loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="", version="", default_hp_metric=False,
                                          purge_step=resumed_env_steps))
@@ -117,7 +117,7 @@ def log_row(loggers: list[Logger], metrics: Mapping[str, float], update: int) ->
     the index of the update the row belongs to (``metrics.csv``'s ``step`` column)."""
     env_steps = int(metrics["env_steps"])
     for logger in loggers:
-        if isinstance(logger, CSVLogger):
+        if isinstance(logger, MetricsCSV):
             logger.log_metrics(dict(metrics), step=update)
         elif isinstance(logger, WandbLogger):
             logger.log_metrics(dict(metrics))  # x axis: the env_steps metric (define_metric above)

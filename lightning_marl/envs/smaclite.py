@@ -246,14 +246,14 @@ class SMACliteEnv(EnvBase):
     def rng_state(self) -> torch.Tensor:
         """The game's RNG state (numpy bit generator state as JSON text in a uint8 tensor: data, never
         code, so a checkpoint loads with weights_only=True)."""
-        state = json.dumps(self._game._np_random.bit_generator.state, default=_json_array)
+        state = json.dumps(self._game.np_random.bit_generator.state, default=_json_array)
         return torch.frombuffer(bytearray(state.encode()), dtype=torch.uint8).clone()
 
     get_rng_state = game_rng_state = rng_state
 
     def set_rng_state(self, state: torch.Tensor) -> None:
         text = bytes(state.cpu().numpy().tobytes()).decode()
-        self._game._np_random.bit_generator.state = json.loads(text, object_hook=_array_from_json)
+        self._game.np_random.bit_generator.state = json.loads(text, object_hook=_array_from_json)
 
     def set_batch_rng_state(self, states) -> None:
         """Take this game's entry (``game_index``) of a batch's states (see :class:`SMACliteSerialEnv`)."""
