@@ -26,10 +26,10 @@ class Report(Callback):
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # ddp_probe.py OUT_FOLDER [extra overrides ...]
     out = Path(sys.argv[1])
     cfg = compose_config(["env=box_pushing", "env.horizon=20", "mixer=qmix", "seed=3", "trainer=ddp",
                           "trainer.accelerator=cpu", "trainer.devices=2", "data.num_envs=4", "data.batch_size=8",
                           "data.warmup_episodes=8", "total_env_steps=600", "eval.episodes=4", "eval.num_envs=4",
-                          "trainer.enable_progress_bar=false", "learner.target_update_interval=8"])
+                          "trainer.enable_progress_bar=false", "learner.target_update_interval=8", *sys.argv[2:]])
     run(cfg, out / "run", extra_callbacks=[Report(out)])

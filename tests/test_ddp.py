@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +21,20 @@ def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
     assert r0["params"] == r1["params"]  # gradients averaged: identical weights on both ranks
     assert r0["first_actions"] != r1["first_actions"]  # each rank explores its own envs (seed offset)
     assert (tmp_path / "run" / "metrics.csv").exists()
+
+
+def test_ddp_logs_to_mlflow_from_rank_zero_only(tmp_path):
+    """Every rank builds the loggers; only rank zero has an MLflow client (the others must not use it)."""
+    mlflow = pytest.importorskip("mlflow")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.run([sys.executable, "tests/ddp_probe.py", str(tmp_path), "logger=[csv,mlflow]",
+                           f"logger.mlflow.tracking_uri={uri}", "logger.mlflow.experiment_name=ddp"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["ddp"])
+    assert len(runs) == 1 and runs["params.trainer/devices"][0] == "2"
+    assert runs["metrics.test/return_mean"].notna().all()
 
 
 def test_background_collection_explores_differently_on_each_rank():
