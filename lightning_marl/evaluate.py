@@ -19,7 +19,7 @@ import yaml
 from PIL import Image, ImageDraw
 from torchrl.envs.utils import step_mdp
 
-from lightning_marl.data.collector import EpisodeActor, collect_episodes
+from lightning_marl.data.collector import collect_episodes
 from lightning_marl.arguments import OneLineParser, at_least, fail
 from lightning_marl.checkpoint_files import load_checkpoint
 from lightning_marl.config.schema import EnvConfig, EnvWorkers
@@ -28,6 +28,7 @@ from lightning_marl.data.datamodule import describe_env
 from lightning_marl.errors import ConfigError
 from lightning_marl.envs import env_config, env_options, make_env
 from lightning_marl.envs.contract import ACTION
+from lightning_marl.models.policy import HIDDEN, PREV_ACTION, RecurrentPolicy
 from lightning_marl.module import MARLModule
 from lightning_marl.stats import mean_ci
 
@@ -79,7 +80,7 @@ def evaluate(loaded: Loaded, episodes: int = 32, num_envs: int = 8, seed: int | 
     env = make_env(env_cfg, min(num_envs, episodes), run_seed + 1_000_000 if seed is None else seed,
                    workers=EnvWorkers.in_process)
     per_episode: dict[str, list] = {}
-    actor = EpisodeActor(module.agent, lambda: 0.0, torch.device("cpu"), require_finite=True)
+    actor = RecurrentPolicy(module.agent, lambda: 0.0, torch.device("cpu"), require_finite=True)
     while len(per_episode.get("return", [])) < episodes:
         _, stats = collect_episodes(env, actor, module.env_info["episode_limit"])
         for key, value in stats.items():
@@ -100,8 +101,7 @@ def play_episode(loaded: Loaded, seed: int, draw: Callable[[Any, dict], Any]) ->
     module, env_cfg, _ = loaded
     env = make_env(env_cfg, 1, seed, workers=EnvWorkers.in_process)
     try:
-        actor = EpisodeActor(module.agent, lambda: 0.0, torch.device("cpu"))
-        actor.begin(1)
+        actor = RecurrentPolicy(module.agent, lambda: 0.0, torch.device("cpu"))
         td = env.reset()
         step = {"t": 0, "actions": None, "reward": 0.0, "return": 0.0}
         frames = [draw(env, step)]
@@ -183,11 +183,14 @@ def save_overcooked_gif(loaded: Loaded, path: str | Path) -> dict:
     module, env_cfg, _ = loaded
     from lightning_marl.envs.overcooked import render_episode as draw_overcooked
 
-    actor = EpisodeActor(module.agent, lambda: 0.0, torch.device("cpu"))
-    actor.begin(1)
+    actor = RecurrentPolicy(module.agent, lambda: 0.0, torch.device("cpu"))
+    state: dict = {}  # the policy's recurrent state between steps (the game's tensordicts do not carry it)
 
-    def greedy(td):  # the single game's tensordict has no batch dimension; the actor wants one
-        td.set(ACTION, actor(td.unsqueeze(0)).get(ACTION)[0])
+    def greedy(td):  # the single game's tensordict has no batch dimension; the policy wants one
+        batch = td.unsqueeze(0).update(state)
+        acted = actor(batch)
+        state.update({key: acted.get(key) for key in (HIDDEN, PREV_ACTION)})
+        td.set(ACTION, acted.get(ACTION)[0])
         return td
 
     return draw_overcooked(env_cfg.layout, greedy, path, horizon=env_cfg.horizon, obs=str(env_cfg.obs),

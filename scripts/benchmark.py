@@ -27,7 +27,8 @@ from lightning.pytorch.callbacks import Callback
 from tensordict import TensorDict
 
 from lightning_marl.config import compose, validate
-from lightning_marl.data.collector import EpisodeActor, collect_episodes
+from lightning_marl.data.collector import collect_episodes
+from lightning_marl.models.policy import RecurrentPolicy
 from lightning_marl.data.datamodule import describe_env
 from lightning_marl.config.schema import EnvWorkers
 from lightning_marl.envs import make_env
@@ -71,7 +72,7 @@ def collection_and_updates(cfg, seconds: float) -> tuple[float, float, str]:
                    start_method=cfg.data.start_method)
     info = describe_env(env)
     module = build_module(cfg, info)
-    actor = EpisodeActor(module.agent, lambda: 0.5, torch.device("cpu"))
+    actor = RecurrentPolicy(module.agent, lambda: 0.5, torch.device("cpu"))
     collect_rate, _ = timed_rounds(env, actor, env.episode_limit, seconds)
     episodes = []
     while sum(e.batch_size[0] for e in episodes) < cfg.data.batch_size:

@@ -9,7 +9,7 @@ from torchrl.envs.utils import step_mdp
 from lightning_marl.config import compose
 from lightning_marl.config.schema import EnvWorkers
 from lightning_marl.config.validate import to_typed
-from lightning_marl.data.collector import EpisodeActor
+from lightning_marl.models.policy import RecurrentPolicy
 from lightning_marl.envs import make_env
 from lightning_marl.errors import ConfigError
 from lightning_marl.evaluate import CAPTION_PX, MIN_GIF_PX, load, save_gif
@@ -29,8 +29,7 @@ def episode_pictures(loaded, seed: int) -> list[np.ndarray]:
     """The greedy episode stepped here, independently of evaluate.py: the env's picture at each step."""
     module, env_cfg, _ = loaded
     env = make_env(env_cfg, 1, seed, workers=EnvWorkers.in_process)
-    actor = EpisodeActor(module.agent, lambda: 0.0, torch.device("cpu"))
-    actor.begin(1)
+    actor = RecurrentPolicy(module.agent, lambda: 0.0, torch.device("cpu"))
     td = env.reset()
     pictures = [env.render_rgb(0)]
     for _ in range(module.env_info["episode_limit"]):

@@ -7,7 +7,8 @@ from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 
 from lightning_marl.data.priority import WEIGHT_KEY, EpisodePrioritySampler
-from lightning_marl.data.collector import EpisodeActor, collect_episodes
+from lightning_marl.data.collector import collect_episodes
+from lightning_marl.models.policy import RecurrentPolicy
 from lightning_marl.experiment import build_datamodule, build_module, run
 from tests.test_resume import BASE, assert_same_training_state, final_state
 
@@ -50,7 +51,7 @@ def test_importance_weights_scale_the_td_loss(make_config):
     dm = build_datamodule(cfg)
     dm.setup()
     module = build_module(cfg, dm.env_info())
-    episodes, _ = collect_episodes(dm.train_env, EpisodeActor(module.agent, lambda: 1.0, module.device), 1)
+    episodes, _ = collect_episodes(dm.train_env, RecurrentPolicy(module.agent, lambda: 1.0, module.device), 1)
     dm.replay.extend(episodes)
     batch = dm.sample()
     assert WEIGHT_KEY in batch.keys()

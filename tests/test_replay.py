@@ -1,6 +1,7 @@
 import torch
 
-from lightning_marl.data.collector import EpisodeActor, collect_episodes
+from lightning_marl.data.collector import collect_episodes
+from lightning_marl.models.policy import RecurrentPolicy
 from lightning_marl.models.agent import RNNAgent
 from tests.conftest import CountdownEnv
 
@@ -9,7 +10,7 @@ def collect(lengths, limit, epsilon=1.0):
     torch.manual_seed(0)
     env = CountdownEnv(lengths, limit)
     agent = RNNAgent(obs_dim=1, n_agents=2, n_actions=3)
-    return collect_episodes(env, EpisodeActor(agent, lambda: epsilon, torch.device("cpu")), limit)
+    return collect_episodes(env, RecurrentPolicy(agent, lambda: epsilon, torch.device("cpu")), limit)
 
 
 def test_episodes_are_padded_to_the_limit_with_a_validity_mask():

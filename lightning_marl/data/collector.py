@@ -7,42 +7,11 @@ rounds resumes exactly. The policy keeps the agents' recurrent state for the rou
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
-
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torch import nn
 
 from lightning_marl.envs.contract import ACTION, MASK, OBS, SHAPED_REWARD
-from lightning_marl.errors import DivergenceError
-from lightning_marl.models.agent import epsilon_greedy
-
-
-class EpisodeActor:
-    """Masked epsilon-greedy acting with a recurrent agent over one round of episodes."""
-
-    def __init__(self, agent: nn.Module, epsilon: Callable[[], float], device: torch.device,
-                 generator: Optional[torch.Generator] = None, require_finite: bool = False):
-        self.agent, self.epsilon, self.device, self.generator = agent, epsilon, device, generator
-        self.require_finite = require_finite  # evaluation: a greedy action of NaN Q values is no result
-        self.hidden: Optional[torch.Tensor] = None
-        self.last_action: Optional[torch.Tensor] = None
-
-    def begin(self, batch: int) -> None:
-        self.hidden = self.agent.initial_state(batch, device=self.device)
-        self.last_action = None
-
-    @torch.no_grad()
-    def __call__(self, td: TensorDictBase) -> TensorDictBase:
-        obs = td.get(OBS).to(self.device, non_blocking=True)
-        mask = td.get(MASK).to(self.device, non_blocking=True)
-        q, self.hidden = self.agent.step(obs, self.last_action, self.hidden, mask)
-        if self.require_finite and not torch.isfinite(q).all():
-            raise DivergenceError("the agent's Q values are not finite: no greedy evaluation of a diverged agent")
-        action = epsilon_greedy(q, mask, self.epsilon(), generator=self.generator)
-        self.last_action = action
-        td.set(ACTION, action.to(td.device, non_blocking=True) if td.device is not None else action.cpu())
-        return td
+from lightning_marl.models.policy import RecurrentPolicy
 
 
 def episodes_from_rollout(rollout: TensorDictBase, length: int, stat_keys=()) -> tuple[TensorDict, dict]:
@@ -102,9 +71,9 @@ def mark_timeouts_terminal(episodes: TensorDict) -> None:
     terminated[rows, last] = filled[rows, last]
 
 
-def collect_episodes(env, actor: EpisodeActor, length: int) -> tuple[TensorDict, dict]:
-    """Play one episode in each of the env's games; returns padded episodes and their stats."""
-    actor.begin(env.batch_size[0])
-    rollout = env.rollout(length, policy=actor, auto_reset=True, break_when_any_done=False,
+def collect_episodes(env, policy: RecurrentPolicy, length: int) -> tuple[TensorDict, dict]:
+    """Play one episode in each of the env's games with ``policy`` (its recurrent state starts
+    afresh: the round starts from ``env.reset()``); returns padded episodes and their stats."""
+    rollout = env.rollout(length, policy=policy, auto_reset=True, break_when_any_done=False,
                           break_when_all_done=True)
     return episodes_from_rollout(rollout, length, getattr(env, "stat_keys", ()))

@@ -16,11 +16,12 @@ from torch.utils.data import DataLoader, IterableDataset
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 
 from lightning_marl.config.schema import EnvConfig, TrainConfig
-from lightning_marl.data.collector import EpisodeActor, collect_episodes, mark_timeouts_terminal
+from lightning_marl.data.collector import collect_episodes, mark_timeouts_terminal
 from lightning_marl.data.priority import EpisodePrioritySampler
 from lightning_marl.data.workers import CollectorProcesses, CollectorThread
 from lightning_marl.envs import env_config, family_options, make_env
 from lightning_marl.envs.contract import OBS
+from lightning_marl.models.policy import RecurrentPolicy
 
 RANK_SEED_OFFSET = 100_003
 
@@ -171,9 +172,9 @@ class MARLDataModule(L.LightningDataModule):
         return DataLoader(_TrainingStream(self), batch_size=None, num_workers=0, collate_fn=_identity)
 
     # -- collection --------------------------------------------------------------------
-    def _actor(self, epsilon) -> EpisodeActor:
+    def _actor(self, epsilon) -> RecurrentPolicy:
         module = self.trainer.lightning_module
-        return EpisodeActor(module.agent, epsilon, module.device)
+        return RecurrentPolicy(module.agent, epsilon, module.device)
 
     def budget_spent(self) -> bool:
         spent = self.env_steps >= self.total_env_steps
@@ -244,7 +245,7 @@ class MARLDataModule(L.LightningDataModule):
         was_training = module.training
         module.eval()
         while done < episodes:
-            _, stats = collect_episodes(self.eval_env, EpisodeActor(module.agent, lambda: 0.0, module.device,
+            _, stats = collect_episodes(self.eval_env, RecurrentPolicy(module.agent, lambda: 0.0, module.device,
                                                                     require_finite=True),
                                         self.env_info()["episode_limit"])
             take = min(episodes - done, len(stats["return"]))

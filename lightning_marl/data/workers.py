@@ -18,7 +18,8 @@ from typing import Any, Optional
 import torch
 import torch.multiprocessing as mp
 
-from lightning_marl.data.collector import EpisodeActor, collect_episodes
+from lightning_marl.data.collector import collect_episodes
+from lightning_marl.models.policy import RecurrentPolicy
 from lightning_marl.config.schema import EnvWorkers
 from lightning_marl.envs import make_env
 
@@ -39,7 +40,7 @@ def _worker(index: int, env_cfg, games: int, seed: int, shared_agent, lock, epsi
         env = make_env(env_cfg, games, seed, "cpu", workers=EnvWorkers.in_process)  # its own games, in turn
         agent = copy.deepcopy(shared_agent)
         generator = torch.Generator().manual_seed(seed)
-        actor = EpisodeActor(agent, lambda: epsilon.value, torch.device("cpu"), generator=generator)
+        actor = RecurrentPolicy(agent, lambda: epsilon.value, torch.device("cpu"), generator=generator)
         seen = -1
         while go_on():
             if version.value != seen:
@@ -131,11 +132,11 @@ class CollectorThread:
         self.weights_lock = threading.Lock()
         self.stopping = threading.Event()
         self.env, self.limit = env, limit
-        actor = EpisodeActor(self.agent, lambda: module.epsilon, module.device, generator=self.generator)
+        actor = RecurrentPolicy(self.agent, lambda: module.epsilon, module.device, generator=self.generator)
         self.thread = threading.Thread(target=self._run, args=(actor,), name="marl-collector", daemon=True)
         self.thread.start()
 
-    def _run(self, actor: EpisodeActor) -> None:
+    def _run(self, actor: RecurrentPolicy) -> None:
         try:
             while not self.stopping.is_set():
                 with self.weights_lock:

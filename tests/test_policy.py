@@ -1,0 +1,62 @@
+"""The acting policy as a TensorDict module: its recurrent state lives in the TensorDict, acting
+gives the Q values the training unroll computes, and episode starts (absent state, ``is_init``)
+reset the state; TorchRL's own collector can drive it."""
+import torch
+from torchrl.envs import InitTracker, TransformedEnv
+
+from lightning_marl.envs import make_env
+from lightning_marl.envs.contract import ACTION, MASK, OBS
+from lightning_marl.models.agent import RNNAgent
+from lightning_marl.models.policy import ACTION_VALUE, HIDDEN, IS_INIT, PREV_ACTION, RecurrentPolicy
+
+
+def box_pushing(games: int = 3, horizon: int = 12):
+    return make_env("box_pushing", games, 0, horizon=horizon, random_init=True)
+
+
+def test_acting_gives_the_q_values_of_the_training_unroll():
+    torch.manual_seed(0)
+    env = box_pushing()
+    agent = RNNAgent(env.obs_dim, env.n_agents, env.n_actions, hidden_dim=16)
+    policy = RecurrentPolicy(agent, lambda: 0.5, action_values=True)
+    rollout = env.rollout(12, policy=policy, auto_reset=True, break_when_any_done=False, break_when_all_done=True)
+    q_acting = rollout.get(ACTION_VALUE)
+    with torch.no_grad():
+        q_unroll, hidden = agent(rollout.get(OBS), rollout.get(ACTION), rollout.get(MASK))
+    assert torch.allclose(q_acting, q_unroll, atol=1e-5)
+    assert torch.allclose(rollout.get(HIDDEN), hidden, atol=1e-5)  # the state after each step
+    assert torch.equal(rollout.get(PREV_ACTION), rollout.get(ACTION))
+
+
+def test_is_init_restarts_the_games_it_marks():
+    torch.manual_seed(1)
+    env = box_pushing(games=2)
+    agent = RNNAgent(env.obs_dim, env.n_agents, env.n_actions, hidden_dim=8)
+    policy = RecurrentPolicy(agent, lambda: 0.0, action_values=True)
+    td = env.reset()
+    fresh = policy(td.clone()).get(ACTION_VALUE)
+    carried = td.clone()
+    carried.set(HIDDEN, torch.randn(2, env.n_agents, 8))
+    carried.set(PREV_ACTION, torch.ones(2, env.n_agents, dtype=torch.long))
+    continuing = policy(carried.clone()).get(ACTION_VALUE)
+    carried.set(IS_INIT, torch.tensor([[True], [False]]))
+    mixed = policy(carried).get(ACTION_VALUE)
+    assert torch.allclose(mixed[0], fresh[0]) and not torch.allclose(mixed[0], continuing[0])
+    assert torch.allclose(mixed[1], continuing[1])
+
+
+def test_torchrls_collector_drives_the_policy_with_init_tracking():
+    from torchrl.collectors import Collector
+
+    torch.manual_seed(2)
+    env = TransformedEnv(box_pushing(games=2, horizon=5), InitTracker())
+    agent = RNNAgent(env.base_env.obs_dim, env.base_env.n_agents, env.base_env.n_actions, hidden_dim=8)
+    policy = RecurrentPolicy(agent, lambda: 1.0, action_values=True)
+    collector = Collector(env, policy, frames_per_batch=24, total_frames=24)
+    batch = next(iter(collector))
+    collector.shutdown()
+    init = batch.get(IS_INIT).squeeze(-1)  # [games, steps]: episodes of 5 steps restart at steps 0, 5, 10
+    assert init[:, 0].all() and init[:, 5].all() and not init[:, 1:5].any()
+    with torch.no_grad():  # each episode's Q values equal a fresh unroll of that episode
+        q, _ = agent(batch.get(OBS)[:, 5:10], batch.get(ACTION)[:, 5:10], batch.get(MASK)[:, 5:10])
+    assert torch.allclose(batch.get(ACTION_VALUE)[:, 5:10], q, atol=1e-5)
