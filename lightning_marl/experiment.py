@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from lightning_marl.callbacks.epsilon import EpsilonAnnealing
 from lightning_marl.callbacks.evaluation import GreedyEvaluation
+from lightning_marl.callbacks.priorities import PriorityUpdate
 from lightning_marl.callbacks.progress import EnvStepProgressBar
 from lightning_marl.callbacks.qfix_annealing import InterventionAnnealing
 from lightning_marl.callbacks.reward_shaping import RewardShapingAnnealing
@@ -60,6 +61,8 @@ class FlushLoggersOnCheckpoint(Callback):
 def build_callbacks(cfg: TrainConfig, run_dir: Path, env_info: dict, stop: StopOnSignal) -> list:
     learner = cfg.learner
     callbacks = [stop]
+    if cfg.data.prioritized:
+        callbacks.append(PriorityUpdate())
     if env_info.get("shaped_reward"):
         callbacks.append(RewardShapingAnnealing(learner.shaping_anneal_steps))
     if learner.intervention_anneal_steps:

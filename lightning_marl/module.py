@@ -49,7 +49,9 @@ class MARLModule(L.LightningModule):
     evaluated at the online network's greedy actions (double Q), ``c_t`` = 1 (plain TD, the
     default) or the optimistic weight of :func:`td_weights`, and ``u_b`` = 1, or with prioritized
     replay (``data.prioritized``) episode b's importance weight; each update then gives the
-    sampled episodes their new priority ``max_t |Q_tot - G_t|``. Gradients are clipped by norm.
+    sampled episodes their new priority ``max_t |Q_tot - G_t|`` (returned by ``training_step`` under
+    ``"priorities"`` as (replay index, priority); :class:`~lightning_marl.callbacks.priorities.PriorityUpdate`
+    writes them back). Gradients are clipped by norm.
 
     A non-finite loss, gradient norm or parameter stops training with a :class:`DivergenceError`
     naming the update and env step; no checkpoint of a diverged state is written.
@@ -142,9 +144,10 @@ class MARLModule(L.LightningModule):
         if not torch.isfinite(loss):
             self.diverged(f"the TD loss is {float(loss)}")
         priority = stats.pop("episode_priority")
-        if WEIGHT_KEY in batch.keys():
-            self.trainer.datamodule.update_priorities(batch["index"][:, 0], priority)
-        return {"loss": loss, "stats": stats}  # stats: read by callbacks.train_metrics.TrainMetrics
+        out = {"loss": loss, "stats": stats}  # stats: read by callbacks.train_metrics.TrainMetrics
+        if WEIGHT_KEY in batch.keys():  # written back to the replay by callbacks.priorities.PriorityUpdate
+            out["priorities"] = (batch["index"][:, 0], priority)
+        return out
 
     def diverged(self, what: str) -> None:
         """Stop training: raise a :class:`DivergenceError` naming the update and the env step."""
