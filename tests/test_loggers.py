@@ -39,9 +39,14 @@ def test_csv_keeps_the_update_index_and_the_env_steps(tmp_path):
     assert [e.step for e in events.Scalars("loss")] == [int(s) for s in rows["env_steps"]]
 
 
-def test_mlflow_reads_back_the_runs_metrics_against_env_steps_and_a_resume_continues_its_run(tmp_path):
+@pytest.mark.parametrize("store", ["sqlite", "file"])
+def test_mlflow_reads_back_the_runs_metrics_against_env_steps_and_a_resume_continues_its_run(tmp_path, monkeypatch,
+                                                                                             store):
+    """MLflow's default store (SQLite) and its file store (retired in MLflow 3: allowed by an env variable)."""
     mlflow = pytest.importorskip("mlflow")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    if store == "file":
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}" if store == "sqlite" else f"file:{tmp_path / 'mlruns'}"
     folder = tmp_path / "run"
     logger = ["logger=[csv,mlflow]", f"logger.mlflow.tracking_uri={uri}", "logger.mlflow.experiment_name=test"]
     train(folder, "total_env_steps=400", *logger)
