@@ -96,6 +96,15 @@ def test_a_study_runs_skips_what_is_finished_and_reports(tmp_path):
     text = (tmp_path / "runs" / "report.md").read_text()
     assert "## reference/box_pushing_4x4" in text and "| qmix | 2 |" in text and "| vdn | 2 |" in text
     assert "| qmix > vdn |" in text
+    # Q1 compares mixer sizes: the table gives each configuration's mixer parameters (VDN has none)
+    from lightning_marl.config import compose
+    from lightning_marl.experiment import build_datamodule, build_module
+
+    cfg = compose(["experiment=reference/box_pushing_4x4", "mixer=qmix", "env.horizon=10"])
+    qmix = sum(p.numel() for p in build_module(cfg, build_datamodule(cfg).env_info()).mixer.parameters())
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| qmix |")
+            or line.startswith("| vdn |")}
+    assert f"| {qmix:,} |" in rows["qmix"] and "| 0 |" in rows["vdn"]
     assert (tmp_path / "runs" / "figures" / "curves_reference_box_pushing_4x4.png").stat().st_size > 5000
     assert (tmp_path / "runs" / "figures" / "profile_reference_box_pushing_4x4.png").is_file()
 

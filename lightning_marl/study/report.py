@@ -29,7 +29,8 @@ def read_curve(run: Run, metric: str) -> Optional[pd.Series]:
 
 
 def collect(spec: StudySpec, runs: list[Run]) -> dict:
-    """{(preset, label): {"final": [...], "auc": [...], "curves": [...], "extra": {metric: [...]}, "wall": [...]}}."""
+    """{(preset, label): {"final": [...], "auc": [...], "curves": [...], "extra": {metric: [...]}, "wall": [...],
+    "mixer_parameters": n}}."""
     out: dict = defaultdict(lambda: {"final": [], "auc": [], "curves": [], "extra": defaultdict(list), "wall": []})
     for run in runs:
         if not is_finished(run):
@@ -38,6 +39,8 @@ def collect(spec: StudySpec, runs: list[Run]) -> dict:
         if curve is None or curve.empty:
             continue
         cell = out[(run.preset, run.label)]
+        if "mixer_parameters" not in cell:  # the same for every seed of a configuration
+            cell["mixer_parameters"] = mixer_parameters(run)
         cell["final"].append(float(curve.iloc[-1]))
         cell["auc"].append(agg.area_under_curve(curve.index.to_numpy(), curve.to_numpy()))
         cell["curves"].append(curve)
@@ -47,6 +50,28 @@ def collect(spec: StudySpec, runs: list[Run]) -> dict:
             if extra is not None and not extra.empty:
                 cell["extra"][metric].append(float(extra.iloc[-1]))
     return out
+
+
+def mixer_parameters(run: Run) -> Optional[int]:
+    """The number of parameters of the run's mixing network (its saved config rebuilt; Q1 compares
+    mixers of different sizes); None where the run left no config."""
+    from omegaconf import OmegaConf
+
+    from lightning_marl.config.migrate import migrate_config
+    from lightning_marl.config.schema import EnvWorkers
+    from lightning_marl.data.datamodule import describe_env
+    from lightning_marl.envs import env_config, make_env
+    from lightning_marl.module import MARLModule
+
+    path = record(run) / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return None
+    saved = migrate_config(OmegaConf.to_container(OmegaConf.load(path)))
+    env = make_env(env_config(saved["env"]), 1, 0, workers=EnvWorkers.in_process)
+    info = describe_env(env)
+    env.close()
+    module = MARLModule(info, saved["agent"], saved["mixer"], saved["learner"])
+    return sum(p.numel() for p in module.mixer.parameters())
 
 
 def _fmt(triple) -> str:
@@ -85,14 +110,17 @@ def write_report(spec: StudySpec, runs: list[Run], out_dir: Path) -> Path:
         aucs = {lbl: np.array(cells[(preset, lbl)]["auc"])[:, None] for lbl in labels}
         final_ci, auc_ci = agg.iqm_with_interval(finals), agg.iqm_with_interval(aucs)
         extra_columns = "".join(f"IQM final {m} | " for m in spec.metrics)
-        header = f"| configuration | seeds | IQM final | IQM AUC | {extra_columns}wall s (median) |"
-        lines += [f"## {preset}", "", header, "|" + "---|" * (5 + len(spec.metrics))]
+        header = (f"| configuration | seeds | IQM final | IQM AUC | {extra_columns}mixer parameters | "
+                  "wall s (median) |")
+        lines += [f"## {preset}", "", header, "|" + "---|" * (6 + len(spec.metrics))]
         for lbl in labels:
             cell = cells[(preset, lbl)]
             extras = [f"{agg.iqm(np.array(cell['extra'][m])[:, None]):.3g}" if cell["extra"][m] else "-"
                       for m in spec.metrics]
+            params = cell["mixer_parameters"]
             lines.append(f"| {lbl} | {len(cell['final'])} | {_fmt(final_ci[lbl])} | {_fmt(auc_ci[lbl])} | "
-                         + " | ".join(extras) + (" | " if extras else "") + f"{np.median(cell['wall']):.0f} |")
+                         + " | ".join(extras) + (" | " if extras else "")
+                         + f"{'-' if params is None else f'{params:,}'} | {np.median(cell['wall']):.0f} |")
         lines.append("")
         pairs = [(x, y) for x, y in spec.pairs if x in finals and y in finals]
         if pairs:
