@@ -334,6 +334,12 @@ def remove_session_folder(session: Path) -> None:
 SCHEDULER_JOB_FILE = "scheduler_job.json"
 
 
+def shares_console(hydra_cfg) -> bool:
+    """Whether this job runs beside others that print to the same console (the joblib launcher),
+    where progress bars would overwrite each other's lines."""
+    return "joblib" in str(hydra_cfg.launcher.get("_target_", "")).lower()
+
+
 def requeued(session: Path) -> bool:
     """Whether this multirun job continues a run it started before: the job folder holds a checkpoint
     and the scheduler job that wrote it (submitit's job id, kept by SLURM across a requeue) is this
@@ -386,6 +392,9 @@ def _task(cfg: DictConfig) -> float:
             cfg.resume = None
             log.info("continuing this job's run from %s (the job was started before and requeued)", ckpt)
         else:
+            if shares_console(hydra_cfg) and cfg.trainer.enable_progress_bar:
+                cfg.trainer.enable_progress_bar = False
+                log.info("progress bar off: this sweep's jobs run in parallel on one console (hydra/launcher=joblib)")
             typed = to_typed(cfg)
             run_dir, ckpt = session, None
             record_scheduler_job(session)

@@ -38,9 +38,14 @@ def finished_runs(tmp_path: Path, budget: int) -> list[Path]:
 
 
 def test_joblib_runs_two_seeds_each_in_its_own_folder(tmp_path):
-    multirun(tmp_path, "hydra/launcher=joblib", *JOB, "total_env_steps=400", "seed=0,1")
+    jobs = [a for a in JOB if a != "trainer.enable_progress_bar=false"]
+    proc = multirun(tmp_path, "hydra/launcher=joblib", *jobs, "total_env_steps=400", "seed=0,1")
     runs = finished_runs(tmp_path, 400)
     assert [r.name for r in runs] == ["matrix_qmix_s0_0", "matrix_qmix_s1_1"]
+    # jobs in parallel share the console: no progress bars overwriting each other, and the runs say so
+    assert " env steps |" not in proc.stdout
+    for run in runs:
+        assert "progress bar off" in (run / "train.log").read_text()
 
 
 def test_submitit_local_runs_two_seeds_each_in_its_own_folder(tmp_path):
