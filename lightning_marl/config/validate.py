@@ -214,14 +214,18 @@ LOGGER_PACKAGES = {"tensorboard": (("tensorboard", "tensorboardX"), "tensorboard
                    "mlflow": (("mlflow",), "mlflow")}
 
 
-def check_logger_packages(logger: S.LoggerConfig) -> None:
-    """A chosen logger whose package is not installed is refused with the line that installs it."""
+def logger_installed(name: str) -> bool:
+    """Whether the package logger ``name`` needs is importable (csv needs none)."""
     import importlib.util
 
+    return name not in LOGGER_PACKAGES or any(importlib.util.find_spec(m) for m in LOGGER_PACKAGES[name][0])
+
+
+def check_logger_packages(logger: S.LoggerConfig) -> None:
+    """A chosen logger whose package is not installed is refused with the line that installs it."""
     for name, (modules, extra) in LOGGER_PACKAGES.items():
-        if getattr(logger, name) is not None and not any(importlib.util.find_spec(m) for m in modules):
-            others = [n for n in S.LOGGERS if n == "csv" or not (n in LOGGER_PACKAGES and not any(
-                importlib.util.find_spec(m) for m in LOGGER_PACKAGES[n][0]))]
+        if getattr(logger, name) is not None and not logger_installed(name):
+            others = [n for n in S.LOGGERS if logger_installed(n)]
             raise ConfigError(f"logger={name} needs the {modules[0]} package, which is not installed; allowed: "
                               f"install it (pip install 'lightning_marl[{extra}]', in a checkout "
                               f".venv/bin/pip install -e '.[{extra}]'), or a logger that is: {', '.join(others)}")
