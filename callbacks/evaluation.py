@@ -36,7 +36,7 @@ class GreedyEvaluation(Callback):
     def evaluate(self, trainer, pl_module) -> dict[str, float]:
         dm = trainer.datamodule
         try:
-            stats = dm.evaluate(pl_module, self.episodes)
+            stats = dm.evaluate(pl_module.agent, self.episodes)
         except DivergenceError as err:  # never a return computed from non-finite Q values
             pl_module.diverged(f"greedy evaluation: {err}")
         if trainer.world_size > 1:  # every rank evaluates on its own envs: average over ranks

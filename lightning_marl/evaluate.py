@@ -24,7 +24,7 @@ from lightning_marl.arguments import OneLineParser, at_least, fail
 from lightning_marl.checkpoint_files import load_checkpoint
 from lightning_marl.config.schema import EnvConfig, EnvWorkers
 from lightning_marl.config.validate import check_env
-from lightning_marl.data.datamodule import describe_env
+from lightning_marl.data.environments import describe_env
 from lightning_marl.errors import ConfigError
 from lightning_marl.envs import env_config, env_options, make_env
 from lightning_marl.envs.contract import ACTION
@@ -80,7 +80,7 @@ def evaluate(loaded: Loaded, episodes: int = 32, num_envs: int = 8, seed: int | 
     env = make_env(env_cfg, min(num_envs, episodes), run_seed + 1_000_000 if seed is None else seed,
                    workers=EnvWorkers.in_process)
     per_episode: dict[str, list] = {}
-    actor = RecurrentPolicy(module.agent, lambda: 0.0, torch.device("cpu"), require_finite=True)
+    actor = RecurrentPolicy(module.agent, 0.0, torch.device("cpu"), require_finite=True)
     while len(per_episode.get("return", [])) < episodes:
         _, stats = collect_episodes(env, actor, module.env_info["episode_limit"])
         for key, value in stats.items():
@@ -101,7 +101,7 @@ def play_episode(loaded: Loaded, seed: int, draw: Callable[[Any, dict], Any]) ->
     module, env_cfg, _ = loaded
     env = make_env(env_cfg, 1, seed, workers=EnvWorkers.in_process)
     try:
-        actor = RecurrentPolicy(module.agent, lambda: 0.0, torch.device("cpu"))
+        actor = RecurrentPolicy(module.agent, 0.0, torch.device("cpu"))
         td = env.reset()
         step = {"t": 0, "actions": None, "reward": 0.0, "return": 0.0}
         frames = [draw(env, step)]
@@ -183,7 +183,7 @@ def save_overcooked_gif(loaded: Loaded, path: str | Path) -> dict:
     module, env_cfg, _ = loaded
     from lightning_marl.envs.overcooked import render_episode as draw_overcooked
 
-    actor = RecurrentPolicy(module.agent, lambda: 0.0, torch.device("cpu"))
+    actor = RecurrentPolicy(module.agent, 0.0, torch.device("cpu"))
     state: dict = {}  # the policy's recurrent state between steps (the game's tensordicts do not carry it)
 
     def greedy(td):  # the single game's tensordict has no batch dimension; the policy wants one

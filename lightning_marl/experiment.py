@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig
 
+from lightning_marl.callbacks.budget import BudgetStop
 from lightning_marl.callbacks.epsilon import EpsilonAnnealing
 from lightning_marl.callbacks.evaluation import GreedyEvaluation
 from lightning_marl.callbacks.priorities import PriorityUpdate
@@ -83,6 +84,7 @@ def build_callbacks(cfg: TrainConfig, run_dir: Path, env_info: dict, stop: StopO
     if cfg.trainer.enable_progress_bar:
         callbacks.append(EnvStepProgressBar(cfg.total_env_steps,
                                             lambda: evaluation.history[-1] if evaluation.history else {}))
+    callbacks.append(BudgetStop())  # last: the other callbacks see the final update as before
     return callbacks
 
 

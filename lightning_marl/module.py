@@ -17,6 +17,7 @@ from lightning_marl.config.migrate import migrate_learner, migrate_mixer
 from lightning_marl.errors import DivergenceError
 from lightning_marl.models.mixers import build_mixer, mixer_config
 from lightning_marl.models.mixers.base import NEG_INF
+from lightning_marl.models.policy import RecurrentPolicy
 from lightning_marl.targets import td_lambda_targets
 
 
@@ -87,6 +88,11 @@ class MARLModule(L.LightningModule):
         self.epsilon = float(learner_cfg.epsilon_start)
         self.reward_shaping_factor = 1.0 if env_info.get("shaped_reward") else 0.0
         self.last_grad_norm = torch.zeros(())
+
+    # -- acting (the data module's one question to this module) -------------------------
+    def acting_policy(self) -> RecurrentPolicy:
+        """The agent, epsilon-greedy at the current epsilon, for the data module's collection."""
+        return RecurrentPolicy(self.agent, self.epsilon, self.device)
 
     # -- targets -----------------------------------------------------------------------
     @torch.no_grad()

@@ -5,7 +5,8 @@
   (c) training updates/s at the configured batch (episodes x their length)
   (d) end-to-end env steps/s of a real training run (collection + updates at the configured ratio,
       timed from the first update, i.e. after the replay warm-up)
-  and the ratios (d)/(a), (b)/(a).
+  and the ratios (d)/(a), (b)/(a), then the peak memory (max RSS) of this process and of its worker
+  processes (env or collector workers; the replay lives in this process).
 
     python scripts/benchmark.py env=box_pushing mixer=qfix_sum data.num_envs=64 --seconds 10
     python scripts/benchmark.py mixer=qmix --unroll         # training update: nn.GRU unroll vs a GRUCell loop
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import resource
 import sys
 import tempfile
 import time
@@ -29,7 +31,7 @@ from tensordict import TensorDict
 from lightning_marl.config import compose, validate
 from lightning_marl.data.collector import collect_episodes
 from lightning_marl.models.policy import RecurrentPolicy
-from lightning_marl.data.datamodule import describe_env
+from lightning_marl.data.environments import describe_env
 from lightning_marl.config.schema import EnvWorkers
 from lightning_marl.envs import make_env
 from lightning_marl.envs.contract import ACTION, MASK
@@ -72,7 +74,7 @@ def collection_and_updates(cfg, seconds: float) -> tuple[float, float, str]:
                    start_method=cfg.data.start_method)
     info = describe_env(env)
     module = build_module(cfg, info)
-    actor = RecurrentPolicy(module.agent, lambda: 0.5, torch.device("cpu"))
+    actor = RecurrentPolicy(module.agent, 0.5, torch.device("cpu"))
     collect_rate, _ = timed_rounds(env, actor, env.episode_limit, seconds)
     episodes = []
     while sum(e.batch_size[0] for e in episodes) < cfg.data.batch_size:
@@ -270,6 +272,8 @@ def main(argv=None) -> None:
     print(f"(c) training updates/s ({shape}) {c:8.2f}")
     print(f"(d) end-to-end env steps/s           {d:12.1f}")
     print(f"(d)/(a) = {d / a:.3f}    (b)/(a) = {b / a:.3f}")
+    own, child = (resource.getrusage(who).ru_maxrss / 2**20 for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    print(f"peak memory (max RSS): this process {own:.2f} GB, largest finished worker process {child:.2f} GB")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ class Report(Callback):
     def on_train_end(self, trainer, pl_module):
         dm = trainer.datamodule
         params = torch.cat([p.detach().flatten() for p in pl_module.parameters()])
-        first_actions = dm.replay.storage[0]["action"].flatten()[:50].tolist()
+        first_actions = dm.replay.buffer.storage[0]["action"].flatten()[:50].tolist()
         report = {"rank": trainer.global_rank, "world_size": trainer.world_size, "global_step": trainer.global_step,
                   "optimizer_steps": int(next(iter(trainer.optimizers[0].state.values()))["step"]),
                   "params": params.tolist(), "env_steps": dm.env_steps, "first_actions": first_actions}

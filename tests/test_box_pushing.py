@@ -348,9 +348,10 @@ def test_evaluation_games_can_differ_from_training_games(make_config):
     dm = build_datamodule(make_config(["env.random_init=true", "+eval.env.random_init=false"]))
     dm.setup()
     try:
-        assert dm.train_env.random_init and not dm.eval_env.random_init
+        train_env, eval_env = dm.collection.env, dm.evaluator.env
+        assert train_env.random_init and not eval_env.random_init
         fixed = make_env(num_envs=dm.eval_num_envs)
-        assert torch.equal(dm.eval_env.reset()["state"], fixed.reset()["state"])
-        assert not torch.equal(dm.train_env.reset()["state"], fixed.reset()["state"][:1].expand(dm.num_envs, -1))
+        assert torch.equal(eval_env.reset()["state"], fixed.reset()["state"])
+        assert not torch.equal(train_env.reset()["state"], fixed.reset()["state"][:1].expand(dm.data.num_envs, -1))
     finally:
         dm.teardown()

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # (command-line overrides, the message they must get); the cases first, then one per kind of field
 REFUSED = [
     # strings a YAML reader would take as booleans
-    (["data.async_collection=no"], "data.async_collection=no is not a boolean; allowed: true or false"),
+    (["data.prioritized=no"], "data.prioritized=no is not a boolean; allowed: true or false"),
     (["checkpoint.replay=no"], "checkpoint.replay=no is not a boolean; allowed: true or false"),
     (["env.random_init=no"], "env.random_init=no is not a boolean; allowed: true or false"),
     (["learner.double_q=no"], "learner.double_q=no is not a boolean; allowed: true or false"),
@@ -82,8 +82,7 @@ REFUSED = [
     (["agent.torso=cnn"], "agent.torso=cnn is out of range; allowed: mlp for this env (cnn needs grid observations"),
     (["data.collector_processes=3"], "data.num_envs=8 is not a multiple of the workers; allowed: a multiple of "
                                      "data.collector_processes=3"),
-    (["data.collector_processes=2", "data.async_collection=true"],
-     "data.async_collection=true conflicts; allowed: false with data.collector_processes=2"),
+    (["data.async_collection=true"], "data.async_collection=true is not an option of data; allowed: num_envs, "),
     # a sweep: every job is checked before any starts
     (["-m", "seed=0,1", "learner.gamma=0.9,2"], "learner.gamma=2.0 is out of range; allowed: a finite number in [0, 1]"),
     # the syntax itself
@@ -108,7 +107,7 @@ def test_good_command_lines_pass(argv):
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["data.async_collection=no"], "data.async_collection=no is not a boolean; allowed: true or false"),
+    (["data.prioritized=no"], "data.prioritized=no is not a boolean; allowed: true or false"),
     (["env=matrix", "env.payoff=[[1,2],[3]]"], "env.payoff=[[1, 2], [3]] is not a table of numbers"),
     (["-m", "seed=0,1", "data.batch_size=true"], "data.batch_size=true has the wrong type"),
 ])
@@ -200,8 +199,10 @@ def test_a_config_saved_by_an_older_version_still_resumes(tmp_path, make_config)
     saved["learner"].pop("td_loss_scale")
     saved["learner"].pop("shaping_anneal_steps")
     saved["learner"]["compile"] = False
+    saved["data"]["async_collection"] = True  # the collector thread, since replaced by TorchRL's worker processes
     OmegaConf.save(OmegaConf.create(saved), run / ".hydra" / "config.yaml")
     _, typed, _, _ = resumed_config(str(run), [f"resume={run}"])
     assert str(typed.data.env_workers) == "in_process" and str(typed.data.start_method) == "fork"
     assert typed.learner.shaping_anneal_steps == 1234 and typed.learner.compile is None
     assert typed.learner.td_loss_scale == 1.0  # what that version minimized: the run goes on as it was
+    assert typed.data.collector_processes == 1  # still collecting beside the learner

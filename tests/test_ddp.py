@@ -37,25 +37,30 @@ def test_ddp_logs_to_mlflow_from_rank_zero_only(tmp_path):
     assert runs["metrics.test/return_mean"].notna().all()
 
 
-def test_background_collection_explores_differently_on_each_rank():
-    """With data.async_collection each rank's collector thread draws its own exploration noise."""
+def test_collector_workers_explore_differently_on_each_rank():
+    """With data.collector_processes each rank's workers seed their games and exploration apart."""
     from types import SimpleNamespace
 
     from lightning_marl.config import compose, validate
     from lightning_marl.data.datamodule import MARLDataModule
     from lightning_marl.models.agent import RNNAgent
+    from lightning_marl.models.policy import RecurrentPolicy
 
     actions = []
     for rank in (0, 1):
-        dm = MARLDataModule(validate(compose(["env=matrix", "data.num_envs=16", "seed=3", "data.async_collection=true"])))
-        dm.trainer = SimpleNamespace(global_rank=rank)
+        dm = MARLDataModule(validate(compose(["env=matrix", "data.num_envs=16", "seed=3", "data.collector_processes=2",
+                                              "data.start_method=fork"])))
+        info = dm.env_info()
+        policy = RecurrentPolicy(RNNAgent(info["obs_dim"], info["n_agents"], info["n_actions"]), 1.0)
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=1, lightning_module=SimpleNamespace(
+            acting_policy=lambda: policy))
         dm.setup("fit")
-        module = SimpleNamespace(agent=RNNAgent(1, 2, 3), epsilon=1.0, device=torch.device("cpu"))
-        collector = dm._start_collector(module)
         try:
-            episodes, _ = collector.next_round(module)
+            dm.collect_round()
+            dm.collect_round()
         finally:
-            collector.close()
+            dm.teardown()
+        episodes = dm.replay.buffer.storage[: len(dm.replay)]
         actions.append(episodes["action"][:, 0])
     assert actions[0].shape == (16, 2)
     assert not torch.equal(actions[0], actions[1])

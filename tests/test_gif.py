@@ -29,7 +29,7 @@ def episode_pictures(loaded, seed: int) -> list[np.ndarray]:
     """The greedy episode stepped here, independently of evaluate.py: the env's picture at each step."""
     module, env_cfg, _ = loaded
     env = make_env(env_cfg, 1, seed, workers=EnvWorkers.in_process)
-    actor = RecurrentPolicy(module.agent, lambda: 0.0, torch.device("cpu"))
+    actor = RecurrentPolicy(module.agent, 0.0, torch.device("cpu"))
     td = env.reset()
     pictures = [env.render_rgb(0)]
     for _ in range(module.env_info["episode_limit"]):

@@ -335,7 +335,7 @@ def test_describe_env_reads_a_batch_of_worker_processes_without_asking_the_worke
     from torchrl.envs import ParallelEnv
 
     from lightning_marl.config.schema import EnvWorkers
-    from lightning_marl.data.datamodule import describe_env
+    from lightning_marl.data.environments import describe_env
     from lightning_marl.envs import make_env as make_any_env
 
     for obs, grid in (("featurized", None), ("lossless", [26, 5, 4])):

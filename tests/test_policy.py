@@ -18,7 +18,7 @@ def test_acting_gives_the_q_values_of_the_training_unroll():
     torch.manual_seed(0)
     env = box_pushing()
     agent = RNNAgent(env.obs_dim, env.n_agents, env.n_actions, hidden_dim=16)
-    policy = RecurrentPolicy(agent, lambda: 0.5, action_values=True)
+    policy = RecurrentPolicy(agent, 0.5, action_values=True)
     rollout = env.rollout(12, policy=policy, auto_reset=True, break_when_any_done=False, break_when_all_done=True)
     q_acting = rollout.get(ACTION_VALUE)
     with torch.no_grad():
@@ -32,7 +32,7 @@ def test_is_init_restarts_the_games_it_marks():
     torch.manual_seed(1)
     env = box_pushing(games=2)
     agent = RNNAgent(env.obs_dim, env.n_agents, env.n_actions, hidden_dim=8)
-    policy = RecurrentPolicy(agent, lambda: 0.0, action_values=True)
+    policy = RecurrentPolicy(agent, 0.0, action_values=True)
     td = env.reset()
     fresh = policy(td.clone()).get(ACTION_VALUE)
     carried = td.clone()
@@ -51,7 +51,7 @@ def test_torchrls_collector_drives_the_policy_with_init_tracking():
     torch.manual_seed(2)
     env = TransformedEnv(box_pushing(games=2, horizon=5), InitTracker())
     agent = RNNAgent(env.base_env.obs_dim, env.base_env.n_agents, env.base_env.n_actions, hidden_dim=8)
-    policy = RecurrentPolicy(agent, lambda: 1.0, action_values=True)
+    policy = RecurrentPolicy(agent, 1.0, action_values=True)
     collector = Collector(env, policy, frames_per_batch=24, total_frames=24)
     batch = next(iter(collector))
     collector.shutdown()
@@ -60,3 +60,36 @@ def test_torchrls_collector_drives_the_policy_with_init_tracking():
     with torch.no_grad():  # each episode's Q values equal a fresh unroll of that episode
         q, _ = agent(batch.get(OBS)[:, 5:10], batch.get(ACTION)[:, 5:10], batch.get(MASK)[:, 5:10])
     assert torch.allclose(batch.get(ACTION_VALUE)[:, 5:10], q, atol=1e-5)
+
+
+def test_collector_workers_act_with_the_published_weights_and_restart_each_episode():
+    """WorkerCollection (TorchRL's MultiAsyncCollector): after new weights and epsilon 0 are
+    published, the episodes that arrive are greedy under the new agent, step for step, from a fresh
+    recurrent state at each episode start; every episode is whole (ends with a done or the limit)."""
+    from lightning_marl.data.collection import WorkerCollection
+    from lightning_marl.data.environments import EnvSource
+    from lightning_marl.envs import env_config
+    from lightning_marl.models.mixers.base import NEG_INF
+
+    cfg = env_config({"name": "box_pushing", "horizon": 7, "random_init": True})
+    source = EnvSource(cfg, cfg)
+    info = source.info()
+    torch.manual_seed(3)
+    old = RecurrentPolicy(RNNAgent(info["obs_dim"], info["n_agents"], info["n_actions"], hidden_dim=8), 1.0)
+    new = RecurrentPolicy(RNNAgent(info["obs_dim"], info["n_agents"], info["n_actions"], hidden_dim=8), 0.0)
+    workers = WorkerCollection(source, info["episode_limit"], processes=2, games=3, seed=5, start_method="fork")
+    try:
+        episodes, _ = workers.next_round(old)
+        for _ in range(8):  # rounds played (partly) with the old weights drain first
+            episodes, stats = workers.next_round(new)
+    finally:
+        workers.close()
+    assert episodes.batch_size[0] == 3
+    lengths = episodes["filled"].sum(1)
+    assert ((lengths >= 1) & (lengths <= 7)).all() and torch.equal(stats["length"], lengths.float())
+    assert (episodes["terminated"].any(1) | (lengths == 7)).all()
+    with torch.no_grad():
+        q, _ = new.agent(episodes["obs"], episodes["action"], episodes["avail"])
+    greedy = q.masked_fill(~episodes["avail"], NEG_INF).argmax(-1)
+    filled = episodes["filled"]
+    assert torch.equal(episodes["action"][filled], greedy[filled])

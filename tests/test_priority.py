@@ -51,7 +51,7 @@ def test_importance_weights_scale_the_td_loss(make_config):
     dm = build_datamodule(cfg)
     dm.setup()
     module = build_module(cfg, dm.env_info())
-    episodes, _ = collect_episodes(dm.train_env, RecurrentPolicy(module.agent, lambda: 1.0, module.device), 1)
+    episodes, _ = collect_episodes(dm.collection.env, RecurrentPolicy(module.agent, 1.0, module.device), 1)
     dm.replay.extend(episodes)
     batch = dm.sample()
     assert WEIGHT_KEY in batch.keys()

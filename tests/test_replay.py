@@ -10,7 +10,7 @@ def collect(lengths, limit, epsilon=1.0):
     torch.manual_seed(0)
     env = CountdownEnv(lengths, limit)
     agent = RNNAgent(obs_dim=1, n_agents=2, n_actions=3)
-    return collect_episodes(env, RecurrentPolicy(agent, lambda: epsilon, torch.device("cpu")), limit)
+    return collect_episodes(env, RecurrentPolicy(agent, epsilon, torch.device("cpu")), limit)
 
 
 def test_episodes_are_padded_to_the_limit_with_a_validity_mask():
@@ -53,11 +53,11 @@ def test_episode_statistics_are_read_at_the_last_step():
 def test_replay_sampling_trims_to_the_longest_episode(make_config):
     from lightning_marl.config import validate
     from lightning_marl.data.datamodule import MARLDataModule
-    from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+    from lightning_marl.data.replay import EpisodeReplay
 
     episodes, _ = collect([2, 3, 1, 2], limit=6)
     dm = MARLDataModule(validate(make_config(["env=matrix", "data.batch_size=4"])))
-    dm.replay = TensorDictReplayBuffer(storage=LazyTensorStorage(10), batch_size=4)
+    dm.replay = EpisodeReplay(10, batch_size=4)
     dm.replay.extend(episodes)
     batch = dm.sample()
     assert batch.batch_size[1] == int(batch["filled"].sum(1).max()) + 1 <= 4
@@ -70,7 +70,7 @@ def test_describe_env_of_worker_processes_whose_games_lack_a_grid_asks_no_worker
 
     from torchrl.envs import ParallelEnv
 
-    from lightning_marl.data.datamodule import describe_env
+    from lightning_marl.data.environments import describe_env
     from lightning_marl.envs import make_env
 
     game = partial(make_env, "matrix", 1)  # a matrix game has no obs_grid_shape

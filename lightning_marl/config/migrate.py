@@ -38,6 +38,8 @@ def migrate_config(cfg: dict[str, Any]) -> dict[str, Any]:
         method = data.pop("worker_start_method")
         if method is not None:
             data["start_method"] = method
+    if data.pop("async_collection", False) and not data.get("collector_processes"):
+        data["collector_processes"] = 1  # the collector thread became TorchRL's worker processes
     if "shaping_anneal_steps" in env:
         steps = env.pop("shaping_anneal_steps")
         learner.setdefault("shaping_anneal_steps", steps if env.get("name") == "overcooked" else 0)

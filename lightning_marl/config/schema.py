@@ -313,9 +313,9 @@ class DataConfig:
     batch_size: int = spec(32, "episodes per sampled batch", ge=1)
     updates_per_round: int = spec(1, "gradient updates per collection round", ge=1)
     warmup_episodes: int = spec(32, "no update before the replay holds this many episodes", ge=0)
-    async_collection: bool = spec(False, "a thread plays the next round while the learner trains "
-                                         "(not bitwise reproducible)")
-    collector_processes: int = spec(0, "P > 0: P worker processes own the training games (0 = in-process)", ge=0)
+    collector_processes: int = spec(0, "P > 0: P worker processes of TorchRL's collector own the training "
+                                       "games and play while the learner trains (0 = in-process, bitwise "
+                                       "reproducible)", ge=0)
     env_workers: EnvWorkers = spec(EnvWorkers.auto, "how games of env families with worker processes "
                                                     "(overcooked, smaclite, smacv2) are batched")
     start_method: Optional[StartMethod] = spec(None, "multiprocessing start method of env and collector workers "

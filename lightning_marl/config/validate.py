@@ -167,9 +167,6 @@ def cross_field_rules(c: S.TrainConfig, env_checks: bool = True) -> None:
         if d.num_envs % d.collector_processes:
             raise refuse("data.num_envs", d.num_envs, f"a multiple of data.collector_processes={d.collector_processes} "
                          "(num_envs = games per worker x collector_processes)", "is not a multiple of the workers")
-        if d.async_collection:
-            raise refuse("data.async_collection", True, f"false with data.collector_processes={d.collector_processes} "
-                         "(worker processes already collect asynchronously)", "conflicts")
     if d.env_workers != S.EnvWorkers.auto and c.env.name not in S.WORKER_ENVS:
         raise refuse("data.env_workers", d.env_workers, f"auto for env {c.env.name} (its games are batched in torch; "
                      f"worker processes exist for {', '.join(S.WORKER_ENVS)})", "does not apply")

@@ -7,6 +7,8 @@ rounds resumes exactly. The policy keeps the agents' recurrent state for the rou
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from tensordict import TensorDict, TensorDictBase
 
@@ -14,8 +16,12 @@ from lightning_marl.envs.contract import ACTION, MASK, OBS, SHAPED_REWARD
 from lightning_marl.models.policy import RecurrentPolicy
 
 
-def episodes_from_rollout(rollout: TensorDictBase, length: int, stat_keys=()) -> tuple[TensorDict, dict]:
+def episodes_from_rollout(rollout: TensorDictBase, length: int, stat_keys=(),
+                          filled: Optional[torch.Tensor] = None) -> tuple[TensorDict, dict]:
     """Turn a ``[B, T']`` rollout into ``[B, length + 1]`` padded episodes and per-episode stats.
+    ``filled [B, T']`` marks each row's own steps; by default, the steps up to the row's first done
+    (a round of :func:`collect_episodes`). TorchRL's collectors give it as ``("collector", "mask")``
+    (:func:`episodes_from_trajectories`).
 
     Episode keys: ``obs [L+1,N,O]``, ``avail [L+1,N,A]``, ``state [L+1,S]`` (index t = before step t;
     index ``len`` holds the final observation), ``action [L+1,N]``, ``reward [L+1]``,
@@ -25,8 +31,9 @@ def episodes_from_rollout(rollout: TensorDictBase, length: int, stat_keys=()) ->
     batch, steps = rollout.batch_size
     nxt = rollout.get("next")
     done = nxt.get("done").squeeze(-1)
-    before = done.long().cumsum(1) - done.long()
-    filled = before == 0
+    if filled is None:
+        before = done.long().cumsum(1) - done.long()
+        filled = before == 0
     lengths = filled.sum(1)
 
     def seq(key):  # value before each step, plus the final next value
@@ -59,6 +66,12 @@ def episodes_from_rollout(rollout: TensorDictBase, length: int, stat_keys=()) ->
     if "shaped_reward" in fields and "shaped_return" not in stats:
         stats["shaped_return"] = fields["shaped_reward"].sum(1).float()
     return out, stats
+
+
+def episodes_from_trajectories(trajectories: TensorDictBase, length: int, stat_keys=()) -> tuple[TensorDict, dict]:
+    """Whole trajectories from TorchRL's collectors (``trajs_per_batch``, ``traj_format="padded"``:
+    ``[K, T']``, zero padding, ``("collector", "mask")`` on each row's steps) as padded episodes."""
+    return episodes_from_rollout(trajectories, length, stat_keys, filled=trajectories.get(("collector", "mask")))
 
 
 def mark_timeouts_terminal(episodes: TensorDict) -> None:

@@ -21,7 +21,7 @@ TensorDict (``keep_other``), so ``rollout``, a stepping loop and TorchRL's colle
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from tensordict import TensorDictBase
@@ -40,7 +40,9 @@ IS_INIT = "is_init"
 class RecurrentPolicy(TensorDictModuleBase):
     """``a_i = epsilon-greedy over available actions of Q_i(o_i, a_i^prev, h_i)`` for every agent,
     with the GRU state and previous action read from and written to the TensorDict (keys in the
-    module docstring). ``epsilon`` is a callable read at every step (the annealed schedule).
+    module docstring). ``epsilon`` is a buffer (float64, so the value compared is the float given):
+    :meth:`set_epsilon` changes it between rounds, and it travels with the agent's weights to
+    TorchRL's collector workers.
 
     Why not TorchRL's ``QValueModule`` + ``EGreedyModule``: they handle per-agent masks, but draw
     from the global RNG only (worker processes and collector threads here draw from a generator of
@@ -56,13 +58,14 @@ class RecurrentPolicy(TensorDictModuleBase):
     in_keys = [OBS, MASK, HIDDEN, PREV_ACTION, IS_INIT]
     out_keys = [ACTION, HIDDEN, PREV_ACTION, ACTION_VALUE]
 
-    def __init__(self, agent: RNNAgent, epsilon: Callable[[], float], device: Optional[torch.device] = None,
+    def __init__(self, agent: RNNAgent, epsilon: float = 0.0, device: Optional[torch.device] = None,
                  generator: Optional[torch.Generator] = None, require_finite: bool = False,
                  action_values: bool = False):
         super().__init__()
         self.action_values = action_values
-        self.agent, self.epsilon, self.generator = agent, epsilon, generator
+        self.agent, self.generator = agent, generator
         self.device = device if device is not None else next(agent.parameters()).device
+        self.register_buffer("epsilon", torch.tensor(float(epsilon), dtype=torch.float64))
         self.require_finite = require_finite
 
     @torch.no_grad()
@@ -82,10 +85,14 @@ class RecurrentPolicy(TensorDictModuleBase):
         q, hidden = self.agent.step(obs, prev, hidden, mask)
         if self.require_finite and not torch.isfinite(q).all():
             raise DivergenceError("the agent's Q values are not finite: no greedy evaluation of a diverged agent")
-        action = epsilon_greedy(q, mask, self.epsilon(), generator=self.generator)
+        action = epsilon_greedy(q, mask, float(self.epsilon), generator=self.generator)
         out = td.device
         written = ((ACTION, action), (HIDDEN, hidden), (PREV_ACTION, action)) + (
             ((ACTION_VALUE, q),) if self.action_values else ())
         for key, value in written:
             td.set(key, value.to(out, non_blocking=True) if out is not None else value.cpu())
         return td
+
+    def set_epsilon(self, epsilon: float) -> "RecurrentPolicy":
+        self.epsilon.fill_(float(epsilon))
+        return self

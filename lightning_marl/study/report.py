@@ -59,7 +59,7 @@ def mixer_parameters(run: Run) -> Optional[int]:
 
     from lightning_marl.config.migrate import migrate_config
     from lightning_marl.config.schema import EnvWorkers
-    from lightning_marl.data.datamodule import describe_env
+    from lightning_marl.data.environments import describe_env
     from lightning_marl.envs import env_config, make_env
     from lightning_marl.module import MARLModule
 

@@ -1,0 +1,41 @@
+"""Greedy evaluation on games of their own (seeded apart from the training games)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lightning_marl.data.collector import collect_episodes
+from lightning_marl.models.policy import RecurrentPolicy
+
+
+class GreedyEvaluator:
+    """Plays rounds of greedy episodes on ``env`` (a batch of games) and averages their stats."""
+
+    def __init__(self, env, episode_limit: int):
+        self.env, self.episode_limit = env, episode_limit
+
+    @torch.no_grad()
+    def evaluate(self, agent: torch.nn.Module, episodes: int) -> dict[str, float]:
+        """Mean return and mean of each env statistic over ``episodes`` greedy episodes of ``agent``;
+        a :class:`~lightning_marl.errors.DivergenceError` if its Q values are not finite."""
+        policy = RecurrentPolicy(agent, 0.0, require_finite=True)
+        totals: dict[str, list] = {}
+        done = 0
+        while done < episodes:
+            _, stats = collect_episodes(self.env, policy, self.episode_limit)
+            take = min(episodes - done, len(stats["return"]))
+            for key, value in stats.items():
+                totals.setdefault(key, []).append(value[:take])
+            done += take
+        return {key: float(torch.cat(v).mean()) for key, v in totals.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.env.rng_state()} if callable(getattr(type(self.env), "rng_state", None)) else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "rng" in state and callable(getattr(type(self.env), "set_rng_state", None)):
+            self.env.set_rng_state(state["rng"])
+
+    def close(self) -> None:
+        self.env.close(raise_if_closed=False)
