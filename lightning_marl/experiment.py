@@ -134,6 +134,7 @@ def run(cfg: DictConfig | TrainConfig, run_dir: str | os.PathLike, ckpt_path: Op
             # training state, not only the weights
             trainer.save_checkpoint(last, weights_only=False)
     finally:
+        datamodule.teardown()  # Lightning skips it when fit raises: collector workers must not outlive the run
         if trainer.is_global_zero:
             finish_loggers(loggers)
     tidy(run_dir / "checkpoints", cfg.checkpoint.keep_all)

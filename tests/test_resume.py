@@ -144,6 +144,16 @@ def test_collector_workers_exit_when_the_training_process_is_killed(tmp_path):
         time.sleep(0.2)
 
 
+def test_a_run_with_collector_workers_that_fails_exits_and_takes_its_workers_along(tmp_path):
+    """Lightning skips the data module's teardown when fit raises; the run closes the collector
+    itself (the workers are not daemonic: left running, the interpreter would wait for them)."""
+    args = [sys.executable, "train.py", "env=matrix", "mixer=vdn", "total_env_steps=20000", "learner.lr=1e30",
+            "data.collector_processes=2", "data.start_method=fork", "trainer.enable_progress_bar=false",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3 and "training diverged" in proc.stderr
+
+
 def _state(pid: int) -> str:
     try:
         return next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("State"))

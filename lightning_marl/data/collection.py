@@ -11,6 +11,7 @@ and ``close()``.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import functools
@@ -84,6 +85,7 @@ class WorkerCollection:
                 total_frames=-1, trajs_per_batch=self.games, traj_format="padded",
                 auto_register_policy_transforms=False, init_fn=_worker_init)
         self._rounds = iter(self.collector)
+        atexit.register(self.close)  # before multiprocessing's exit hook joins the (non-daemonic) workers
 
     def next_round(self, policy: RecurrentPolicy) -> tuple[TensorDict, dict]:
         if self.collector is None:
@@ -96,6 +98,7 @@ class WorkerCollection:
 
     def close(self) -> None:
         if self.collector is not None:
+            atexit.unregister(self.close)
             self.collector.shutdown(raise_on_error=False)
             self.collector = self._rounds = None
 
