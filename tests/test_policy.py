@@ -93,3 +93,31 @@ def test_collector_workers_act_with_the_published_weights_and_restart_each_episo
     greedy = q.masked_fill(~episodes["avail"], NEG_INF).argmax(-1)
     filled = episodes["filled"]
     assert torch.equal(episodes["action"][filled], greedy[filled])
+
+
+def test_collector_workers_lose_no_episode_beginning_while_the_learner_pauses():
+    """A learner busy for more than a second (evaluation, a checkpoint) must not make the workers
+    drop batches: every episode that arrives starts at the reset and is whole."""
+    import time
+
+    from lightning_marl.data.collection import WorkerCollection
+    from lightning_marl.data.environments import EnvSource
+    from lightning_marl.envs import env_config
+
+    cfg = env_config({"name": "box_pushing", "horizon": 7, "random_init": False})
+    source = EnvSource(cfg, cfg)
+    info = source.info()
+    start = source.make(1, 0).reset().get(OBS)[0]
+    policy = RecurrentPolicy(RNNAgent(info["obs_dim"], info["n_agents"], info["n_actions"], hidden_dim=8), 1.0)
+    workers = WorkerCollection(source, info["episode_limit"], processes=2, games=3, seed=1, start_method="fork")
+    rounds = []
+    try:
+        for _ in range(6):
+            rounds.append(workers.next_round(policy)[0])
+            time.sleep(1.5)
+    finally:
+        workers.close()
+    for episodes in rounds:
+        lengths = episodes["filled"].sum(1)
+        assert (episodes["obs"][:, 0] == start).all()
+        assert (episodes["terminated"].any(1) | (lengths == 7)).all()

@@ -59,9 +59,10 @@ def kill_after_checkpoint(proc: subprocess.Popen, run_dir: Path, update: int, se
         proc.wait()
 
 
-@pytest.mark.parametrize("mixer", ["qmix", "qfix_sum"])
-def test_stop_and_resume_ends_bitwise_identical_to_an_uninterrupted_run(make_config, tmp_path, mixer):
-    overrides = [o if not o.startswith("mixer=") else f"mixer={mixer}" for o in BASE]
+@pytest.mark.parametrize("mixer, extra", [("qmix", []), ("qfix_sum", []),
+                                          ("qmix", ["env.random_init=true"])])  # the games' RNG is in the checkpoint
+def test_stop_and_resume_ends_bitwise_identical_to_an_uninterrupted_run(make_config, tmp_path, mixer, extra):
+    overrides = [o if not o.startswith("mixer=") else f"mixer={mixer}" for o in BASE] + extra
     full, half = tmp_path / "full", tmp_path / "half"
     run(make_config(overrides + ["total_env_steps=1600"]), full)
     run(make_config(overrides + ["total_env_steps=800"]), half)

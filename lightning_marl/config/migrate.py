@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lightning_marl.config.schema import DataConfig
+
 # env.parallel (true / false / auto) became data.env_workers
 _WORKERS = {True: "processes", False: "in_process", "auto": "auto"}
 
@@ -39,7 +41,9 @@ def migrate_config(cfg: dict[str, Any]) -> dict[str, Any]:
         if method is not None:
             data["start_method"] = method
     if data.pop("async_collection", False) and not data.get("collector_processes"):
-        data["collector_processes"] = 1  # the collector thread became TorchRL's worker processes
+        # the collector thread became TorchRL's worker processes: one game per process where the
+        # thread stepped games in worker processes, else one process with all the games
+        data["collector_processes"] = data.get("num_envs", DataConfig.num_envs) if data.get("env_workers") == "processes" else 1
     if "shaping_anneal_steps" in env:
         steps = env.pop("shaping_anneal_steps")
         learner.setdefault("shaping_anneal_steps", steps if env.get("name") == "overcooked" else 0)

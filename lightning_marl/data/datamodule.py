@@ -49,8 +49,8 @@ class _TrainingStream(IterableDataset):
 
     ``dm.pending_updates`` counts the updates left in the current round, so that a run resumed
     from a checkpoint taken inside a round finishes that round's updates before collecting again.
-    The stream ends only when the budget is spent before the replay is warm; otherwise
-    :class:`~callbacks.budget.BudgetStop` stops the trainer after the last round's updates.
+    The stream ends only when the budget is spent before the replay is warm, or on a stop signal;
+    otherwise :class:`~callbacks.budget.BudgetStop` stops the trainer after the last round's updates.
     """
 
     def __init__(self, dm: "MARLDataModule"):
@@ -60,6 +60,8 @@ class _TrainingStream(IterableDataset):
         dm = self.dm
         dm.restore_rng_states()
         while True:
+            if dm.trainer is not None and dm.trainer.should_stop:  # a signal during the replay warm-up
+                return  # (callbacks/signals.py; after the first update Lightning checks should_stop itself)
             if dm.pending_updates == 0:
                 if dm.budget_spent():
                     return
@@ -100,6 +102,7 @@ class MARLDataModule(L.LightningDataModule):
         self.replay: Optional[EpisodeReplay] = None
         self._base_seed = cfg.seed
         self._pending_rng: Optional[dict] = None
+        self._env_rng: dict[str, Any] = {}  # the games' RNG states when they were closed
         self._start_time, self._start_steps = time.perf_counter(), 0
 
     def env_info(self) -> dict[str, Any]:
@@ -127,6 +130,10 @@ class MARLDataModule(L.LightningDataModule):
                                     d.priority_beta_anneal_steps or self.total_env_steps)
 
     def teardown(self, stage: Optional[str] = None) -> None:
+        """Close the games. Their RNG states are kept: Lightning tears down before ``run()`` writes
+        the final checkpoint, which must still hold them (a resumed run continues exactly)."""
+        if self.collection is not None or self.evaluator is not None:
+            self._env_rng = self._env_rng_states()
         for part in (self.collection, self.evaluator):
             if part is not None:
                 part.close()
@@ -145,7 +152,7 @@ class MARLDataModule(L.LightningDataModule):
 
     def collect_round(self) -> dict[str, float]:
         """Play one round with the module's acting policy and store its episodes in replay."""
-        if isinstance(self.collection, WorkerCollection) and self.collection.collector is None:
+        if isinstance(self.collection, WorkerCollection) and not self.collection.started:
             self.collection.seed = self._base_seed + RESTART_SEED_OFFSET * self.rounds
         episodes, stats = self.collection.next_round(self.trainer.lightning_module.acting_policy())
         if self.source.env.timeout_as_terminal:
@@ -183,10 +190,16 @@ class MARLDataModule(L.LightningDataModule):
                  "rng": _global_rng_states()}
         if self.keep_replay_in_checkpoint and self.replay is not None:
             state["replay"] = self.replay.state_dict()
+        state.update(self._env_rng_states() if self.collection is not None else self._env_rng)
+        return state
+
+    def _env_rng_states(self) -> dict[str, Any]:
+        """The RNG states of the training games (in-process only) and of the evaluation games."""
+        states = {}
         for name, part in (("train_env_rng", self.collection), ("eval_env_rng", self.evaluator)):
             if isinstance(part, (InProcessCollection, GreedyEvaluator)) and "rng" in (rng := part.state_dict()):
-                state[name] = rng["rng"]
-        return state
+                states[name] = rng["rng"]
+        return states
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Called by Lightning after :meth:`setup`, so games and replay exist already."""

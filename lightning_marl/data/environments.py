@@ -45,10 +45,11 @@ class EnvSource:
     start_method: Optional[StartMethod] = None
     _info: Optional[dict] = dataclasses.field(default=None, repr=False)
 
-    def make(self, num_envs: int, seed: int, evaluation: bool = False, in_process: bool = False):
+    def make(self, num_envs: int, seed: int, evaluation: bool = False, in_process: bool = False,
+             device: Optional[str] = None):
         """``num_envs`` games; ``in_process``: batched in this process whatever ``data.env_workers``
-        says (the games of a collector worker process)."""
-        return make_env(self.eval_env if evaluation else self.env, num_envs, seed, self.device,
+        says (the games of a collector worker process); ``device``: instead of the run's."""
+        return make_env(self.eval_env if evaluation else self.env, num_envs, seed, device or self.device,
                         workers=EnvWorkers.in_process if in_process else self.workers,
                         start_method=self.start_method)
 
