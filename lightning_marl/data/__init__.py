@@ -1,1 +1,2 @@
-"""Collection and replay: environments -> episode collector -> TensorDict replay -> batches."""
+"""Collection and replay: games (environments) -> collection (in-process or TorchRL worker processes)
+-> padded episodes (collector) -> episode replay -> batches (datamodule); greedy evaluation."""

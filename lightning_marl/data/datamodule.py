@@ -84,7 +84,7 @@ class MARLDataModule(L.LightningDataModule):
     With ``data.collector_processes = P > 0`` the training games live in P worker processes of
     TorchRL's collector (:class:`~lightning_marl.data.collection.WorkerCollection`),
     ``num_envs / P`` games each, which keep playing while the learner trains; a round is the next
-    ``num_envs / P`` episodes any worker finished (not bitwise reproducible).
+    ``num_envs / P`` episodes of the next worker in turn (not bitwise reproducible).
     """
 
     def __init__(self, cfg: TrainConfig):
