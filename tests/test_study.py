@@ -145,3 +145,26 @@ def test_a_bad_spec_or_run_is_refused_before_anything_starts(tmp_path):
     spec.write_text(spec.read_text().replace("pairs: [[qmix, vdn]]", "pairs: [[qmix, nobody]]"))
     proc = study("status", str(spec), cwd=tmp_path)
     assert proc.returncode == 2 and "pairs entry ['qmix', 'nobody']" in proc.stderr
+
+
+def test_a_signal_to_the_runner_stops_its_runs_with_a_checkpoint(tmp_path):
+    """The runner's runs must not outlive it (their claim is the runner's): SIGTERM reaches them,
+    they write their checkpoint, and the runner exits with the signal's code."""
+    import signal
+    import time
+
+    spec = write_spec(tmp_path, seeds=(0,))
+    spec.write_text(spec.read_text().replace("total_env_steps=240", "total_env_steps=10000000")
+                    .replace("mixers: [vdn, qmix]", "mixers: [vdn]").replace("pairs: [[qmix, vdn]]", "pairs: []"))
+    run = plan(load_spec(spec))[0]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "study.py"), "run", str(spec)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    while not list((run.folder / "checkpoints").glob("step*.ckpt")):
+        assert proc.poll() is None and time.time() < deadline, "the run never wrote a periodic checkpoint"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "stopped" in out and "stopped by SIGTERM" in (run.folder / "study.log").read_text()
+    assert (run.folder / "checkpoints" / "last.ckpt").is_file() and not (run.folder / ".claim").exists()

@@ -46,7 +46,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.action == "run":
         counts = run_all(runs, jobs=args.jobs, limit=args.limit)
         print(f"{spec.name}: {counts}")
-        sys.exit(1 if counts["failed"] else 0)
+        sys.exit(128 + counts["stopped_by"] if counts["stopped_by"] else 1 if counts["failed"] else 0)
     if args.action == "status":
         done = sum(is_finished(r) for r in runs)
         print(f"{spec.name}: {done} of {len(runs)} runs finished")

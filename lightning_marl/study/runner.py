@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import socket
+import signal
 import subprocess
 import sys
 import time
@@ -126,31 +127,50 @@ def finish(run: Run, proc: subprocess.Popen) -> bool:
 
 
 def run_all(runs: Sequence[Run], jobs: int = 1, limit: Optional[int] = None, say=print) -> dict[str, int]:
-    """Train every unfinished, unclaimed run, ``jobs`` at a time (``limit``: at most that many)."""
+    """Train every unfinished, unclaimed run, ``jobs`` at a time (``limit``: at most that many).
+
+    SIGTERM/SIGINT/SIGUSR1/SIGUSR2 to the runner go to its runs (each stops after its update and
+    writes a checkpoint); the runner waits for them, starts nothing new and exits with the signal's
+    code (``counts["stopped_by"]``). Runs must never outlive their runner: their claim is the
+    runner's, and a later runner would start a second trainer in the same folder."""
     todo = [r for r in runs if not is_finished(r)]
-    counts = {"finished_before": len(runs) - len(todo), "done": 0, "failed": 0, "skipped": 0}
+    counts = {"finished_before": len(runs) - len(todo), "done": 0, "failed": 0, "stopped": 0, "skipped": 0,
+              "stopped_by": 0}
     active: list[tuple[Run, subprocess.Popen]] = []
     started = 0
     queue = list(todo)
-    while queue or active:
-        while queue and len(active) < jobs and (limit is None or started < limit):
-            run = queue.pop(0)
-            if is_finished(run) or not claim(run):
-                counts["skipped"] += 1
-                continue
-            say(f"start  {run.preset} {run.label} seed {run.seed} -> {run.folder}")
-            active.append((run, start(run)))
-            started += 1
-        if not active:
-            break
-        time.sleep(1.0)
-        for item in list(active):
-            run, proc = item
-            if proc.poll() is None:
-                continue
-            active.remove(item)
-            ok = finish(run, proc)
-            counts["done" if ok else "failed"] += 1
-            say(f"{'done  ' if ok else 'FAILED'} {run.preset} {run.label} seed {run.seed} (exit {proc.returncode}; "
-                f"log {run.folder / LOG})")
+
+    def forward(signum, frame):
+        counts["stopped_by"] = signum
+        for _, proc in active:
+            proc.send_signal(signum)
+
+    stops = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+    previous = {s: signal.signal(s, forward) for s in stops}
+    try:
+        while queue or active:
+            while queue and not counts["stopped_by"] and len(active) < jobs and (limit is None or started < limit):
+                run = queue.pop(0)
+                if is_finished(run) or not claim(run):
+                    counts["skipped"] += 1
+                    continue
+                say(f"start  {run.preset} {run.label} seed {run.seed} -> {run.folder}")
+                active.append((run, start(run)))
+                started += 1
+            if not active:
+                break
+            time.sleep(1.0)
+            for item in list(active):
+                run, proc = item
+                if proc.poll() is None:
+                    continue
+                active.remove(item)
+                ok = finish(run, proc)
+                kind = "done" if ok else "stopped" if counts["stopped_by"] else "failed"
+                counts[kind] += 1
+                word = {"done": "done  ", "stopped": "stopped", "failed": "FAILED"}[kind]
+                say(f"{word} {run.preset} {run.label} seed {run.seed} (exit {proc.returncode}; log {run.folder / LOG})")
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     return counts
