@@ -19,7 +19,7 @@ import functools
 import os
 import signal
 import threading
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import torch
 import multiprocessing as mp
@@ -42,13 +42,6 @@ class InProcessCollection:
 
     def next_round(self, policy: RecurrentPolicy) -> tuple[TensorDict, dict]:
         return collect_episodes(self.env, policy, self.episode_limit)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.env.rng_state()} if _has_method(self.env, "rng_state") else {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "rng" in state and _has_method(self.env, "set_rng_state"):
-            self.env.set_rng_state(state["rng"])
 
     def close(self) -> None:
         self.env.close(raise_if_closed=False)
@@ -160,8 +153,3 @@ def _start_method(method: str):
         yield
     finally:
         mp.set_start_method(previous, force=True)
-
-
-def _has_method(env, name: str) -> bool:
-    """Looked up on the class: batched TorchRL envs forward unknown attributes to their workers."""
-    return callable(getattr(type(env), name, None))

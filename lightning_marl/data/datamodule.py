@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from lightning_marl.config.schema import TrainConfig
 from lightning_marl.data.collection import InProcessCollection, WorkerCollection
 from lightning_marl.data.collector import mark_timeouts_terminal
-from lightning_marl.data.environments import EnvSource
+from lightning_marl.data.environments import EnvSource, rng_state, set_rng_state
 from lightning_marl.data.evaluator import GreedyEvaluator
 from lightning_marl.data.replay import EpisodeReplay
 from lightning_marl.envs import env_config
@@ -196,10 +196,15 @@ class MARLDataModule(L.LightningDataModule):
     def _env_rng_states(self) -> dict[str, Any]:
         """The RNG states of the training games (in-process only) and of the evaluation games."""
         states = {}
-        for name, part in (("train_env_rng", self.collection), ("eval_env_rng", self.evaluator)):
-            if isinstance(part, (InProcessCollection, GreedyEvaluator)) and "rng" in (rng := part.state_dict()):
-                states[name] = rng["rng"]
+        for name, part in self._seeded_parts():
+            if (rng := rng_state(part.env)) is not None:
+                states[name] = rng
         return states
+
+    def _seeded_parts(self):
+        """(checkpoint key, part) of the parts whose games live in this process."""
+        return [(name, part) for name, part in (("train_env_rng", self.collection), ("eval_env_rng", self.evaluator))
+                if isinstance(part, (InProcessCollection, GreedyEvaluator))]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Called by Lightning after :meth:`setup`, so games and replay exist already."""
@@ -208,9 +213,8 @@ class MARLDataModule(L.LightningDataModule):
         self._start_steps, self._start_time = self.env_steps, time.perf_counter()
         if "replay" in state:
             self.replay.load_state_dict(state["replay"])
-        for name, part in (("train_env_rng", self.collection), ("eval_env_rng", self.evaluator)):
-            if name in state and isinstance(part, (InProcessCollection, GreedyEvaluator)):
-                part.load_state_dict({"rng": state[name]})
+        for name, part in self._seeded_parts():
+            set_rng_state(part.env, state.get(name))
         self._pending_rng = state["rng"]
 
     def restore_rng_states(self) -> None:

@@ -33,6 +33,17 @@ def describe_env(env) -> dict[str, Any]:
     }
 
 
+def rng_state(env) -> Optional[Any]:
+    """The games' RNG state, or None for games without one. Looked up on the class: batched TorchRL
+    envs forward unknown attributes to their workers."""
+    return env.rng_state() if callable(getattr(type(env), "rng_state", None)) else None
+
+
+def set_rng_state(env, state: Optional[Any]) -> None:
+    if state is not None and callable(getattr(type(env), "set_rng_state", None)):
+        env.set_rng_state(state)
+
+
 @dataclasses.dataclass
 class EnvSource:
     """Batches of games of one env config, for training (``env``) and for greedy evaluation

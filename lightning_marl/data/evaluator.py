@@ -1,7 +1,6 @@
 """Greedy evaluation on games of their own (seeded apart from the training games)."""
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 
@@ -29,13 +28,6 @@ class GreedyEvaluator:
                 totals.setdefault(key, []).append(value[:take])
             done += take
         return {key: float(torch.cat(v).mean()) for key, v in totals.items()}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.env.rng_state()} if callable(getattr(type(self.env), "rng_state", None)) else {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "rng" in state and callable(getattr(type(self.env), "set_rng_state", None)):
-            self.env.set_rng_state(state["rng"])
 
     def close(self) -> None:
         self.env.close(raise_if_closed=False)
