@@ -27,9 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_marl.checkpoint_files import CheckpointError, architecture_differences, choose_checkpoint
 from lightning_marl.config import CONFIG_MODULE, compose, plain
-from lightning_marl.config.migrate import migrate_config
-from lightning_marl.config.schema import ENV_SCHEMAS, LOGGERS, MIXER_SCHEMAS, TRAINERS, LoggerConfig, TrainConfig, \
-    TrainerConfig
+from lightning_marl.config.migrate import saved_config
+from lightning_marl.config.schema import ENV_SCHEMAS, LOGGERS, MIXER_SCHEMAS, TRAINERS, TrainConfig
 from lightning_marl.config.validate import from_omegaconf, refuse, show, to_typed
 from lightning_marl.errors import ConfigError, DivergenceError, Interrupted
 
@@ -217,20 +216,13 @@ def resumed_config(resume: str, overrides: Sequence[str],
     saved_file = run_dir / ".hydra" / "config.yaml"
     if not saved_file.is_file():
         raise ConfigError(f"resume={resume} has no .hydra/config.yaml; allowed: a folder written by train.py")
-    saved = migrate_config(OmegaConf.to_container(OmegaConf.load(saved_file)))
-    # the saved file is read as data (any older layout), not through the schema
-    env, mixer = (saved[group]["name"] if isinstance(saved.get(group), dict) and "name" in saved[group] else None
-                  for group in ("env", "mixer"))
-    if env not in ENV_SCHEMAS or mixer not in MIXER_SCHEMAS:
-        raise ConfigError(f"resume={resume}: the saved config has env={env}, mixer={mixer}; allowed: "
-                          f"env {', '.join(ENV_SCHEMAS)}; mixer {', '.join(MIXER_SCHEMAS)}")
-    base = OmegaConf.structured(TrainConfig)
-    base.env, base.mixer = ENV_SCHEMAS[env](), MIXER_SCHEMAS[mixer]()
-    base.trainer, base.logger = TrainerConfig(), LoggerConfig()
     try:
-        cfg = OmegaConf.merge(base, saved)
+        cfg = saved_config(saved_file)
+    except ConfigError as err:
+        raise ConfigError(f"resume={resume}: {err}") from None
     except Exception as err:
         raise from_omegaconf(err) from None
+    env, mixer = cfg.env.name, cfg.mixer.name
     values = []
     for o in parse(overrides):
         if _is_hydra(o) or o.key_or_group == "resume":

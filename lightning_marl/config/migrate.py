@@ -3,9 +3,14 @@ to where they live now, with the value they had then. Keys that are new get the 
 except where the default changed the run's behaviour (those get the old behaviour back)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from lightning_marl.config.schema import DataConfig
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_marl.config.schema import (ENV_SCHEMAS, MIXER_SCHEMAS, DataConfig, LoggerConfig, TrainConfig,
+                                          TrainerConfig)
+from lightning_marl.errors import ConfigError
 
 # env.parallel (true / false / auto) became data.env_workers
 _WORKERS = {True: "processes", False: "in_process", "auto": "auto"}
@@ -56,3 +61,25 @@ def migrate_config(cfg: dict[str, Any]) -> dict[str, Any]:
         cfg["mixer"] = migrate_mixer(cfg["mixer"])
     cfg.pop("hydra", None)
     return cfg
+
+
+def on_schema(cfg: dict[str, Any]) -> DictConfig:
+    """A config (plain containers, any layout this version reads) in today's layout, merged onto the
+    schema of its env and mixer (keys newer than the config get their defaults). Raises
+    :class:`ConfigError` for an env or mixer this version does not have, and lets OmegaConf's merge
+    errors through (the caller words them)."""
+    cfg = migrate_config(cfg)
+    env, mixer = (cfg[group]["name"] if isinstance(cfg.get(group), dict) and "name" in cfg[group] else None
+                  for group in ("env", "mixer"))
+    if env not in ENV_SCHEMAS or mixer not in MIXER_SCHEMAS:
+        raise ConfigError(f"the saved config has env={env}, mixer={mixer}; allowed: "
+                          f"env {', '.join(ENV_SCHEMAS)}; mixer {', '.join(MIXER_SCHEMAS)}")
+    base = OmegaConf.structured(TrainConfig)
+    base.env, base.mixer = ENV_SCHEMAS[env](), MIXER_SCHEMAS[mixer]()
+    base.trainer, base.logger = TrainerConfig(), LoggerConfig()
+    return OmegaConf.merge(base, cfg)
+
+
+def saved_config(path: Path) -> DictConfig:
+    """A run's saved ``config.yaml`` (read as data, so any older layout) through :func:`on_schema`."""
+    return on_schema(OmegaConf.to_container(OmegaConf.load(path)))

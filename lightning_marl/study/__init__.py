@@ -18,6 +18,7 @@ from lightning_marl.errors import ConfigError
 def main(argv: Optional[Sequence[str]] = None) -> None:
     from lightning_marl.cli import preflight
     from lightning_marl.study.report import write_report
+    from lightning_marl.study.reuse import reused_from, twins
     from lightning_marl.study.runner import is_finished, run_all
     from lightning_marl.study.spec import load_spec, plan
 
@@ -44,14 +45,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     if args.action == "run":
-        counts = run_all(runs, jobs=args.jobs, limit=args.limit)
+        todo = [run for run in runs if not is_finished(run)]
+        others = [run for other in spec.reuse for run in plan(load_spec(other))]
+        counts = run_all(runs, jobs=args.jobs, limit=args.limit, twins=twins(todo, others) if others else None)
         print(f"{spec.name}: {counts}")
         sys.exit(128 + counts["stopped_by"] if counts["stopped_by"] else 1 if counts["failed"] else 0)
     if args.action == "status":
         done = sum(is_finished(r) for r in runs)
         print(f"{spec.name}: {done} of {len(runs)} runs finished")
         for run in runs:
-            state = "finished" if is_finished(run) else "started" if (run.folder / "checkpoints").exists() else "-"
+            state = ("reused" if reused_from(run) else "finished") if is_finished(run) else \
+                "started" if (run.folder / "checkpoints").exists() else "-"
             print(f"  {state:<9} {run.preset} {run.label} seed {run.seed}")
         return
     report = write_report(spec, runs, Path(args.out or spec.runs_dir))

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from lightning_marl.study import aggregate as agg
+from lightning_marl.study.reuse import reused_from
 from lightning_marl.study.runner import FINISHED, is_finished, record
 from lightning_marl.study.spec import Run, StudySpec
 
@@ -96,11 +97,16 @@ def write_report(spec: StudySpec, runs: list[Run], out_dir: Path) -> Path:
     figures.mkdir(parents=True, exist_ok=True)
     total = len(runs)
     done = sum(is_finished(r) for r in runs)
+    reused = [r for r in runs if reused_from(r)]
     lines = [f"# Study report: {spec.name}", "",
              f"{done} of {total} runs finished. Score: `{spec.metric}` (final = the last greedy evaluation, "
              "AUC = its mean over the run's env steps). IQM over seeds with stratified bootstrap 95% intervals "
              f"({agg.REPS} resamples, rliable). Wall s: the training time of a run's sessions that the runner "
              "saw end.", ""]
+    if reused:
+        lines[-1:-1] = [f"{len(reused)} of the finished runs are shared with other studies (the same config and seed, "
+                        "trained once; `reused_from` in their finished.json): "
+                        + ", ".join(f"{r.label} seed {r.seed}" for r in reused) + ".", ""]
     for preset in spec.presets:
         labels = [lbl for (p, lbl) in cells if p == preset]
         if not labels:

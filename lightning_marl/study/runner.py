@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 from lightning_marl.study.spec import Run
 
-FINISHED, CLAIM, LOG = "finished.json", ".claim", "study.log"
+FINISHED, CLAIM, LOG, SESSIONS = "finished.json", ".claim", "study.log", ".code"
 ARCHIVED = (FINISHED, "metrics.csv", ".hydra/config.yaml")  # what a finished run leaves in the archive
 
 
@@ -56,6 +56,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def claimed(run: Run) -> bool:
+    """Whether a live process (this one included; on another host: any) holds the run's claim."""
+    try:
+        host, _, pid = (run.folder / CLAIM).read_text().partition(":")
+    except FileNotFoundError:
+        return False
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    return _alive(int(pid))
+
+
 def claim(run: Run) -> bool:
     """Take the run for this process (False when another live process has it)."""
     run.folder.mkdir(parents=True, exist_ok=True)
@@ -65,8 +76,7 @@ def claim(run: Run) -> bool:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            host, _, pid = path.read_text().partition(":")
-            if host != socket.gethostname() or not pid.isdigit() or _alive(int(pid)):
+            if claimed(run):
                 return False
             path.unlink(missing_ok=True)  # its process died: take the run over
             continue
@@ -95,10 +105,33 @@ def clear_unresumable(run: Run) -> None:
         shutil.rmtree(run.folder / name, ignore_errors=True)
 
 
+def code_version() -> str:
+    """The trainer's code: its git commit, ``+dirty`` where the training code (package, configs,
+    train.py) has uncommitted changes; outside a git checkout the installed package's version."""
+    root = Path(__file__).resolve().parents[2]
+    git = ["git", "-C", str(root)]
+    try:
+        head = subprocess.run(git + ["rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no", "--", "lightning_marl",
+                                      "configs", "callbacks", "train.py"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            return f"lightning_marl {version('lightning_marl')}"
+        except PackageNotFoundError:
+            return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def start(run: Run) -> subprocess.Popen:
     clear_unresumable(run)
+    code = code_version()
+    with open(run.folder / SESSIONS, "a") as sessions:  # the code each session of the run trained with
+        sessions.write(code + "\n")
     log = open(run.folder / LOG, "a")
-    log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command(run))}\n")
+    log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} code {code}: {' '.join(command(run))}\n")
     log.flush()
     proc = subprocess.Popen(command(run), stdout=log, stderr=subprocess.STDOUT)
     proc.started = time.time()  # type: ignore[attr-defined]
@@ -116,9 +149,11 @@ def finish(run: Run, proc: subprocess.Popen) -> bool:
     wall = before + time.time() - proc.started  # type: ignore[attr-defined]
     spent.write_text(f"{wall:.1f}")
     if ok:
+        versions = (run.folder / SESSIONS).read_text().split() if (run.folder / SESSIONS).is_file() else []
         (run.folder / FINISHED).write_text(json.dumps({
             "host": socket.gethostname(), "wall_s": round(wall, 1),
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": list(run.argv)}))
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": list(run.argv),
+            "code": list(dict.fromkeys(versions))}))
         archive(run)
         for periodic in (run.folder / "checkpoints").glob("step*.ckpt"):  # last.ckpt holds the final state
             periodic.unlink()
@@ -126,16 +161,23 @@ def finish(run: Run, proc: subprocess.Popen) -> bool:
     return ok
 
 
-def run_all(runs: Sequence[Run], jobs: int = 1, limit: Optional[int] = None, say=print) -> dict[str, int]:
+def run_all(runs: Sequence[Run], jobs: int = 1, limit: Optional[int] = None, say=print,
+            twins: Optional[dict] = None) -> dict[str, int]:
     """Train every unfinished, unclaimed run, ``jobs`` at a time (``limit``: at most that many).
+
+    ``twins`` (run -> the same runs in other studies, :mod:`.reuse`): a run whose twin finished is
+    adopted, not trained; one whose twin is being trained waits at the end of the queue.
 
     SIGTERM/SIGINT/SIGUSR1/SIGUSR2 to the runner go to its runs (each stops after its update and
     writes a checkpoint); the runner waits for them, starts nothing new and exits with the signal's
     code (``counts["stopped_by"]``). Runs must never outlive their runner: their claim is the
     runner's, and a later runner would start a second trainer in the same folder."""
+    from lightning_marl.study.reuse import adopt, finished_twin, twin_in_training
+
+    twins = twins or {}
     todo = [r for r in runs if not is_finished(r)]
-    counts = {"finished_before": len(runs) - len(todo), "done": 0, "failed": 0, "stopped": 0, "skipped": 0,
-              "stopped_by": 0}
+    counts = {"finished_before": len(runs) - len(todo), "done": 0, "reused": 0, "failed": 0, "stopped": 0,
+              "skipped": 0, "stopped_by": 0}
     active: list[tuple[Run, subprocess.Popen]] = []
     started = 0
     queue = list(todo)
@@ -145,21 +187,37 @@ def run_all(runs: Sequence[Run], jobs: int = 1, limit: Optional[int] = None, say
         for _, proc in active:
             proc.send_signal(signum)
 
+    def next_run() -> Optional[Run]:
+        """The first queued run that is not waiting for a twin in training (adopting finished twins)."""
+        for run in list(queue):
+            twin = finished_twin(run, twins.get(run, [])) if twins.get(run) else None
+            if twin is not None:
+                queue.remove(run)
+                adopt(run, twin)
+                counts["reused"] += 1
+                say(f"reused {run.preset} {run.label} seed {run.seed} <- {record(twin)}")
+            elif not (twins.get(run) and twin_in_training(twins[run])):
+                queue.remove(run)
+                return run
+        return None
+
     stops = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
     previous = {s: signal.signal(s, forward) for s in stops}
     try:
         while queue or active:
-            while queue and not counts["stopped_by"] and len(active) < jobs and (limit is None or started < limit):
-                run = queue.pop(0)
+            while not counts["stopped_by"] and len(active) < jobs and (limit is None or started < limit):
+                run = next_run()
+                if run is None:
+                    break
                 if is_finished(run) or not claim(run):
                     counts["skipped"] += 1
                     continue
                 say(f"start  {run.preset} {run.label} seed {run.seed} -> {run.folder}")
                 active.append((run, start(run)))
                 started += 1
-            if not active:
+            if not active and (counts["stopped_by"] or (limit is not None and started >= limit)):
                 break
-            time.sleep(1.0)
+            time.sleep(1.0 if active else 2.0)  # nothing active: every queued run waits for its twin
             for item in list(active):
                 run, proc = item
                 if proc.poll() is None:

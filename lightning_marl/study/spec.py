@@ -14,6 +14,8 @@ ordinary ``train.py`` run in a folder of its own. The spec is a YAML file with t
     metric: test/return_mean                   # the score: its final value and its area under the curve
     metrics: [test/big_box_mean]               # also reported (final values)
     pairs: [[duelmix, qmix]]                   # probability of improvement of the first over the second
+    reuse: [studies/central_info.yaml]         # other studies whose finished runs stand in for the
+                                               # same runs here (same config and seed; see .reuse)
 
 The archive (committed with the study's report) is what makes a study outlive its run folders: a
 run whose record is in the archive counts as finished. A configuration's label is ``<mixer>``, plus ``z=<central_info>`` and ``<variant>`` where given.
@@ -44,6 +46,7 @@ class StudySpec:
     metric: str = "test/return_mean"
     metrics: List[str] = field(default_factory=list)
     pairs: List[List[str]] = field(default_factory=list)
+    reuse: List[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,10 @@ def load_spec(path: str | Path) -> StudySpec:
     for pair in spec.pairs:
         if len(pair) != 2 or not set(pair) <= labels:
             raise ConfigError(f"study spec {path}: pairs entry {pair}; allowed: two of {', '.join(sorted(labels))}")
+    for other in spec.reuse:
+        if not Path(other).is_file():
+            raise ConfigError(f"study spec {path}: reuse entry {other} does not exist; allowed: paths of other "
+                              "study specs")
     return spec
 
 

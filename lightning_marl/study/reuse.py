@@ -1,0 +1,100 @@
+"""Runs that studies share. Two studies often hold the same run: the central-information study's
+DuelMIX with ``z=history`` is the reference study's DuelMIX (history is its default), its QPLEX with
+``z=state`` the reference study's QPLEX. A spec's ``reuse`` names the other studies whose finished runs
+may stand in for its own: such a run is not trained again; its record (metrics, config,
+``finished.json`` with ``reused_from``) is copied into this study's archive.
+
+Two runs are the same run when their effective configs are equal: the config composed as ``train.py``
+would compose it, in today's layout, merged onto the schema (:func:`identity`), less the settings
+that only decide what is written and where (:data:`OUTPUT_ONLY`); the seed is part of the config. A
+finished run is adopted only when the config it recorded has the same identity as the config this
+study would run now, so a twin trained before a preset changed is trained again.
+
+While a twin is being trained by another study's runner, the run waits at the end of the queue (the
+runner goes on with its other runs). Two runners that pick twins in the same second both train them:
+both records are valid runs, one is simply not needed.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from functools import lru_cache
+from typing import Iterable, Optional, Sequence
+
+from omegaconf import OmegaConf
+
+from lightning_marl.study.runner import ARCHIVED, FINISHED, claimed, is_finished, record
+from lightning_marl.study.spec import Run
+
+# settings that change what a run writes (its logs, checkpoints, console), never what it learns
+OUTPUT_ONLY = ("logger", "checkpoint", "resume", "trainer.enable_progress_bar", "trainer.log_every_n_steps")
+
+
+def identity(cfg: dict) -> str:
+    """The effective config ``cfg`` (plain containers, any layout) as one canonical string, less
+    :data:`OUTPUT_ONLY`."""
+    from lightning_marl.config.migrate import on_schema
+
+    plain = OmegaConf.to_container(on_schema(cfg), resolve=True, enum_to_str=True)
+    for key in OUTPUT_ONLY:
+        *parents, leaf = key.split(".")
+        node = plain
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(leaf, None)
+    return json.dumps(plain, sort_keys=True)
+
+
+@lru_cache(maxsize=None)
+def planned(argv: tuple) -> str:
+    """The identity of the run that ``train.py <argv>`` would train now."""
+    from lightning_marl.config import compose
+
+    return identity(OmegaConf.to_container(compose(list(argv)), enum_to_str=True))
+
+
+def recorded(run: Run) -> Optional[str]:
+    """The identity of the config a finished run recorded (None where it left none)."""
+    path = record(run) / ".hydra" / "config.yaml"
+    return identity(OmegaConf.to_container(OmegaConf.load(path))) if path.is_file() else None
+
+
+def twins(runs: Sequence[Run], others: Iterable[Run]) -> dict[Run, list[Run]]:
+    """For each of ``runs``, the runs among ``others`` (other studies') with the same planned config."""
+    by_identity: dict[str, list[Run]] = {}
+    for other in others:
+        by_identity.setdefault(planned(other.argv), []).append(other)
+    return {run: by_identity.get(planned(run.argv), []) for run in runs}
+
+
+def finished_twin(run: Run, candidates: Sequence[Run]) -> Optional[Run]:
+    """A finished twin whose recorded config is the one ``run`` would train now."""
+    for twin in candidates:
+        if is_finished(twin) and recorded(twin) == planned(run.argv):
+            return twin
+    return None
+
+
+def twin_in_training(candidates: Sequence[Run]) -> bool:
+    return any(claimed(twin) for twin in candidates)
+
+
+def adopt(run: Run, twin: Run) -> None:
+    """Make the finished ``twin``'s record ``run``'s own (in its archive, else its run folder)."""
+    target = run.archive if run.archive is not None else run.folder
+    source = record(twin)
+    for name in ARCHIVED:
+        if (source / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / name, target / name)
+    done = json.loads((source / FINISHED).read_text())
+    done["reused_from"] = str(source)
+    (target / FINISHED).write_text(json.dumps(done))
+
+
+def reused_from(run: Run) -> Optional[str]:
+    """Where a finished run's record was copied from (None for a run this study trained)."""
+    if not is_finished(run):
+        return None
+    return json.loads((record(run) / FINISHED).read_text()).get("reused_from")
+
