@@ -96,6 +96,10 @@ def test_a_study_runs_skips_what_is_finished_and_reports(tmp_path):
     text = (tmp_path / "runs" / "report.md").read_text()
     assert "## reference/box_pushing_4x4" in text and "| qmix | 2 |" in text and "| vdn | 2 |" in text
     assert "| qmix > vdn |" in text
+    # the page says how to reproduce it and what ran: command, grid, machine, code, effective settings
+    assert f"python scripts/study.py run {spec}" in text and "seeds 0, 1" in text and "total_env_steps=240" in text
+    assert "cores" in text and "torch " in text and "Code (commit of each session" in text
+    assert "Effective settings of reference/box_pushing_4x4" in text and "td_lambda: 0.6" in text
     # Q1 compares mixer sizes: the table gives each configuration's mixer parameters (VDN has none)
     from lightning_marl.config import compose
     from lightning_marl.experiment import build_datamodule, build_module

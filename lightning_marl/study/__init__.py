@@ -58,5 +58,5 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 "started" if (run.folder / "checkpoints").exists() else "-"
             print(f"  {state:<9} {run.preset} {run.label} seed {run.seed}")
         return
-    report = write_report(spec, runs, Path(args.out or spec.runs_dir))
+    report = write_report(spec, runs, Path(args.out or spec.runs_dir), args.spec)
     print(f"report: {report}")

@@ -75,6 +75,46 @@ def mixer_parameters(run: Run) -> Optional[int]:
     return sum(p.numel() for p in module.mixer.parameters())
 
 
+def provenance(spec: StudySpec, runs: list[Run], spec_path: Optional[str]) -> list[str]:
+    """How to reproduce the study and what its runs ran on: the commands, the grid, the effective
+    settings of each preset (one finished run's recorded config), machines, code versions, wall time."""
+    from collections import Counter
+
+    finished = [r for r in runs if is_finished(r)]
+    records = {r: json.loads((record(r) / FINISHED).read_text()) for r in finished}
+    path = spec_path or f"studies/{spec.name}.yaml"
+    lines = ["## How it was run", "", "```bash",
+             f"python scripts/study.py run {path} --jobs 1      # skips finished runs; resumes interrupted ones",
+             f"python scripts/study.py report {path} --out <this folder>", "```", "",
+             f"Grid: presets {', '.join(spec.presets)}; mixers {', '.join(spec.mixers)}; "
+             + (f"central_info {', '.join(str(z) for z in spec.central_info)}; " if spec.central_info != [None] else "")
+             + (f"variants {', '.join(f'{k or chr(34) * 2}: {v}' for k, v in spec.variants.items())}; "
+                if spec.variants != {"": []} else "")
+             + f"seeds {', '.join(map(str, spec.seeds))}"
+             + (f"; on every run: {' '.join(spec.overrides)}" if spec.overrides else "") + ".", ""]
+    hosts = Counter((rec.get("host", "?"), rec.get("machine", "not recorded")) for rec in records.values())
+    lines += ["Machines (runs): " + "; ".join(f"{host}: {desc} ({n})" for (host, desc), n in hosts.items()) + "."
+              if hosts else "Machines: no finished run yet.", ""]
+    codes = Counter(" + ".join(rec["code"]) if rec.get("code") else "not recorded" for rec in records.values())
+    if codes:
+        lines += ["Code (commit of each session of a run; runs): "
+                  + "; ".join(f"{code} ({n})" for code, n in codes.items()) + ".", ""]
+    wall = sum(rec.get("wall_s", 0.0) for r, rec in records.items() if not rec.get("reused_from"))
+    lines += [f"Training time of the runs trained for this study: {wall / 3600:.1f} h (sum of wall times).", ""]
+    for preset in spec.presets:
+        run = next((r for r in finished if r.preset == preset and (record(r) / ".hydra" / "config.yaml").is_file()), None)
+        if run is None:
+            continue
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.to_container(OmegaConf.load(record(run) / ".hydra" / "config.yaml"))
+        for key in ("mixer", "seed", "resume"):
+            cfg.pop(key, None)
+        lines += [f"<details><summary>Effective settings of {preset} (a finished run's recorded config, less its "
+                  "mixer and seed)</summary>", "", "```yaml", OmegaConf.to_yaml(cfg).rstrip(), "```", "</details>", ""]
+    return lines
+
+
 def _fmt(triple) -> str:
     value, low, high = triple
     return f"{value:.3g} [{low:.3g}, {high:.3g}]"
@@ -85,7 +125,7 @@ def _grid(curves: list[pd.Series]) -> np.ndarray:
     return min((c.index.to_numpy() for c in curves), key=len)
 
 
-def write_report(spec: StudySpec, runs: list[Run], out_dir: Path) -> Path:
+def write_report(spec: StudySpec, runs: list[Run], out_dir: Path, spec_path: Optional[str] = None) -> Path:
     """Write ``report.md`` and the figures into ``out_dir``; returns the report's path."""
     import matplotlib
 
@@ -171,6 +211,7 @@ def write_report(spec: StudySpec, runs: list[Run], out_dir: Path) -> Path:
         plt.close(fig)
         lines += [f"![learning curves](figures/curves_{name}.png)",
                   f"![performance profile](figures/profile_{name}.png)", ""]
+    lines += provenance(spec, runs, spec_path)
     report = out_dir / "report.md"
     report.write_text("\n".join(lines))
     return report

@@ -125,6 +125,28 @@ def code_version() -> str:
     return head + ("+dirty" if dirty else "")
 
 
+def machine() -> str:
+    """This machine in a few words: CPU model, cores, memory, torch build and accelerator."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        memory = f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB"
+    except (ValueError, OSError, AttributeError):
+        memory = ""
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return f"{cpu}, {os.cpu_count()} cores{memory}, torch {torch.__version__}{gpu}"
+
+
 def start(run: Run) -> subprocess.Popen:
     clear_unresumable(run)
     code = code_version()
@@ -151,7 +173,7 @@ def finish(run: Run, proc: subprocess.Popen) -> bool:
     if ok:
         versions = (run.folder / SESSIONS).read_text().split() if (run.folder / SESSIONS).is_file() else []
         (run.folder / FINISHED).write_text(json.dumps({
-            "host": socket.gethostname(), "wall_s": round(wall, 1),
+            "host": socket.gethostname(), "machine": machine(), "wall_s": round(wall, 1),
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": list(run.argv),
             "code": list(dict.fromkeys(versions))}))
         archive(run)
