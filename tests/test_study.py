@@ -174,37 +174,53 @@ def test_a_signal_to_the_runner_stops_its_runs_with_a_checkpoint(tmp_path):
     assert (run.folder / "checkpoints" / "last.ckpt").is_file() and not (run.folder / ".claim").exists()
 
 
-def test_a_run_two_studies_share_is_trained_once_and_its_record_reused(tmp_path):
-    """QMIX's default z is the state: study B's ``qmix z=state`` is study A's ``qmix`` and is adopted,
-    ``qmix z=zeros`` is trained; a twin whose recorded config differs from today's is not adopted."""
-    import json
+def finished_elsewhere(run) -> None:
+    """A finished record of ``run`` as its runner leaves it (today's config; a two-point curve)."""
+    from omegaconf import OmegaConf
 
+    from lightning_marl.config import compose
+
+    (run.folder / ".hydra").mkdir(parents=True)
+    (run.folder / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(compose(list(run.argv))))
+    (run.folder / "metrics.csv").write_text("step,env_steps,test/return_mean\n0,0,1.0\n5,240,2.0\n")
+    (run.folder / "finished.json").write_text('{"host": "elsewhere", "wall_s": 60.0}')
+
+
+def test_a_run_two_studies_share_is_adopted_not_trained(tmp_path, capsys):
+    """QMIX's default z is the state: study B's ``qmix z=state`` is study A's ``qmix`` and is adopted
+    (nothing trained); ``qmix z=zeros`` is no twin; a twin whose recorded config differs from today's
+    is not adopted, one that differs in output settings only is."""
+    from lightning_marl.study import main
     from lightning_marl.study.reuse import finished_twin, reused_from, twins
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     first = write_spec(tmp_path / "a", seeds=(0,))
-    first.write_text(first.read_text().replace("mixers: [vdn, qmix]", "mixers: [qmix]").replace("pairs: [[qmix, vdn]]",
-                                                                                                 "pairs: []"))
+    first.write_text(first.read_text().replace("archive_dir:", "# archive_dir:"))  # records in run folders
     second = write_spec(tmp_path / "b", seeds=(0,))
     second.write_text(second.read_text().replace("mixers: [vdn, qmix]", "mixers: [qmix]")
                       .replace("pairs: [[qmix, vdn]]", f"central_info: [state, zeros]\nreuse: [{first}]"))
-    assert study("run", str(first), cwd=tmp_path).returncode == 0
-    out = study("run", str(second), cwd=tmp_path)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert "reused reference/box_pushing_4x4 qmix z=state seed 0" in out.stdout
-    assert out.stdout.count("start ") == 1 and "start  reference/box_pushing_4x4 qmix z=zeros seed 0" in out.stdout
-    original, (shared, own) = plan(load_spec(first))[0], plan(load_spec(second))
-    assert reused_from(shared) == str(original.archive) and reused_from(own) is None
-    assert (shared.archive / "metrics.csv").read_bytes() == (original.archive / "metrics.csv").read_bytes()
-    assert not shared.folder.exists()  # nothing was trained for it
-    assert json.loads((own.archive / "finished.json").read_text())["code"]  # the code each session ran
-    status = study("status", str(second), cwd=tmp_path)
-    assert "reused" in status.stdout and "2 of 2 runs finished" in status.stdout
-    report = study("report", str(second), cwd=tmp_path)
-    assert report.returncode == 0 and "1 of the finished runs are shared" in (tmp_path / "b" / "runs" / "report.md").read_text()
+    original = plan(load_spec(first))[1]
+    assert original.label == "qmix"
+    finished_elsewhere(original)
+    shared, own = plan(load_spec(second))
+    assert twins([own], plan(load_spec(first)))[own] == []  # z=zeros is another run
+    (own.archive).mkdir(parents=True)
+    (own.archive / "finished.json").write_text("{}")  # pretend it is done: nothing may be trained here
+    with pytest.raises(SystemExit) as exit_code:
+        main(["run", str(second)])
+    out = capsys.readouterr().out
+    assert exit_code.value.code == 0 and "start " not in out
+    assert "reused reference/box_pushing_4x4 qmix z=state seed 0" in out and "'reused': 1" in out
+    assert reused_from(shared) == str(original.folder) and reused_from(own) is None
+    assert (shared.archive / "metrics.csv").read_bytes() == (original.folder / "metrics.csv").read_bytes()
+    assert not shared.folder.exists()
+    main(["status", str(second)])
+    assert "reused    reference/box_pushing_4x4 qmix z=state" in capsys.readouterr().out
+    main(["report", str(second), "--out", str(tmp_path / "report")])
+    assert "1 of the finished runs are shared with other studies" in (tmp_path / "report" / "report.md").read_text()
     # a twin trained before its preset changed is no twin: its recorded config differs from today's
-    saved = original.archive / ".hydra" / "config.yaml"
+    saved = original.folder / ".hydra" / "config.yaml"
     saved.write_text(saved.read_text().replace("lr: 0.001", "lr: 0.002"))
     assert finished_twin(shared, twins([shared], [original])[shared]) is None
     saved.write_text(saved.read_text().replace("lr: 0.002", "lr: 0.001").replace("log_every_n_steps: 10",
@@ -213,12 +229,8 @@ def test_a_run_two_studies_share_is_trained_once_and_its_record_reused(tmp_path)
 
 
 def test_a_run_waits_while_its_twin_is_trained_elsewhere_then_adopts_it(tmp_path):
-    import shutil
     import threading
 
-    from omegaconf import OmegaConf
-
-    from lightning_marl.config import compose
     from lightning_marl.study.reuse import twins
 
     (tmp_path / "a").mkdir()
@@ -229,10 +241,7 @@ def test_a_run_waits_while_its_twin_is_trained_elsewhere_then_adopts_it(tmp_path
     (original.folder / CLAIM).write_text(f"{os.uname().nodename}:{os.getppid()}")  # another live runner has it
 
     def finish_elsewhere():
-        (original.folder / ".hydra").mkdir()
-        (original.folder / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(compose(list(original.argv))))
-        (original.folder / "metrics.csv").write_text("step,env_steps,test/return_mean\n0,0,1.0\n")
-        (original.folder / "finished.json").write_text("{}")
+        finished_elsewhere(original)
         (original.folder / CLAIM).unlink()
 
     timer = threading.Timer(3.0, finish_elsewhere)
@@ -242,4 +251,3 @@ def test_a_run_waits_while_its_twin_is_trained_elsewhere_then_adopts_it(tmp_path
     timer.join()
     assert counts["reused"] == 1 and counts["done"] == 0 and not any(s.startswith("start") for s in said)
     assert (mine.archive / "finished.json").is_file() and not mine.folder.exists()
-    shutil.rmtree(tmp_path / "a")
