@@ -55,6 +55,15 @@ def test_area_under_curve_and_iqm_curves():
     assert (low <= mid).all() and (mid <= high).all()
 
 
+def test_settled_at_and_fell_back_on_known_curves():
+    steps = np.array([0, 10, 20, 30, 40, 50])
+    assert agg.settled_at(steps, [0, 5, 9, 10, 10, 10], tolerance=0.5) == 30  # within 0.5 of 10 from step 30
+    assert agg.settled_at(steps, [0, 10, 10, 3, 10, 10], tolerance=0.5) == 40  # a late dip counts
+    assert agg.settled_at(steps, [0, 10, 10, 10, 10, 0], tolerance=0.5) == 50  # fell at the end: settles last
+    assert agg.settled_at(steps, [10.2] * 6, tolerance=0.5) == 0
+    assert agg.fell_back([0, 10, 10, 4], tolerance=0.5) and not agg.fell_back([0, 4, 10, 9.8], tolerance=0.5)
+
+
 def write_spec(tmp_path, seeds=(0, 1)) -> Path:
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"""

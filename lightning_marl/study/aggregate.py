@@ -103,3 +103,18 @@ def area_under_curve(steps: np.ndarray, values: np.ndarray) -> float:
         return float(values[-1])
     area = float(np.sum((values[1:] + values[:-1]) / 2 * np.diff(steps)))
     return area / float(steps[-1] - steps[0])
+
+
+def settled_at(steps: np.ndarray, values: np.ndarray, tolerance: float) -> float:
+    """Stability of one learning curve: the first env step from which every later evaluation stays
+    within ``tolerance`` of the final score (the curve's first step if it never leaves that band). A
+    run that oscillates until late, or falls back late, settles late."""
+    steps, values = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+    outside = np.flatnonzero(np.abs(values - values[-1]) > tolerance)
+    return float(steps[0] if outside.size == 0 else steps[outside[-1] + 1])
+
+
+def fell_back(values: np.ndarray, tolerance: float) -> bool:
+    """Whether a run ends more than ``tolerance`` below the best score it reached."""
+    values = np.asarray(values, dtype=float)
+    return bool(values.max() - values[-1] > tolerance)

@@ -30,9 +30,10 @@ def read_curve(run: Run, metric: str) -> Optional[pd.Series]:
 
 
 def collect(spec: StudySpec, runs: list[Run]) -> dict:
-    """{(preset, label): {"final": [...], "auc": [...], "curves": [...], "extra": {metric: [...]}, "wall": [...],
-    "mixer_parameters": n}}."""
-    out: dict = defaultdict(lambda: {"final": [], "auc": [], "curves": [], "extra": defaultdict(list), "wall": []})
+    """{(preset, label): {"final": [...], "auc": [...], "settled": [...], "fell_back": n, "curves": [...],
+    "extra": {metric: [...]}, "wall": [...], "mixer_parameters": n}}."""
+    out: dict = defaultdict(lambda: {"final": [], "auc": [], "settled": [], "fell_back": 0, "curves": [],
+                                     "extra": defaultdict(list), "wall": []})
     for run in runs:
         if not is_finished(run):
             continue
@@ -44,6 +45,8 @@ def collect(spec: StudySpec, runs: list[Run]) -> dict:
             cell["mixer_parameters"] = mixer_parameters(run)
         cell["final"].append(float(curve.iloc[-1]))
         cell["auc"].append(agg.area_under_curve(curve.index.to_numpy(), curve.to_numpy()))
+        cell["settled"].append(agg.settled_at(curve.index.to_numpy(), curve.to_numpy(), spec.tolerance))
+        cell["fell_back"] += agg.fell_back(curve.to_numpy(), spec.tolerance)
         cell["curves"].append(curve)
         cell["wall"].append(json.loads((record(run) / FINISHED).read_text()).get("wall_s", float("nan")))
         for metric in spec.metrics:
@@ -120,6 +123,11 @@ def _fmt(triple) -> str:
     return f"{value:.3g} [{low:.3g}, {high:.3g}]"
 
 
+def _fmt_steps(triple) -> str:
+    value, low, high = (x / 1e3 for x in triple)
+    return f"{value:.0f}k [{low:.0f}k, {high:.0f}k]"
+
+
 def _grid(curves: list[pd.Series]) -> np.ndarray:
     """Common env-step grid of a configuration's curves: the shortest run's evaluation steps."""
     return min((c.index.to_numpy() for c in curves), key=len)
@@ -141,8 +149,10 @@ def write_report(spec: StudySpec, runs: list[Run], out_dir: Path, spec_path: Opt
     lines = [f"# Study report: {spec.name}", "",
              f"{done} of {total} runs finished. Score: `{spec.metric}` (final = the last greedy evaluation, "
              "AUC = its mean over the run's env steps). IQM over seeds with stratified bootstrap 95% intervals "
-             f"({agg.REPS} resamples, rliable). Wall s: the training time of a run's sessions that the runner "
-             "saw end.", ""]
+             f"({agg.REPS} resamples, rliable). Settled at: the env step from which every later evaluation stays "
+             f"within {spec.tolerance:g} of the run's final score (stability; IQM over seeds); fell back: runs "
+             f"that end more than {spec.tolerance:g} below the best score they reached. Wall s: the training time "
+             "of a run's sessions that the runner saw end.", ""]
     if reused:
         lines[-1:-1] = [f"{len(reused)} of the finished runs are shared with other studies (the same config and seed, "
                         "trained once; `reused_from` in their finished.json): "
@@ -154,17 +164,20 @@ def write_report(spec: StudySpec, runs: list[Run], out_dir: Path, spec_path: Opt
             continue
         finals = {lbl: np.array(cells[(preset, lbl)]["final"])[:, None] for lbl in labels}
         aucs = {lbl: np.array(cells[(preset, lbl)]["auc"])[:, None] for lbl in labels}
+        settled = {lbl: np.array(cells[(preset, lbl)]["settled"])[:, None] for lbl in labels}
         final_ci, auc_ci = agg.iqm_with_interval(finals), agg.iqm_with_interval(aucs)
+        settled_ci = agg.iqm_with_interval(settled)
         extra_columns = "".join(f"IQM final {m} | " for m in spec.metrics)
-        header = (f"| configuration | seeds | IQM final | IQM AUC | {extra_columns}mixer parameters | "
-                  "wall s (median) |")
-        lines += [f"## {preset}", "", header, "|" + "---|" * (6 + len(spec.metrics))]
+        header = (f"| configuration | seeds | IQM final | IQM AUC | IQM settled at (env steps) | fell back | "
+                  f"{extra_columns}mixer parameters | wall s (median) |")
+        lines += [f"## {preset}", "", header, "|" + "---|" * (8 + len(spec.metrics))]
         for lbl in labels:
             cell = cells[(preset, lbl)]
             extras = [f"{agg.iqm(np.array(cell['extra'][m])[:, None]):.3g}" if cell["extra"][m] else "-"
                       for m in spec.metrics]
             params = cell["mixer_parameters"]
             lines.append(f"| {lbl} | {len(cell['final'])} | {_fmt(final_ci[lbl])} | {_fmt(auc_ci[lbl])} | "
+                         f"{_fmt_steps(settled_ci[lbl])} | {cell['fell_back']} of {len(cell['final'])} | "
                          + " | ".join(extras) + (" | " if extras else "")
                          + f"{'-' if params is None else f'{params:,}'} | {np.median(cell['wall']):.0f} |")
         lines.append("")

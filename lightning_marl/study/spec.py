@@ -13,6 +13,8 @@ ordinary ``train.py`` run in a folder of its own. The spec is a YAML file with t
     overrides: []                              # added to every run
     metric: test/return_mean                   # the score: its final value and its area under the curve
     metrics: [test/big_box_mean]               # also reported (final values)
+    tolerance: 0.5                             # score units: a run has settled once every later
+                                               # evaluation stays this close to its final score
     pairs: [[duelmix, qmix]]                   # probability of improvement of the first over the second
     reuse: [studies/central_info.yaml]         # other studies whose finished runs stand in for the
                                                # same runs here (same config and seed; see .reuse)
@@ -45,6 +47,7 @@ class StudySpec:
     overrides: List[str] = field(default_factory=list)
     metric: str = "test/return_mean"
     metrics: List[str] = field(default_factory=list)
+    tolerance: float = 0.5
     pairs: List[List[str]] = field(default_factory=list)
     reuse: List[str] = field(default_factory=list)
 
@@ -82,6 +85,8 @@ def load_spec(path: str | Path) -> StudySpec:
     for pair in spec.pairs:
         if len(pair) != 2 or not set(pair) <= labels:
             raise ConfigError(f"study spec {path}: pairs entry {pair}; allowed: two of {', '.join(sorted(labels))}")
+    if not spec.tolerance > 0:
+        raise ConfigError(f"study spec {path}: tolerance={spec.tolerance} is out of range; allowed: a number > 0")
     for other in spec.reuse:
         if not Path(other).is_file():
             raise ConfigError(f"study spec {path}: reuse entry {other} does not exist; allowed: paths of other "
