@@ -190,7 +190,10 @@ def finished_elsewhere(run) -> None:
     from lightning_marl.config import compose
 
     (run.folder / ".hydra").mkdir(parents=True)
-    (run.folder / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(compose(list(run.argv))))
+    from lightning_marl.study.runner import RUNNER_OVERRIDES
+
+    argv = [*RUNNER_OVERRIDES, *run.argv]  # as the runner trains it
+    (run.folder / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(compose(argv)))
     (run.folder / "metrics.csv").write_text("step,env_steps,test/return_mean\n0,0,1.0\n5,240,2.0\n")
     (run.folder / "finished.json").write_text('{"host": "elsewhere", "wall_s": 60.0}')
 
@@ -237,9 +240,9 @@ def test_a_run_two_studies_share_is_adopted_not_trained(tmp_path, capsys):
     assert finished_twin(shared, twins([shared], [original])[shared]) == original  # output settings do not count
 
 
-def test_a_run_waits_while_its_twin_is_trained_elsewhere_then_adopts_it(tmp_path):
-    import threading
-
+def test_a_run_whose_twin_is_in_training_is_left_for_later_then_adopted(tmp_path):
+    """The runner never waits on a claim it cannot check (here: another machine's); a run claimed
+    by a live runner of its own study is never overwritten by an adoption."""
     from lightning_marl.study.reuse import twins
 
     (tmp_path / "a").mkdir()
@@ -247,16 +250,19 @@ def test_a_run_waits_while_its_twin_is_trained_elsewhere_then_adopts_it(tmp_path
     original = plan(load_spec(write_spec(tmp_path / "a", seeds=(0,))))[0]
     mine = plan(load_spec(write_spec(tmp_path / "b", seeds=(0,))))[0]
     original.folder.mkdir(parents=True)
-    (original.folder / CLAIM).write_text(f"{os.uname().nodename}:{os.getppid()}")  # another live runner has it
-
-    def finish_elsewhere():
-        finished_elsewhere(original)
-        (original.folder / CLAIM).unlink()
-
-    timer = threading.Timer(3.0, finish_elsewhere)
-    timer.start()
+    (original.folder / CLAIM).write_text("another-machine:12345")
     said = []
     counts = run_all([mine], twins=twins([mine], [original]), say=said.append)
-    timer.join()
+    assert counts["waiting"] == 1 and counts["done"] == counts["reused"] == 0
+    assert said == [f"later  {mine.preset} {mine.label} seed 0: its twin is being trained in {original.folder} "
+                    "(another-machine:12345); run the study again to reuse it"]
+    (original.folder / CLAIM).unlink()
+    finished_elsewhere(original)
+    mine.folder.mkdir(parents=True)
+    (mine.folder / CLAIM).write_text(f"{os.uname().nodename}:{os.getppid()}")  # trained here right now
+    counts = run_all([mine], twins=twins([mine], [original]), say=said.append)
+    assert counts["reused"] == 0 and counts["skipped"] == 1 and not (mine.archive / "finished.json").exists()
+    (mine.folder / CLAIM).unlink()
+    counts = run_all([mine], twins=twins([mine], [original]), say=said.append)
     assert counts["reused"] == 1 and counts["done"] == 0 and not any(s.startswith("start") for s in said)
-    assert (mine.archive / "finished.json").is_file() and not mine.folder.exists()
+    assert (mine.archive / "finished.json").is_file()

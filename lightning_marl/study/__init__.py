@@ -38,15 +38,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         spec = load_spec(args.spec)
         runs = plan(spec)
         if args.action == "run":
-            for run in runs:  # every run's command line is checked before the first one starts
-                if not is_finished(run):
-                    preflight(list(run.argv))
+            todo = [run for run in runs if not is_finished(run)]
+            for run in todo:  # every run's command line is checked before the first one starts
+                preflight(list(run.argv))
+            others = [run for other in spec.reuse for run in plan(load_spec(other))]
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     if args.action == "run":
-        todo = [run for run in runs if not is_finished(run)]
-        others = [run for other in spec.reuse for run in plan(load_spec(other))]
         counts = run_all(runs, jobs=args.jobs, limit=args.limit, twins=twins(todo, others) if others else None)
         print(f"{spec.name}: {counts}")
         sys.exit(128 + counts["stopped_by"] if counts["stopped_by"] else 1 if counts["failed"] else 0)

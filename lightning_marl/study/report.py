@@ -105,7 +105,8 @@ def provenance(spec: StudySpec, runs: list[Run], spec_path: Optional[str]) -> li
     wall = sum(rec.get("wall_s", 0.0) for r, rec in records.items() if not rec.get("reused_from"))
     lines += [f"Training time of the runs trained for this study: {wall / 3600:.1f} h (sum of wall times).", ""]
     for preset in spec.presets:
-        run = next((r for r in finished if r.preset == preset and (record(r) / ".hydra" / "config.yaml").is_file()), None)
+        candidates = [r for r in finished if r.preset == preset and (record(r) / ".hydra" / "config.yaml").is_file()]
+        run = next((r for r in candidates if not r.variant), candidates[0] if candidates else None)
         if run is None:
             continue
         from omegaconf import OmegaConf
@@ -124,8 +125,11 @@ def _fmt(triple) -> str:
 
 
 def _fmt_steps(triple) -> str:
-    value, low, high = (x / 1e3 for x in triple)
-    return f"{value:.0f}k [{low:.0f}k, {high:.0f}k]"
+    def steps(x: float) -> str:
+        return f"{x / 1e3:.0f}k" if x >= 1e4 else f"{x:.0f}"
+
+    value, low, high = triple
+    return f"{steps(value)} [{steps(low)}, {steps(high)}]"
 
 
 def _grid(curves: list[pd.Series]) -> np.ndarray:

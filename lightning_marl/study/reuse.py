@@ -10,9 +10,15 @@ that only decide what is written and where (:data:`OUTPUT_ONLY`); the seed is pa
 finished run is adopted only when the config it recorded has the same identity as the config this
 study would run now, so a twin trained before a preset changed is trained again.
 
-While a twin is being trained by another study's runner, the run waits at the end of the queue (the
-runner goes on with its other runs). Two runners that pick twins in the same second both train them:
-both records are valid runs, one is simply not needed.
+While a twin is being trained by another study's runner, the run is passed over (the runner goes on
+with its other runs) and, once nothing else is left, left for a later call of the runner. Two
+runners that pick twins in the same second both train them: both records are valid runs, one is
+simply not needed.
+
+The trainer's code version is not part of a run's identity: a twin trained by an older commit is
+adopted when its config is today's (each record's ``code`` says which commits trained it, and the
+report lists them). Identities are composed once per runner: a preset edited while a runner is up is
+seen by the next runner.
 """
 from __future__ import annotations
 
@@ -26,8 +32,10 @@ from omegaconf import OmegaConf
 from lightning_marl.study.runner import ARCHIVED, FINISHED, claimed, is_finished, record
 from lightning_marl.study.spec import Run
 
-# settings that change what a run writes (its logs, checkpoints, console), never what it learns
-OUTPUT_ONLY = ("logger", "checkpoint", "resume", "trainer.enable_progress_bar", "trainer.log_every_n_steps")
+# settings that change what a run writes (its logs, checkpoint cadence, console), never what it learns
+# (checkpoint.replay is not one of them: a resumed run without its replay learns differently)
+OUTPUT_ONLY = ("logger", "checkpoint.every_n_updates", "checkpoint.keep_all", "resume", "trainer.enable_progress_bar",
+               "trainer.log_every_n_steps")
 
 
 def identity(cfg: dict) -> str:
@@ -54,16 +62,24 @@ def planned(argv: tuple) -> str:
 
 
 def recorded(run: Run) -> Optional[str]:
-    """The identity of the config a finished run recorded (None where it left none)."""
+    """The identity of the config a finished run recorded (None where it left none, or one this
+    version cannot read: e.g. written by a newer version with options this one lacks)."""
     path = record(run) / ".hydra" / "config.yaml"
-    return identity(OmegaConf.to_container(OmegaConf.load(path))) if path.is_file() else None
+    try:
+        return identity(OmegaConf.to_container(OmegaConf.load(path)))
+    except Exception:  # noqa: BLE001 - unreadable means "no twin", never a failing runner
+        return None
 
 
 def twins(runs: Sequence[Run], others: Iterable[Run]) -> dict[Run, list[Run]]:
-    """For each of ``runs``, the runs among ``others`` (other studies') with the same planned config."""
+    """For each of ``runs``, the runs among ``others`` (other studies') with the same planned config
+    (another study's run that no longer composes, e.g. its preset was removed, is nobody's twin)."""
     by_identity: dict[str, list[Run]] = {}
     for other in others:
-        by_identity.setdefault(planned(other.argv), []).append(other)
+        try:
+            by_identity.setdefault(planned(other.argv), []).append(other)
+        except Exception:  # noqa: BLE001 - Hydra's composition errors
+            continue
     return {run: by_identity.get(planned(run.argv), []) for run in runs}
 
 
@@ -88,7 +104,7 @@ def adopt(run: Run, twin: Run) -> None:
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source / name, target / name)
     done = json.loads((source / FINISHED).read_text())
-    done["reused_from"] = str(source)
+    done.update(reused_from=str(source), argv=list(run.argv))
     (target / FINISHED).write_text(json.dumps(done))
 
 

@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 from lightning_marl.study.spec import Run
 
 FINISHED, CLAIM, LOG, SESSIONS = "finished.json", ".claim", "study.log", ".code"
+RUNNER_OVERRIDES = ("trainer.enable_progress_bar=false",)  # runs share the runner's log: no progress bar
 ARCHIVED = (FINISHED, "metrics.csv", ".hydra/config.yaml")  # what a finished run leaves in the archive
 
 
@@ -88,7 +89,7 @@ def claim(run: Run) -> bool:
 
 def command(run: Run) -> list[str]:
     """``train.py`` for a new run, or ``resume=`` for one that left a checkpoint."""
-    base = [sys.executable, "-m", "lightning_marl.cli", "trainer.enable_progress_bar=false"]
+    base = [sys.executable, "-m", "lightning_marl.cli", *RUNNER_OVERRIDES]
     if (run.folder / "checkpoints" / "last.ckpt").is_file() and (run.folder / ".hydra" / "config.yaml").is_file():
         return base + [f"resume={run.folder}"]
     return base + [*run.argv, f"hydra.run.dir={run.folder}"]
@@ -99,7 +100,7 @@ def clear_unresumable(run: Run) -> None:
     that the new attempt does not append to them."""
     if (run.folder / "checkpoints" / "last.ckpt").is_file():
         return
-    for name in ("metrics.csv", "hparams.yaml", "train.log"):
+    for name in ("metrics.csv", "hparams.yaml", "train.log", SESSIONS, ".wall_s"):
         (run.folder / name).unlink(missing_ok=True)
     for name in (".hydra", "checkpoints", "resumed"):
         shutil.rmtree(run.folder / name, ignore_errors=True)
@@ -113,7 +114,7 @@ def code_version() -> str:
     try:
         head = subprocess.run(git + ["rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no", "--", "lightning_marl",
+        dirty = subprocess.run(git + ["status", "--porcelain", "--", "lightning_marl",
                                       "configs", "callbacks", "train.py"],
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
@@ -143,7 +144,10 @@ def machine() -> str:
         memory = f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB"
     except (ValueError, OSError, AttributeError):
         memory = ""
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    try:
+        gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    except RuntimeError:
+        gpu = ", GPU not readable"
     return f"{cpu}, {os.cpu_count()} cores{memory}, torch {torch.__version__}{gpu}"
 
 
@@ -188,18 +192,21 @@ def run_all(runs: Sequence[Run], jobs: int = 1, limit: Optional[int] = None, say
     """Train every unfinished, unclaimed run, ``jobs`` at a time (``limit``: at most that many).
 
     ``twins`` (run -> the same runs in other studies, :mod:`.reuse`): a run whose twin finished is
-    adopted, not trained; one whose twin is being trained waits at the end of the queue.
+    adopted, not trained; one whose twin is being trained is passed over while other runs train, and
+    left for a later call (``counts["waiting"]``) once nothing else is left: a twin's claim from
+    another machine cannot be checked, so the runner does not wait on it.
 
     SIGTERM/SIGINT/SIGUSR1/SIGUSR2 to the runner go to its runs (each stops after its update and
     writes a checkpoint); the runner waits for them, starts nothing new and exits with the signal's
     code (``counts["stopped_by"]``). Runs must never outlive their runner: their claim is the
-    runner's, and a later runner would start a second trainer in the same folder."""
+    runner's, and a later runner would start a second trainer in the same folder (so an error in the
+    runner itself stops its runs the same way before it propagates)."""
     from lightning_marl.study.reuse import adopt, finished_twin, twin_in_training
 
     twins = twins or {}
     todo = [r for r in runs if not is_finished(r)]
     counts = {"finished_before": len(runs) - len(todo), "done": 0, "reused": 0, "failed": 0, "stopped": 0,
-              "skipped": 0, "stopped_by": 0}
+              "skipped": 0, "waiting": 0, "stopped_by": 0}
     active: list[tuple[Run, subprocess.Popen]] = []
     started = 0
     queue = list(todo)
@@ -209,16 +216,27 @@ def run_all(runs: Sequence[Run], jobs: int = 1, limit: Optional[int] = None, say
         for _, proc in active:
             proc.send_signal(signum)
 
-    def next_run() -> Optional[Run]:
-        """The first queued run that is not waiting for a twin in training (adopting finished twins)."""
+    def adopt_finished_twins() -> None:
         for run in list(queue):
-            twin = finished_twin(run, twins.get(run, [])) if twins.get(run) else None
-            if twin is not None:
-                queue.remove(run)
+            if not twins.get(run) or claimed(run):  # a run being trained here or elsewhere keeps its own
+                continue
+            twin = finished_twin(run, twins[run])
+            if twin is None:
+                continue
+            try:
                 adopt(run, twin)
-                counts["reused"] += 1
-                say(f"reused {run.preset} {run.label} seed {run.seed} <- {record(twin)}")
-            elif not (twins.get(run) and twin_in_training(twins[run])):
+            except OSError as err:  # e.g. a full disk: the run is trained instead
+                say(f"cannot reuse {record(twin)} for {run.preset} {run.label} seed {run.seed}: {err}")
+                twins[run] = []
+                continue
+            queue.remove(run)
+            counts["reused"] += 1
+            say(f"reused {run.preset} {run.label} seed {run.seed} <- {record(twin)}")
+
+    def next_run() -> Optional[Run]:
+        """The first queued run whose twin (if any) is not being trained elsewhere."""
+        for run in queue:
+            if not (twins.get(run) and twin_in_training(twins[run])):
                 queue.remove(run)
                 return run
         return None
@@ -227,6 +245,7 @@ def run_all(runs: Sequence[Run], jobs: int = 1, limit: Optional[int] = None, say
     previous = {s: signal.signal(s, forward) for s in stops}
     try:
         while queue or active:
+            adopt_finished_twins()
             while not counts["stopped_by"] and len(active) < jobs and (limit is None or started < limit):
                 run = next_run()
                 if run is None:
@@ -237,9 +256,15 @@ def run_all(runs: Sequence[Run], jobs: int = 1, limit: Optional[int] = None, say
                 say(f"start  {run.preset} {run.label} seed {run.seed} -> {run.folder}")
                 active.append((run, start(run)))
                 started += 1
-            if not active and (counts["stopped_by"] or (limit is not None and started >= limit)):
+            if not active:
+                for run in queue if not counts["stopped_by"] and (limit is None or started < limit) else ():
+                    counts["waiting"] += 1
+                    twin = next((t for t in twins[run] if claimed(t)), twins[run][0])
+                    say(f"later  {run.preset} {run.label} seed {run.seed}: its twin is being trained in "
+                        f"{twin.folder} ({(twin.folder / CLAIM).read_text() if claimed(twin) else 'claimed'}); "
+                        "run the study again to reuse it")
                 break
-            time.sleep(1.0 if active else 2.0)  # nothing active: every queued run waits for its twin
+            time.sleep(1.0)
             for item in list(active):
                 run, proc = item
                 if proc.poll() is None:
@@ -250,6 +275,12 @@ def run_all(runs: Sequence[Run], jobs: int = 1, limit: Optional[int] = None, say
                 counts[kind] += 1
                 word = {"done": "done  ", "stopped": "stopped", "failed": "FAILED"}[kind]
                 say(f"{word} {run.preset} {run.label} seed {run.seed} (exit {proc.returncode}; log {run.folder / LOG})")
+    except BaseException:
+        for _, proc in active:  # the runner fails: its runs checkpoint and end with it
+            proc.send_signal(signal.SIGTERM)
+        for _, proc in active:
+            proc.wait()
+        raise
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
