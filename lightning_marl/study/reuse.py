@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import shutil
 from functools import lru_cache
+from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from omegaconf import OmegaConf
@@ -63,8 +64,18 @@ def planned(argv: tuple) -> str:
 
 def recorded(run: Run) -> Optional[str]:
     """The identity of the config a finished run recorded (None where it left none, or one this
-    version cannot read: e.g. written by a newer version with options this one lacks)."""
+    version cannot read: e.g. written by a newer version with options this one lacks). The runner
+    asks every second while a twin is queued: the file is read once per version of it."""
     path = record(run) / ".hydra" / "config.yaml"
+    try:
+        stat = path.stat()
+        return _identity_of_file(path, stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        return None
+
+
+@lru_cache(maxsize=None)
+def _identity_of_file(path: Path, mtime_ns: int, size: int) -> Optional[str]:
     try:
         return identity(OmegaConf.to_container(OmegaConf.load(path)))
     except Exception:  # noqa: BLE001 - unreadable means "no twin", never a failing runner
