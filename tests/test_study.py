@@ -1,6 +1,7 @@
 """The study runner (skip finished runs, resume interrupted ones, claims) and its robust statistics,
 checked on synthetic data whose answers are known."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -266,3 +267,34 @@ def test_a_run_whose_twin_is_in_training_is_left_for_later_then_adopted(tmp_path
     counts = run_all([mine], twins=twins([mine], [original]), say=said.append)
     assert counts["reused"] == 1 and counts["done"] == 0 and not any(s.startswith("start") for s in said)
     assert (mine.archive / "finished.json").is_file()
+
+
+def test_the_report_shows_a_presets_settings_in_todays_layout_and_which_runs_differ(tmp_path):
+    """Records in an older layout read as today's; a run trained with another setting is named with
+    the setting, the settings shown are the ones most runs share."""
+    from lightning_marl.study.report import preset_settings
+
+    runs = plan(load_spec(write_spec(tmp_path, seeds=(0, 1))))
+    for run in runs:
+        finished_elsewhere(run)
+    old = runs[1].folder / ".hydra" / "config.yaml"  # the logger and the collection in an older layout: the same run
+    old.write_text(re.sub(r"logger:\n(  .*\n)+", "logger:\n  kind: csv\n", old.read_text())
+                   .replace("data:\n", "data:\n  async_collection: false\n", 1))
+    odd = runs[2].folder / ".hydra" / "config.yaml"
+    odd.write_text(odd.read_text().replace("lr: 0.001", "lr: 0.002"))
+    text = "\n".join(preset_settings("reference/box_pushing_4x4", runs))
+    assert "the same in 3 of its 4 runs without a variant" in text
+    assert f"{runs[2].label} seed {runs[2].seed} differs in: learner.lr." in text
+    assert "lr: 0.001" in text and "td_lambda: 0.6" in text
+    assert "logger" not in text and "async_collection" not in text and "seed:" not in text and "mixer:" not in text
+
+
+def test_status_read_by_a_pipe_that_closes_early_ends_quietly(tmp_path):
+    """``study.py status spec | head``: the reader stops after one line; no traceback, exit 141."""
+    spec = write_spec(tmp_path, seeds=range(1000))  # more lines than a pipe holds
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "study.py"), "status", str(spec)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("tiny: 0 of 2000 runs finished")
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "Broken" not in err, err

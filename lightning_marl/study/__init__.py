@@ -8,6 +8,7 @@ aggregated with robust statistics (:mod:`.aggregate`) into a report (:mod:`.repo
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -51,11 +52,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         sys.exit(128 + counts["stopped_by"] if counts["stopped_by"] else 1 if counts["failed"] else 0)
     if args.action == "status":
         done = sum(is_finished(r) for r in runs)
-        print(f"{spec.name}: {done} of {len(runs)} runs finished")
-        for run in runs:
-            state = ("reused" if reused_from(run) else "finished") if is_finished(run) else \
-                "started" if (run.folder / "checkpoints").exists() else "-"
-            print(f"  {state:<9} {run.preset} {run.label} seed {run.seed}")
+        try:
+            print(f"{spec.name}: {done} of {len(runs)} runs finished")
+            for run in runs:
+                state = ("reused" if reused_from(run) else "finished") if is_finished(run) else \
+                    "started" if (run.folder / "checkpoints").exists() else "-"
+                print(f"  {state:<9} {run.preset} {run.label} seed {run.seed}", flush=True)
+        except BrokenPipeError:  # the reader stopped early (status | head): nothing more to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            sys.exit(141)  # 128 + SIGPIPE, as a shell pipeline reports it
         return
     report = write_report(spec, runs, Path(args.out or spec.runs_dir), args.spec)
     print(f"report: {report}")

@@ -4,7 +4,7 @@ spec's pairs, performance profiles and IQM learning curves (``report.md`` and ``
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Optional
 
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from lightning_marl.study import aggregate as agg
-from lightning_marl.study.reuse import reused_from
+from lightning_marl.study.reuse import effective, reused_from
 from lightning_marl.study.runner import FINISHED, is_finished, record
 from lightning_marl.study.spec import Run, StudySpec
 
@@ -80,9 +80,7 @@ def mixer_parameters(run: Run) -> Optional[int]:
 
 def provenance(spec: StudySpec, runs: list[Run], spec_path: Optional[str]) -> list[str]:
     """How to reproduce the study and what its runs ran on: the commands, the grid, the effective
-    settings of each preset (one finished run's recorded config), machines, code versions, wall time."""
-    from collections import Counter
-
+    settings of each preset (:func:`preset_settings`), machines, code versions, wall time."""
     finished = [r for r in runs if is_finished(r)]
     records = {r: json.loads((record(r) / FINISHED).read_text()) for r in finished}
     path = spec_path or f"studies/{spec.name}.yaml"
@@ -105,18 +103,50 @@ def provenance(spec: StudySpec, runs: list[Run], spec_path: Optional[str]) -> li
     wall = sum(rec.get("wall_s", 0.0) for r, rec in records.items() if not rec.get("reused_from"))
     lines += [f"Training time of the runs trained for this study: {wall / 3600:.1f} h (sum of wall times).", ""]
     for preset in spec.presets:
-        candidates = [r for r in finished if r.preset == preset and (record(r) / ".hydra" / "config.yaml").is_file()]
-        run = next((r for r in candidates if not r.variant), candidates[0] if candidates else None)
-        if run is None:
-            continue
-        from omegaconf import OmegaConf
-
-        cfg = OmegaConf.to_container(OmegaConf.load(record(run) / ".hydra" / "config.yaml"))
-        for key in ("mixer", "seed", "resume"):
-            cfg.pop(key, None)
-        lines += [f"<details><summary>Effective settings of {preset} (a finished run's recorded config, less its "
-                  "mixer and seed)</summary>", "", "```yaml", OmegaConf.to_yaml(cfg).rstrip(), "```", "</details>", ""]
+        lines += preset_settings(preset, [r for r in finished if r.preset == preset and not r.variant])
     return lines
+
+
+def preset_settings(preset: str, runs: list[Run]) -> list[str]:
+    """The effective settings of ``preset`` as its finished runs (without a variant) recorded them, in
+    today's layout and less the mixer, the seed and the output-only settings; says in how many of the
+    runs they are exactly these and, where runs differ (e.g. trained before a preset changed), in what."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    settings = {}
+    for run in runs:
+        path = record(run) / ".hydra" / "config.yaml"
+        if path.is_file():
+            cfg = effective(OmegaConf.to_container(OmegaConf.load(path)))
+            for key in ("mixer", "seed"):
+                cfg.pop(key, None)
+            settings[run] = cfg
+    if not settings:
+        return []
+    texts = Counter(json.dumps(cfg, sort_keys=True) for cfg in settings.values())
+    common, count = texts.most_common(1)[0]
+    shown = next(cfg for cfg in settings.values() if json.dumps(cfg, sort_keys=True) == common)
+    lines = [f"<details><summary>Effective settings of {preset} (the recorded config in today's layout, less "
+             f"mixer, seed and output-only settings; the same in {count} of its {len(settings)} runs without a "
+             "variant)</summary>", "", "```yaml", yaml.safe_dump(shown, sort_keys=False).rstrip(), "```"]
+    for run, cfg in settings.items():
+        if json.dumps(cfg, sort_keys=True) != common:
+            keys = sorted(_differing(shown, cfg))
+            lines += ["", f"{run.label} seed {run.seed} differs in: {', '.join(keys)}."]
+    return lines + ["</details>", ""]
+
+
+def _differing(a: dict, b: dict, prefix: str = "") -> set[str]:
+    """Dotted keys whose values differ between the nested dicts ``a`` and ``b``."""
+    keys = set()
+    for key in set(a) | set(b):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            keys |= _differing(x, y, f"{prefix}{key}.")
+        elif x != y:
+            keys.add(f"{prefix}{key}")
+    return keys
 
 
 def _fmt(triple) -> str:

@@ -39,9 +39,9 @@ OUTPUT_ONLY = ("logger", "checkpoint.every_n_updates", "checkpoint.keep_all", "r
                "trainer.log_every_n_steps")
 
 
-def identity(cfg: dict) -> str:
-    """The effective config ``cfg`` (plain containers, any layout) as one canonical string, less
-    :data:`OUTPUT_ONLY`."""
+def effective(cfg: dict) -> dict:
+    """The effective config ``cfg`` (plain containers, any layout) in today's layout, merged onto the
+    schema, less :data:`OUTPUT_ONLY` (plain containers)."""
     from lightning_marl.config.migrate import on_schema
 
     plain = OmegaConf.to_container(on_schema(cfg), resolve=True, enum_to_str=True)
@@ -51,7 +51,12 @@ def identity(cfg: dict) -> str:
         for part in parents:
             node = node.get(part, {})
         node.pop(leaf, None)
-    return json.dumps(plain, sort_keys=True)
+    return plain
+
+
+def identity(cfg: dict) -> str:
+    """:func:`effective` ``cfg`` as one canonical string."""
+    return json.dumps(effective(cfg), sort_keys=True)
 
 
 @lru_cache(maxsize=None)
