@@ -298,3 +298,27 @@ def test_status_read_by_a_pipe_that_closes_early_ends_quietly(tmp_path):
     proc.stdout.close()
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "Broken" not in err, err
+
+
+def test_the_code_version_is_dirty_for_uncommitted_training_code_only(tmp_path):
+    """A run records ``<commit>+dirty`` when the code it trains with is uncommitted; an edit to the
+    study runner (which starts runs but takes no part in them) leaves its record clean."""
+    from lightning_marl.study.runner import code_version
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
+                       capture_output=True)
+
+    for name in ("lightning_marl/study/runner.py", "lightning_marl/models/agent.py", "README.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x = 1\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "first")
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    (tmp_path / "lightning_marl/study/runner.py").write_text("x = 2\n")
+    (tmp_path / "README.md").write_text("x = 2\n")
+    assert code_version(tmp_path) == head
+    (tmp_path / "lightning_marl/models/agent.py").write_text("x = 2\n")
+    assert code_version(tmp_path) == head + "+dirty"

@@ -106,15 +106,15 @@ def clear_unresumable(run: Run) -> None:
         shutil.rmtree(run.folder / name, ignore_errors=True)
 
 
-def code_version() -> str:
+def code_version(root: Path = Path(__file__).resolve().parents[2]) -> str:
     """The trainer's code: its git commit, ``+dirty`` where the training code (package, configs,
-    train.py) has uncommitted changes; outside a git checkout the installed package's version."""
-    root = Path(__file__).resolve().parents[2]
+    train.py; not this study package, which decides which runs to start but not what they learn) has
+    uncommitted changes; outside a git checkout the installed package's version."""
     git = ["git", "-C", str(root)]
     try:
         head = subprocess.run(git + ["rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(git + ["status", "--porcelain", "--", "lightning_marl",
+        dirty = subprocess.run(git + ["status", "--porcelain", "--", "lightning_marl", ":(exclude)lightning_marl/study",
                                       "configs", "callbacks", "train.py"],
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
