@@ -124,16 +124,15 @@ def preset_settings(preset: str, runs: list[Run]) -> list[str]:
             settings[run] = cfg
     if not settings:
         return []
-    texts = Counter(json.dumps(cfg, sort_keys=True) for cfg in settings.values())
-    common, count = texts.most_common(1)[0]
-    shown = next(cfg for cfg in settings.values() if json.dumps(cfg, sort_keys=True) == common)
+    texts = {run: json.dumps(cfg, sort_keys=True) for run, cfg in settings.items()}  # canonical, compared
+    common, count = Counter(texts.values()).most_common(1)[0]
+    shown = next(settings[run] for run, text in texts.items() if text == common)
     lines = [f"<details><summary>Effective settings of {preset} (the recorded config in today's layout, less "
              f"mixer, seed and output-only settings; the same in {count} of its {len(settings)} runs without a "
              "variant)</summary>", "", "```yaml", yaml.safe_dump(shown, sort_keys=False).rstrip(), "```"]
-    for run, cfg in settings.items():
-        if json.dumps(cfg, sort_keys=True) != common:
-            keys = sorted(_differing(shown, cfg))
-            lines += ["", f"{run.label} seed {run.seed} differs in: {', '.join(keys)}."]
+    for run, text in texts.items():
+        if text != common:
+            lines += ["", f"{run.label} seed {run.seed} differs in: {', '.join(sorted(_differing(shown, settings[run])))}."]
     return lines + ["</details>", ""]
 
 
