@@ -201,26 +201,37 @@ def test_a_moved_run_keeps_last_ckpt_current_and_its_folder_tidy(tmp_path):
     assert len([f for f in files if f.startswith("step")]) == 1 and not [f for f in files if f.startswith(".")], files
 
 
-def test_scripts_refuse_bad_arguments_in_one_line(matrix_run, tmp_path):
+def test_scripts_refuse_bad_arguments_in_one_line(matrix_run, tmp_path, capsys):
+    """One case through the script's own process (exit code and stderr as a user sees them); the others
+    through the same ``main`` in this process (the script is ``main()`` and nothing else), which saves
+    a process start each."""
+    from lightning_marl import evaluate, plot
+
     ckpt = str(matrix_run / "checkpoints" / "last.ckpt")
     bad_csv = tmp_path / "bad_run"
     shutil.copytree(matrix_run, bad_csv)
     (bad_csv / "metrics.csv").write_bytes(os.urandom(300))
+    proc = subprocess.run([sys.executable, "scripts/evaluate.py", ckpt, "--env", "n_agents=3"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-1500:]
+    assert "env.payoff has 2 dimensions for env.n_agents=3" in lines[0]
     cases = [
-        (["scripts/evaluate.py", ckpt, "--episodes", "0"], "argument --episodes: 0 is out of range; allowed: an integer >= 1"),
-        (["scripts/evaluate.py", ckpt, "--episodes", "-3"], "argument --episodes: -3 is out of range"),
-        (["scripts/evaluate.py", ckpt, "--num-envs", "0"], "argument --num-envs: 0 is out of range"),
-        (["scripts/evaluate.py", ckpt, "--env", "grid=5"], "'grid=5': not KEY=VALUE with an option of env 'matrix'"),
-        (["scripts/evaluate.py", ckpt, "--env", "n_agents=3"], "env.payoff has 2 dimensions for env.n_agents=3"),
-        (["scripts/plot.py", str(matrix_run), "--out", str(tmp_path / "missing" / "x.png")],
+        (evaluate, [ckpt, "--episodes", "0"], "argument --episodes: 0 is out of range; allowed: an integer >= 1"),
+        (evaluate, [ckpt, "--episodes", "-3"], "argument --episodes: -3 is out of range"),
+        (evaluate, [ckpt, "--num-envs", "0"], "argument --num-envs: 0 is out of range"),
+        (evaluate, [ckpt, "--env", "grid=5"], "'grid=5': not KEY=VALUE with an option of env 'matrix'"),
+        (plot, [str(matrix_run), "--out", str(tmp_path / "missing" / "x.png")],
          "the folder " + str(tmp_path / "missing") + " does not exist"),
-        (["scripts/plot.py", str(bad_csv), "--out", str(tmp_path / "x.png")], "metrics.csv is not a metrics table"),
-        (["scripts/plot.py", str(matrix_run), "--points", "1"], "argument --points: 1 is out of range"),
+        (plot, [str(bad_csv), "--out", str(tmp_path / "x.png")], "metrics.csv is not a metrics table"),
+        (plot, [str(matrix_run), "--points", "1"], "argument --points: 1 is out of range"),
     ]
-    for argv, fragment in cases:
-        proc = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
-        lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == 2 and len(lines) == 1 and fragment in lines[0], (argv, proc.stderr[-1500:])
+    for script, argv, fragment in cases:
+        with pytest.raises(SystemExit) as stopped:
+            script.main(argv)
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert stopped.value.code == 2 and len(lines) == 1 and fragment in lines[0], (argv, lines)
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_plot_refuses_runs_of_different_lengths_unless_truncated(matrix_run, tmp_path):

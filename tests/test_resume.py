@@ -177,25 +177,25 @@ def test_periodic_checkpoints_keep_the_newest_or_all(make_config, tmp_path, keep
 
 
 def test_resume_overrides_survive_a_crash_and_a_second_resume(tmp_path):
-    """train 2000 steps; resume with total_env_steps=8000; SIGKILL after a checkpoint; a plain resume
-    must still end at 8000 (the override was written back to the run), not at the first budget."""
+    """train 400 steps; resume with total_env_steps=1600; SIGKILL after a checkpoint; a plain resume
+    must still end at 1600 (the override was written back to the run), not at the first budget."""
     run_dir = tmp_path / "run"
     base = [sys.executable, "train.py", "trainer.enable_progress_bar=false"]
-    first = subprocess.run(base + ["env=matrix", "mixer=vdn", "total_env_steps=2000", "checkpoint.every_n_updates=20",
+    first = subprocess.run(base + ["env=matrix", "mixer=vdn", "total_env_steps=400", "checkpoint.every_n_updates=20",
                                    f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
     done = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
-    proc = subprocess.Popen(base + [f"resume={run_dir}", "total_env_steps=8000"], cwd=ROOT,
+    proc = subprocess.Popen(base + [f"resume={run_dir}", "total_env_steps=1600"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     kill_after_checkpoint(proc, run_dir, done + 40)
     again = subprocess.run(base + [f"resume={run_dir}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "after 8000 env steps" in again.stdout
+    assert "after 1600 env steps" in again.stdout
     final = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert final["MARLDataModule"]["env_steps"] == 8000
+    assert final["MARLDataModule"]["env_steps"] == 1600
     sessions = sorted((run_dir / "resumed").glob("*/.hydra/config.yaml"))
     assert len(sessions) == 2  # each session's record holds the run's effective config
-    assert all(OmegaConf.load(s).total_env_steps == 8000 and OmegaConf.load(s).env.name == "matrix" for s in sessions)
+    assert all(OmegaConf.load(s).total_env_steps == 1600 and OmegaConf.load(s).env.name == "matrix" for s in sessions)
 
 
 def test_a_diverging_run_stops_with_the_update_and_keeps_the_last_good_checkpoint(make_config, tmp_path):
