@@ -47,6 +47,26 @@ def test_performance_profile_is_the_fraction_above_tau():
     assert bands["m"].shape == (2, 3)
 
 
+def test_bootstrap_intervals_do_not_depend_on_numpys_global_generator():
+    """rliable draws its resamples from numpy's global generator: a report must give the same
+    intervals whatever state a caller left it in, and leave that state as it found it."""
+    rng = np.random.default_rng(3)
+    scores = {name: rng.normal(0.0, 1.0, size=(5, 1)) for name in "abcd"}
+    curves = {"c": rng.normal(0.0, 1.0, size=(5, 1, 4))}
+    results = []
+    for global_seed in (1, 2):
+        np.random.seed(global_seed)
+        results.append((agg.iqm_with_interval(scores), agg.probability_of_improvement(scores["a"], scores["b"]),
+                        agg.iqm_curves(curves)["c"], agg.performance_profile(scores, [-0.5, 0.0, 0.5])[1]))
+        after = np.random.get_state()
+        np.random.seed(global_seed)
+        assert np.random.get_state()[1].tolist() == after[1].tolist()  # the caller's stream is untouched
+    (iqm1, poi1, curve1, band1), (iqm2, poi2, curve2, band2) = results
+    assert iqm1 == iqm2 and poi1 == poi2
+    assert all(np.array_equal(x, y) for x, y in zip(curve1, curve2))
+    assert all(np.array_equal(band1[k], band2[k]) for k in band1)
+
+
 def test_area_under_curve_and_iqm_curves():
     assert agg.area_under_curve([0, 10], [0.0, 1.0]) == pytest.approx(0.5)
     assert agg.area_under_curve([0, 5, 10], [2.0, 2.0, 2.0]) == pytest.approx(2.0)

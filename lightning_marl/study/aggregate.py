@@ -20,12 +20,23 @@ CONFIDENCE = 0.95
 
 
 @contextlib.contextmanager
-def _quiet():
-    """rliable passes ``random_state`` to arch's bootstrap, which arch deprecates with a FutureWarning:
-    harmless here (the seeded RandomState is still used), so it is silenced around those calls."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        yield
+def _seeded(seed: int):
+    """Makes one bootstrap reproducible; yields the ``random_state`` to hand to rliable.
+
+    rliable's stratified bootstrap (0.x) takes a ``random_state`` but draws its resamples with
+    ``np.random.choice``, i.e. from numpy's global generator, so the RandomState alone leaves the
+    intervals different from one process to the next. The global generator is therefore seeded for
+    the call and restored after it (the caller's random stream is left as it was); the RandomState
+    is passed as well, for the parts that do use it. arch deprecates ``random_state`` with a
+    FutureWarning, harmless here, so that warning is silenced around the call."""
+    saved = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield np.random.RandomState(seed)
+    finally:
+        np.random.set_state(saved)
 
 
 def _rliable():
@@ -49,10 +60,10 @@ def iqm_with_interval(score_dict: Mapping[str, np.ndarray], seed: int = 0,
     within each task)."""
     library, metrics = _rliable()
     scores = {k: np.asarray(v, dtype=float) for k, v in score_dict.items()}
-    with _quiet():
+    with _seeded(seed) as random_state:
         point, interval = library.get_interval_estimates(
             scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps, confidence_interval_size=CONFIDENCE,
-            random_state=np.random.RandomState(seed))
+            random_state=random_state)
     return {k: (float(point[k][0]), float(interval[k][0, 0]), float(interval[k][1, 0])) for k in scores}
 
 
@@ -61,20 +72,19 @@ def probability_of_improvement(x: np.ndarray, y: np.ndarray, seed: int = 0,
     """P(X > Y) (ties count half; averaged over tasks) with a stratified bootstrap 95% interval."""
     library, metrics = _rliable()
     pair = {"x,y": (np.asarray(x, dtype=float), np.asarray(y, dtype=float))}
-    with _quiet():
+    with _seeded(seed) as random_state:
         point, interval = library.get_interval_estimates(
             pair, metrics.probability_of_improvement, reps=reps, confidence_interval_size=CONFIDENCE,
-            random_state=np.random.RandomState(seed))
+            random_state=random_state)
     return float(point["x,y"]), float(interval["x,y"][0]), float(interval["x,y"][1])
 
 
-def performance_profile(score_dict: Mapping[str, np.ndarray], taus: Sequence[float],
+def performance_profile(score_dict: Mapping[str, np.ndarray], taus: Sequence[float], seed: int = 0,
                         reps: int = REPS) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per configuration: the fraction of runs with a score above each tau, with 95% bands."""
     library, _ = _rliable()
-    np.random.seed(0)  # rliable's profile bootstrap draws from numpy's global generator
     scores = {k: np.asarray(v, dtype=float) for k, v in score_dict.items()}
-    with _quiet():
+    with _seeded(seed):
         return library.create_performance_profile(scores, np.asarray(taus, dtype=float), reps=reps,
                                                   confidence_interval_size=CONFIDENCE)
 
@@ -88,10 +98,10 @@ def iqm_curves(curves: Mapping[str, np.ndarray], seed: int = 0,
     def per_point(x: np.ndarray) -> np.ndarray:  # x: [runs, tasks, points]
         return np.array([metrics.aggregate_iqm(x[..., t]) for t in range(x.shape[-1])])
 
-    with _quiet():
+    with _seeded(seed) as random_state:
         point, interval = library.get_interval_estimates(data, per_point, reps=reps,
                                                          confidence_interval_size=CONFIDENCE,
-                                                         random_state=np.random.RandomState(seed))
+                                                         random_state=random_state)
     return {k: (point[k], interval[k][0], interval[k][1]) for k in data}
 
 
