@@ -15,7 +15,7 @@ class EpsilonAnnealing(Callback):
     """Sets ``pl_module.epsilon`` from the env-step counter before each collection round's update:
     epsilon goes linearly from ``start`` to ``finish`` over ``anneal_steps`` env steps."""
 
-    def __init__(self, start: float = 1.0, finish: float = 0.05, anneal_steps: int = 100_000):
+    def __init__(self, start: float, finish: float, anneal_steps: int):
         self.start, self.finish, self.anneal_steps = start, finish, anneal_steps
 
     def _update(self, trainer, pl_module) -> None:

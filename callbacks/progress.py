@@ -100,7 +100,8 @@ class EnvStepProgressBar(ProgressBar):
         # reports 0 lines, which would make tqdm hide the bar) and files get a fixed width
         sized = terminal and shutil.get_terminal_size((0, 0)).lines > 0
         done = int(trainer.datamodule.env_steps)
-        self.bar = tqdm(total=self.total, initial=min(done, self.total), desc="train", unit=" env steps", unit_scale=True,
+        self.bar = tqdm(total=self.total, initial=min(done, self.total), desc="train", unit=" env steps",
+                        unit_scale=True,
                         file=sys.stdout, dynamic_ncols=sized, ncols=None if sized else 120, nrows=None if sized else 20,
                         mininterval=TERMINAL_REFRESH_S if terminal else FILE_REFRESH_S, smoothing=0.1,
                         bar_format="{desc}: {n}/{total} env steps |{bar}| {percentage:3.0f}% "

@@ -5,8 +5,6 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
-from lightning_marl.registry import check
-
 
 def intervention(env_steps: int, anneal_steps: int) -> float:
     """``lambda_D = min(1, env_steps / anneal_steps)``; 1 at once when ``anneal_steps == 0`` (annealing off)."""
@@ -23,9 +21,8 @@ class InterventionAnnealing(Callback):
     ``Q_tot = Q_f + lambda_D (Q_fix - Q_f)``: the mixer starts as its fixee and the fix is faded in.
     """
 
-    def __init__(self, anneal_steps: int = 0):
-        check(isinstance(anneal_steps, int) and anneal_steps >= 0, "anneal_steps", anneal_steps,
-              "an integer >= 0 (0 = off)")
+    def __init__(self, anneal_steps: int):
+        assert anneal_steps >= 0, anneal_steps  # learner.intervention_anneal_steps, checked by the config
         self.anneal_steps = anneal_steps
         self.value = 1.0 if anneal_steps == 0 else 0.0
 

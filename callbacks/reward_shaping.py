@@ -5,8 +5,6 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
-from lightning_marl.registry import check
-
 
 def shaping_factor(env_steps: int, anneal_steps: int, start: float = 1.0) -> float:
     """``start * max(0, 1 - env_steps / anneal_steps)``; 0 at once when ``anneal_steps == 0``
@@ -27,10 +25,8 @@ class RewardShapingAnnealing(Callback):
     reward ignore the factor.
     """
 
-    def __init__(self, anneal_steps: int = 2_500_000, start: float = 1.0):
-        check(isinstance(anneal_steps, int) and anneal_steps >= 0, "learner.shaping_anneal_steps", anneal_steps,
-              "an integer >= 0 (0 = no shaping)")
-        check(start >= 0, "shaping start factor", start, "a number >= 0")
+    def __init__(self, anneal_steps: int, start: float = 1.0):
+        assert anneal_steps >= 0 and start >= 0, (anneal_steps, start)  # learner.shaping_anneal_steps: the config's
         self.anneal_steps = anneal_steps
         self.start = float(start)
         self.value = shaping_factor(0, anneal_steps, self.start)

@@ -10,7 +10,7 @@ class TargetNetworkUpdate(Callback):
     """``interval_episodes > 0``: hard copy when that many episodes were collected since the last copy;
     ``interval_episodes == 0``: ``theta' <- (1 - tau) theta' + tau theta`` after every optimizer step."""
 
-    def __init__(self, interval_episodes: int = 200, tau: float = 0.005):
+    def __init__(self, interval_episodes: int, tau: float):
         self.interval_episodes, self.tau = interval_episodes, tau
         self.last_update_episode = 0
         self.updates = 0

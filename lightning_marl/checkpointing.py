@@ -16,7 +16,6 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
-
 log = logging.getLogger(__name__)
 
 

@@ -9,6 +9,7 @@ Box Pushing, SMACLite or Overcooked game).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -19,24 +20,21 @@ import yaml
 from PIL import Image, ImageDraw
 from torchrl.envs.utils import step_mdp
 
-from lightning_marl.data.collector import collect_episodes
 from lightning_marl.arguments import OneLineParser, at_least, fail
 from lightning_marl.checkpoint_files import load_checkpoint
-from lightning_marl.config.schema import EnvConfig, EnvWorkers
+from lightning_marl.config.schema import EnvWorkers
 from lightning_marl.config.validate import check_env
+from lightning_marl.data.collector import collect_episodes
 from lightning_marl.data.environments import describe_env
-from lightning_marl.errors import ConfigError
-from lightning_marl.envs import env_config, env_options, make_env
+from lightning_marl.envs import EnvConfig, env_config, make_env
 from lightning_marl.envs.contract import ACTION
+from lightning_marl.errors import ConfigError
 from lightning_marl.models.policy import HIDDEN, PREV_ACTION, RecurrentPolicy
 from lightning_marl.module import MARLModule
+from lightning_marl.registry import ENVS
 from lightning_marl.stats import mean_ci
 
-
 Loaded = tuple[MARLModule, EnvConfig, int]  # the agent and mixers, the env config, the run's seed
-TEXT_ENVS = ("box_pushing", "overcooked")
-GIF_ENVS = ("box_pushing", "smaclite", "overcooked")
-GIF_FRAME_MS = {"box_pushing": 400, "smaclite": 250}
 CAPTION_PX, MIN_GIF_PX = 16, 256
 # env keys of checkpoints written before the typed schema that are no env options any more
 _OLD_ENV_KEYS = ("parallel", "start_method", "shaping_anneal_steps")
@@ -47,11 +45,11 @@ def load(ckpt: str | Path, env_overrides: Sequence[str] = ()) -> Loaded:
     is not read). ``env_overrides``: ``key=value`` (YAML values) replacing options of the run's env
     config; options that change the game's sizes (agents, actions, observations, state) are refused."""
     state = load_checkpoint(ckpt)
-    module = MARLModule(**state["hyper_parameters"])
+    module = MARLModule.from_saved(**state["hyper_parameters"])
     module.load_state_dict(state["state_dict"])
     data = state["MARLDataModule"]
     env_cfg = {k: v for k, v in data["env"].items() if k not in _OLD_ENV_KEYS}
-    options = env_options(env_cfg)
+    options = [f.name for f in dataclasses.fields(ENVS.config(env_cfg["name"])) if f.name != "name"]
     for item in env_overrides:
         key, sep, value = item.partition("=")
         if not sep or key not in options:
@@ -121,8 +119,9 @@ def play_episode(loaded: Loaded, seed: int, draw: Callable[[Any, dict], Any]) ->
 def render_episode(loaded: Loaded, seed: int = 0) -> list[str]:
     """Text frames of one greedy episode, for envs that can render a game (``env.render(index)``)."""
     _, env_cfg, _ = loaded
-    if env_cfg.name not in TEXT_ENVS:
-        raise ConfigError(f"--render: env {env_cfg.name!r} has no text rendering; allowed: {', '.join(TEXT_ENVS)}")
+    if not env_cfg.text_frames:
+        allowed = [name for name in ENVS.names() if ENVS.config(name).text_frames]
+        raise ConfigError(f"--render: env {env_cfg.name!r} has no text rendering; allowed: {', '.join(allowed)}")
 
     def text(env, step: dict) -> str:
         if step["actions"] is None:
@@ -133,9 +132,10 @@ def render_episode(loaded: Loaded, seed: int = 0) -> list[str]:
 
 
 def check_gif(env_cfg: EnvConfig) -> None:
-    if env_cfg.name not in GIF_ENVS:
+    if env_cfg.gif_frame_ms is None and not env_cfg.gif_by_package:
+        allowed = [name for name in ENVS.names() if ENVS.config(name).gif_frame_ms or ENVS.config(name).gif_by_package]
         raise ConfigError(f"--gif: env {env_cfg.name!r} has no drawing (a one-step game); allowed: checkpoints of "
-                          f"{', '.join(GIF_ENVS)} (use --render for text frames)")
+                          f"{', '.join(allowed)} (use --render for text frames)")
 
 
 def annotate(picture: np.ndarray, step: dict) -> Image.Image:
@@ -166,13 +166,13 @@ def save_gif(loaded: Loaded, path: str | Path, seed: int = 0) -> dict:
     number of frames, the episode's steps and return."""
     module, env_cfg, _ = loaded
     check_gif(env_cfg)
-    if env_cfg.name == "overcooked":
+    if env_cfg.gif_by_package:
         return save_overcooked_gif(loaded, path)
     frames, summary = play_episode(loaded, seed, lambda env, step: annotate(env.render_rgb(0), step))
     width = max(frame.width for frame in frames)  # a GIF keeps the first frame's size: one width for all
     frames = [frame if frame.width == width else pad_right(frame, width) for frame in frames]
     # every frame is a step (the caption differs), so no two are merged; 256 colours or fewer: exact
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=GIF_FRAME_MS[env_cfg.name], loop=0,
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=env_cfg.gif_frame_ms, loop=0,
                    optimize=False)
     return {"path": str(path), "frames": len(frames), **summary}
 
@@ -204,7 +204,8 @@ def main(argv=None) -> None:
     parser.add_argument("--num-envs", type=at_least(1), default=8)
     parser.add_argument("--seed", type=at_least(0), default=None)
     parser.add_argument("--render", action="store_true", help="print the frames of one greedy episode")
-    parser.add_argument("--gif", metavar="PATH", help="draw one greedy episode to this GIF (Box Pushing, SMACLite, Overcooked)")
+    parser.add_argument("--gif", metavar="PATH",
+                        help="draw one greedy episode to this GIF (Box Pushing, SMACLite, Overcooked)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="evaluate with this env option changed (repeatable), e.g. random_init=false")

@@ -1,4 +1,4 @@
-"""Build and run one training job from a composed Hydra config."""
+"""Build and run one training job from its validated, typed config (:class:`TrainConfig`)."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +10,6 @@ from typing import Any, Optional, Sequence
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from omegaconf import DictConfig
 
 from lightning_marl.callbacks.budget import BudgetStop
 from lightning_marl.callbacks.epsilon import EpsilonAnnealing
@@ -22,11 +21,15 @@ from lightning_marl.callbacks.reward_shaping import RewardShapingAnnealing
 from lightning_marl.callbacks.signals import StopOnSignal
 from lightning_marl.callbacks.target_update import TargetNetworkUpdate
 from lightning_marl.callbacks.train_metrics import TrainMetrics
-from lightning_marl.checkpoint_files import CheckpointError, architecture_differences, load_checkpoint, safe_loading, tidy
+from lightning_marl.checkpoint_files import (
+    CheckpointError,
+    architecture_differences,
+    load_checkpoint,
+    safe_loading,
+    tidy,
+)
 from lightning_marl.checkpointing import AtomicCheckpointIO
-from lightning_marl.config import plain
-from lightning_marl.config.schema import TrainConfig
-from lightning_marl.config.validate import to_typed
+from lightning_marl.config.schema import TrainConfig, plain
 from lightning_marl.data.datamodule import MARLDataModule
 from lightning_marl.errors import Interrupted
 from lightning_marl.loggers import build_loggers, finish_loggers, start_loggers
@@ -36,18 +39,12 @@ from lightning_marl.output import configure_output
 log = logging.getLogger(__name__)
 
 
-def typed_config(cfg: DictConfig | TrainConfig) -> TrainConfig:
-    """The checked, typed config (a composed DictConfig is validated first)."""
-    return cfg if isinstance(cfg, TrainConfig) else to_typed(cfg)
+def build_datamodule(cfg: TrainConfig) -> MARLDataModule:
+    return MARLDataModule(cfg)
 
 
-def build_datamodule(cfg: DictConfig | TrainConfig) -> MARLDataModule:
-    return MARLDataModule(typed_config(cfg))
-
-
-def build_module(cfg: DictConfig | TrainConfig, env_info: dict) -> MARLModule:
-    cfg = typed_config(cfg)
-    return MARLModule(env_info, plain(cfg.agent), plain(cfg.mixer), plain(cfg.learner))
+def build_module(cfg: TrainConfig, env_info: dict) -> MARLModule:
+    return MARLModule(env_info, cfg.agent, cfg.mixer, cfg.learner)
 
 
 class FlushLoggersOnCheckpoint(Callback):
@@ -88,16 +85,21 @@ def build_callbacks(cfg: TrainConfig, run_dir: Path, env_info: dict, stop: StopO
     return callbacks
 
 
-def run(cfg: DictConfig | TrainConfig, run_dir: str | os.PathLike, ckpt_path: Optional[str | os.PathLike] = None,
-        extra_callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
-    """Train as configured (continuing from ``ckpt_path`` if given) and write everything to
-    ``run_dir``; returns the last evaluation metrics and where the outputs are."""
-    cfg = typed_config(cfg)
+def run(cfg: TrainConfig, run_dir: str | os.PathLike, ckpt_path: Optional[str | os.PathLike] = None,
+        extra_callbacks: Sequence[Callback] = (), saved: Optional[dict] = None) -> dict[str, Any]:
+    """Train as configured (continuing from ``ckpt_path`` if given; ``saved``: that checkpoint, if the
+    caller has read it already) and write everything to ``run_dir``; returns the last evaluation
+    metrics and where the outputs are.
+
+    ``cfg`` is the validated config (:func:`lightning_marl.config.load`, or ``python train.py``'s):
+    nothing here checks or completes it again."""
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError("run() takes the validated TrainConfig (lightning_marl.config.load(overrides))")
     configure_output()
     run_dir = Path(run_dir)
     resumed_step = resumed_env_steps = None
     if ckpt_path is not None:
-        saved = load_checkpoint(ckpt_path)
+        saved = saved if saved is not None else load_checkpoint(ckpt_path)
         resumed_step, resumed_env_steps = int(saved["global_step"]), int(saved["MARLDataModule"]["env_steps"])
     run_dir.mkdir(parents=True, exist_ok=True)
     tidy(run_dir / "checkpoints", cfg.checkpoint.keep_all)  # what an earlier crash left behind

@@ -8,15 +8,12 @@ from typing import Any
 import lightning as L
 import torch
 
+from lightning_marl.config.schema import AgentConfig, LearnerConfig, TDWeighting, plain
 from lightning_marl.data.priority import WEIGHT_KEY
-from lightning_marl.models.agent import RNNAgent
-from lightning_marl.models.central import CentralInfo
-from lightning_marl.config.schema import AgentConfig, CentralMixerConfig, LearnerConfig, TDWeighting
-from lightning_marl.config.validate import typed_options
-from lightning_marl.config.migrate import migrate_learner, migrate_mixer
 from lightning_marl.errors import DivergenceError
-from lightning_marl.models.mixers import build_mixer, mixer_config
-from lightning_marl.models.mixers.base import NEG_INF
+from lightning_marl.models.agent import RNNAgent
+from lightning_marl.models.central import CentralInfo, Source
+from lightning_marl.models.mixers.base import NEG_INF, MixerConfig
 from lightning_marl.models.policy import RecurrentPolicy
 from lightning_marl.targets import td_lambda_targets
 
@@ -57,30 +54,26 @@ class MARLModule(L.LightningModule):
     A non-finite loss, gradient norm or parameter stops training with a :class:`DivergenceError`
     naming the update and env step; no checkpoint of a diverged state is written.
 
-    ``agent``, ``mixer`` and ``learner`` are plain mappings (saved as the checkpoint's
-    hyperparameters), checked and completed by the schema.
+    ``agent``, ``mixer`` and ``learner`` are the validated typed configs; the checkpoint keeps them
+    as plain values (its hyperparameters), and :meth:`from_saved` builds the module from those.
     """
 
-    def __init__(self, env_info: dict, agent: dict, mixer: dict, learner: dict):
+    def __init__(self, env_info: dict, agent: AgentConfig, mixer: MixerConfig, learner: LearnerConfig):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters({"env_info": dict(env_info), "agent": plain(agent), "mixer": plain(mixer),
+                                   "learner": plain(learner)})
         self.env_info = dict(env_info)
-        agent_cfg = typed_options(AgentConfig, "agent.", **agent)
-        mixer_cfg = mixer_config(**migrate_mixer(dict(mixer)))
-        self.learner_cfg = learner_cfg = typed_options(LearnerConfig, "learner.", **migrate_learner(dict(learner)))
+        self.learner_cfg = learner_cfg = learner
         n, a = env_info["n_agents"], env_info["n_actions"]
-        self.agent = RNNAgent(env_info["obs_dim"], n, a, hidden_dim=agent_cfg.hidden_dim,
-                              agent_id=agent_cfg.agent_id, last_action=agent_cfg.last_action,
-                              dueling=agent_cfg.dueling or bool(getattr(mixer_cfg, "dueling_agent", False)),
-                              torso=str(agent_cfg.torso), obs_grid_shape=env_info.get("obs_grid_shape"))
-        if isinstance(mixer_cfg, CentralMixerConfig):
-            self.central = CentralInfo(str(mixer_cfg.central_info), env_info["state_dim"], n, agent_cfg.hidden_dim,
-                                       noise_dim=mixer_cfg.noise_dim, detach_history=mixer_cfg.detach_history)
-        else:  # VDN takes no centralized information: a one-value constant stands in
-            self.central = CentralInfo("zeros", env_info["state_dim"], n, agent_cfg.hidden_dim, noise_dim=1)
-        self.mixer = build_mixer(central_dim=self.central.dim, n_agents=n, n_actions=a,
-                                 **{k: v for k, v in vars(mixer_cfg).items() if k not in ("central_info", "noise_dim",
-                                                                                         "detach_history")})
+        self.agent = RNNAgent.from_config(agent, env_info["obs_dim"], n, a, env_info.get("obs_grid_shape"),
+                                          dueling=mixer.wants_dueling_agent())
+        if mixer.needs_central:
+            self.central = CentralInfo(mixer.central_info, env_info["state_dim"], n, agent.hidden_dim,
+                                       noise_dim=mixer.noise_dim, detach_history=mixer.detach_history)
+        else:  # a mixer without centralized information (VDN): a one-value constant stands in
+            self.central = CentralInfo(Source.zeros, env_info["state_dim"], n, agent.hidden_dim, noise_dim=1,
+                                       detach_history=True)
+        self.mixer = mixer.build(n, a, self.central.dim)
         self.target_agent = copy.deepcopy(self.agent).requires_grad_(False)
         self.target_mixer = copy.deepcopy(self.mixer).requires_grad_(False)
         self.calls = compiled_calls(learner_cfg.compile, agent=self.agent, mixer=self.mixer,
@@ -88,6 +81,14 @@ class MARLModule(L.LightningModule):
         self.epsilon = float(learner_cfg.epsilon_start)
         self.reward_shaping_factor = 1.0 if env_info.get("shaped_reward") else 0.0
         self.last_grad_norm = torch.zeros(())
+
+    @classmethod
+    def from_saved(cls, env_info: dict, agent: dict, mixer: dict, learner: dict) -> "MARLModule":
+        """The module of a saved run (a checkpoint's hyperparameters, or a run's ``config.yaml``), its
+        configs read in today's layout (:func:`lightning_marl.config.migrate.saved_module_configs`)."""
+        from lightning_marl.config.migrate import saved_module_configs
+
+        return cls(env_info, *saved_module_configs(agent, mixer, learner))
 
     # -- acting (the data module's one question to this module) -------------------------
     def acting_policy(self) -> RecurrentPolicy:

@@ -23,7 +23,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from lightning_marl.arguments import OneLineParser, at_least, fail
-from lightning_marl.config.schema import MIXER_SCHEMAS
+from lightning_marl.registry import MIXERS
 from lightning_marl.stats import mean_ci
 
 
@@ -51,7 +51,7 @@ def load_curve(run: Path, metric: str) -> tuple[str, str, pd.Series]:
     rows = frame.dropna(subset=[metric]).drop_duplicates("env_steps", keep="last").sort_values("env_steps")
     if rows.empty:
         fail(f"{run / 'metrics.csv'} has no {metric} value; allowed: runs with at least one evaluation")
-    default = getattr(MIXER_SCHEMAS[cfg.mixer.name](), "central_info", None)  # the mixer's own default
+    default = getattr(MIXERS.config(cfg.mixer.name)(), "central_info", None)  # the mixer's own default
     central = cfg.mixer.central_info if "central_info" in cfg.mixer else default
     label = cfg.mixer.name if central == default else f"{cfg.mixer.name} ({central})"
     return label, cfg.env.name, pd.Series(rows[metric].to_numpy(), index=rows["env_steps"].to_numpy())

@@ -19,24 +19,22 @@ from __future__ import annotations
 import argparse
 import functools
 import resource
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import Callback
 from tensordict import TensorDict
 
 from lightning_marl.config import compose, validate
-from lightning_marl.data.collector import collect_episodes
-from lightning_marl.models.policy import RecurrentPolicy
-from lightning_marl.data.environments import describe_env
 from lightning_marl.config.schema import EnvWorkers
+from lightning_marl.data.collector import collect_episodes
+from lightning_marl.data.environments import describe_env
 from lightning_marl.envs import make_env
 from lightning_marl.envs.contract import ACTION, MASK
 from lightning_marl.experiment import build_module, run
 from lightning_marl.models.agent import stepwise_unroll
+from lightning_marl.models.policy import RecurrentPolicy
 
 
 class RandomActor:
@@ -63,7 +61,8 @@ def timed_rounds(env, actor, limit: int, seconds: float) -> tuple[float, int]:
 
 def env_only(cfg, seconds: float, num_envs: int | None = None, one_process: bool = False) -> float:
     env = make_env(cfg.env, num_envs or cfg.data.num_envs, cfg.seed, cfg.device,
-                   workers=EnvWorkers.in_process if one_process else cfg.data.env_workers, start_method=cfg.data.start_method)
+                   workers=EnvWorkers.in_process if one_process else cfg.data.env_workers,
+                   start_method=cfg.data.start_method)
     rate, _ = timed_rounds(env, RandomActor(), env.episode_limit, seconds)
     env.close()
     return rate
@@ -159,7 +158,7 @@ def compare_updates(variants: dict, batches: list, repeats: int, agents: int) ->
     Returns ``name -> (updates/s, first loss, first gradients)``."""
     results = {}
     for name, (overrides, patch) in variants.items():
-        cfg = compose(overrides)
+        cfg = validate(compose(overrides))
         info = {"n_agents": agents, "n_actions": 11, "obs_dim": 80, "state_dim": 120,
                 "episode_limit": max(b.batch_size[1] for b in batches), "shaped_reward": False}
         torch.manual_seed(0)
@@ -168,7 +167,7 @@ def compare_updates(variants: dict, batches: list, repeats: int, agents: int) ->
             patch(module)
         optimizer = module.configure_optimizers()
 
-        def update(data) -> torch.Tensor:
+        def update(data, module=module, optimizer=optimizer, cfg=cfg) -> torch.Tensor:
             loss, _ = module.td_loss(data)
             optimizer.zero_grad()
             loss.backward()

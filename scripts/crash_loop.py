@@ -85,7 +85,8 @@ def main(argv=None) -> None:
     differences = same(load_checkpoint(work / "uninterrupted" / "checkpoints" / "last.ckpt"),
                        load_checkpoint(folder / "checkpoints" / "last.ckpt"))
     files = sorted(p.name for p in (folder / "checkpoints").iterdir())
-    clean = all(not n.startswith(".") and "-v" not in n for n in files) and sum(n.startswith("step") for n in files) <= 1
+    clean = (all(not n.startswith(".") and "-v" not in n for n in files)
+             and sum(n.startswith("step") for n in files) <= 1)
     print(f"{kills} SIGKILLs ({inside_writes} inside a checkpoint write), final resume exit {code}, "
           f"{time.time() - start:.0f} s; bitwise equal to the uninterrupted run: {not differences}"
           + (f" (differs: {', '.join(differences[:5])})" if differences else "")

@@ -49,15 +49,13 @@ import itertools
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import yaml
 from torch.func import functional_call, vmap
 
-
-from lightning_marl.envs.matrix import payoff_tensor
-from lightning_marl.config.schema import MIXER_SCHEMAS, LearnerConfig
+from lightning_marl.config.schema import LearnerConfig
+from lightning_marl.envs.matrix import MatrixEnvConfig, payoff_tensor
 from lightning_marl.models.mixers import MIXERS, build_mixer
 from lightning_marl.module import td_weights
 
@@ -93,8 +91,8 @@ def random_igm_table(n: int, a: int, gen: torch.Generator, low: float = -10.0, h
 
 def make_tables() -> list[Table]:
     tables = []
-    named = [("non_monotonic", payoff_tensor("non_monotonic")), ("climbing", payoff_tensor("climbing")),
-             ("penalty", payoff_tensor("penalty", penalty_k=-100.0))]
+    k = MatrixEnvConfig.penalty_k
+    named = [(game, payoff_tensor(game, None, None, k)) for game in ("non_monotonic", "climbing", "penalty")]
     named += [(f"random-{n}x{a}", None) for n, a in RANDOM_SHAPES]
     for k, (name, payoff) in enumerate(named):
         gen = torch.Generator().manual_seed(1000 + k)
@@ -163,7 +161,7 @@ def fit_group(mixer_spec: str, members: list[Member], steps: int, lr: float, ini
     n = members[0].table.n
     a_big = max(m.table.a for m in members)
     mixer_name, config = parse_mixer(mixer_spec)
-    uses_z = MIXERS.get(mixer_name).needs_central
+    uses_z = MIXERS.config(mixer_name).needs_central
     d_big = max(central_dim(m.mode, n) for m in members) if uses_z else 1
     big = build_mixer(mixer_name, n_agents=n, n_actions=a_big, central_dim=d_big, **config)
     states, utils = [], []
@@ -263,7 +261,8 @@ def main(argv=None) -> None:
     parser.add_argument("--init-scale", type=float, default=1.0, help="std of the initial utilities")
     parser.add_argument("--weighting", choices=("none", "optimistic"), default="none",
                         help="loss weights as learner.td_weighting: optimistic = 1 where Q_tot < R, --alpha elsewhere")
-    parser.add_argument("--alpha", type=float, default=0.1, help="weight of overestimated entries (--weighting optimistic)")
+    parser.add_argument("--alpha", type=float, default=0.1,
+                        help="weight of overestimated entries (--weighting optimistic)")
     parser.add_argument("--threshold", type=float, default=0.1, help="'fits' = max abs error below this")
     parser.add_argument("--quick", action="store_true", help="fewer steps, one seed, default modes only")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -278,12 +277,12 @@ def main(argv=None) -> None:
     rows = []
     start = time.time()
     for name in args.mixers:
-        if not MIXERS.get(parse_mixer(name)[0]).needs_central:
+        if not MIXERS.config(parse_mixer(name)[0]).needs_central:
             modes = ["-"]
         elif args.modes is not None:
             modes = list(args.modes)
         else:
-            modes = [str(getattr(MIXER_SCHEMAS[name](), "central_info", "state"))] if args.quick else list(MODES)
+            modes = [str(getattr(MIXERS.config(name)(), "central_info", "state"))] if args.quick else list(MODES)
         t0 = time.time()
         for n in dict.fromkeys(t.n for t in tables):
             members = [Member(mode, table, seed) for mode in modes for table in tables if table.n == n

@@ -110,8 +110,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.time()
-    print(f"# python scripts/history_expressiveness.py --init {args.init} --steps {args.steps} --actions {args.actions} "
-          f"--seeds {' '.join(map(str, args.seeds))}  (torch {torch.__version__})")
+    print(f"# python scripts/history_expressiveness.py --init {args.init} --steps {args.steps} "
+          f"--actions {args.actions} --seeds {' '.join(map(str, args.seeds))}  (torch {torch.__version__})")
     print("| mixer | z | max abs error, mean over seeds (per seed) | greedy optimal in all 4 histories |")
     print("|---|---|---|---|")
     for name in args.mixers:

@@ -8,9 +8,8 @@ import torch
 from tensordict import TensorDict
 from torchrl.envs import EnvBase
 
-from lightning_marl.envs.contract import ACTION, MASK, OBS, make_specs
-
 from lightning_marl.config import compose as compose_config
+from lightning_marl.envs.contract import ACTION, MASK, OBS, make_specs
 
 
 @pytest.fixture

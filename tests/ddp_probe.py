@@ -8,8 +8,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lightning_marl.config import load as load_config  # noqa: E402
 from lightning_marl.experiment import run  # noqa: E402
-from tests.conftest import compose_config  # noqa: E402
 
 
 class Report(Callback):
@@ -28,7 +28,7 @@ class Report(Callback):
 
 if __name__ == "__main__":  # ddp_probe.py OUT_FOLDER [extra overrides ...]
     out = Path(sys.argv[1])
-    cfg = compose_config(["env=box_pushing", "env.horizon=20", "mixer=qmix", "seed=3", "trainer=ddp",
+    cfg = load_config(["env=box_pushing", "env.horizon=20", "mixer=qmix", "seed=3", "trainer=ddp",
                           "trainer.accelerator=cpu", "trainer.devices=2", "data.num_envs=4", "data.batch_size=8",
                           "data.warmup_episodes=8", "total_env_steps=600", "eval.episodes=4", "eval.num_envs=4",
                           "trainer.enable_progress_bar=false", "learner.target_update_interval=8", *sys.argv[2:]])

@@ -10,13 +10,14 @@ import torch
 from tensordict import TensorDict
 from torchrl.envs.utils import check_env_specs
 
-from lightning_marl.envs import make_env as make_any_env
 from lightning_marl import envs
+from lightning_marl.config import load
+from lightning_marl.envs import make_env as make_any_env
 from lightning_marl.envs.box_pushing import ALLOWED_GRIDS
+from lightning_marl.envs.contract import ACTION, MASK, OBS
+from lightning_marl.errors import ConfigError
 
 make_env = functools.partial(envs.make_env, "box_pushing")
-from lightning_marl.envs.contract import ACTION, MASK, OBS
-from lightning_marl.registry import ConfigError
 
 F, L, R, S = 0, 1, 2, 3  # forward, turn left, turn right, stay
 SMALL, BIG, EMPTY, WALL, MATE = range(5)
@@ -345,7 +346,7 @@ def test_evaluation_games_can_differ_from_training_games(make_config):
     """eval.env: train from random starts, evaluate from the fixed layout."""
     from lightning_marl.experiment import build_datamodule
 
-    dm = build_datamodule(make_config(["env.random_init=true", "+eval.env.random_init=false"]))
+    dm = build_datamodule(load(["env.random_init=true", "+eval.env.random_init=false"]))
     dm.setup()
     try:
         train_env, eval_env = dm.collection.env, dm.evaluator.env

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from lightning_marl.checkpoint_files import CheckpointError, choose_checkpoint, load_checkpoint
-from lightning_marl.cli import resumed_config
+from lightning_marl.cli.resume import plan_resume
+from lightning_marl.config import load
 from lightning_marl.experiment import run
 from tests.test_resume import BASE, assert_same_training_state, final_state
 
@@ -92,15 +93,15 @@ def test_an_unreadable_last_ckpt_is_named_and_resume_falls_back_to_the_newest_pe
 
 def test_a_resume_that_changes_the_architecture_names_the_keys(matrix_run):
     with pytest.raises(CheckpointError, match=r"another architecture \(mixer.embed_dim: checkpoint 32, config 64\)"):
-        resumed_config(str(matrix_run), [f"resume={matrix_run}", "mixer.embed_dim=64"])
+        plan_resume(str(matrix_run), [f"resume={matrix_run}", "mixer.embed_dim=64"])
     with pytest.raises(CheckpointError, match=r"agent.hidden_dim: checkpoint 64, config 32"):
-        resumed_config(str(matrix_run), [f"resume={matrix_run}", "agent.hidden_dim=32"])
+        plan_resume(str(matrix_run), [f"resume={matrix_run}", "agent.hidden_dim=32"])
 
 
 def test_the_replay_is_stored_up_to_what_it_holds(make_config, tmp_path):
     sizes, stored = {}, {}
     for steps in (400, 1600):
-        run(make_config(BASE + [f"total_env_steps={steps}", "data.buffer_size=5000"]), tmp_path / str(steps))
+        run(load(BASE + [f"total_env_steps={steps}", "data.buffer_size=5000"]), tmp_path / str(steps))
         path = tmp_path / str(steps) / "checkpoints" / "last.ckpt"
         state = load_checkpoint(path)
         replay = state["MARLDataModule"]["replay"]
@@ -132,7 +133,7 @@ def wait_for_periodic(run_dir: Path, proc: subprocess.Popen, update: int, second
 def test_a_signal_writes_a_checkpoint_says_how_to_resume_and_the_resumed_run_is_exact(make_config, tmp_path,
                                                                                       signum, code):
     overrides = BASE + ["total_env_steps=1600", "checkpoint.every_n_updates=10"]
-    run(make_config(overrides), tmp_path / "full")
+    run(load(overrides), tmp_path / "full")
     run_dir = tmp_path / "stopped"
     proc = subprocess.Popen([sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

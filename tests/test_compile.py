@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_marl.config import load
+from lightning_marl.errors import ConfigError
 from lightning_marl.experiment import build_module
-from lightning_marl.registry import ConfigError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from benchmark import synthetic_batch  # noqa: E402
@@ -16,7 +17,7 @@ INFO = {"n_agents": 3, "n_actions": 11, "obs_dim": 80, "state_dim": 120, "episod
 
 def loss_and_grads(make_config, mixer, compile_setting, batches):
     torch.manual_seed(0)
-    module = build_module(make_config([f"mixer={mixer}", f"learner.compile={compile_setting}"]), INFO).train()
+    module = build_module(load([f"mixer={mixer}", f"learner.compile={compile_setting}"]), INFO).train()
     out = []
     for batch in batches:  # different episode lengths: one dynamic-shape graph, no wrong reuse
         module.zero_grad()
@@ -41,4 +42,4 @@ def test_compiled_loss_equals_the_eager_loss(make_config, mixer):
 def test_unknown_compile_backend_is_named(make_config):
     with pytest.raises(ConfigError, match="learner.compile=turbo is out of range; allowed: null or a torch.compile "
                                           "backend: .*inductor"):
-        build_module(make_config(["learner.compile=turbo"]), INFO)
+        build_module(load(["learner.compile=turbo"]), INFO)

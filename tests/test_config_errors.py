@@ -1,5 +1,5 @@
 """Every wrong value is refused before training: one line naming key=value and what is allowed,
-exit code 2, no traceback, nothing on disk (lightning_marl/config, lightning_marl/cli.py)."""
+exit code 2, no traceback, nothing on disk (lightning_marl/config, lightning_marl/cli)."""
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from lightning_marl.cli import preflight, resumed_config, unique_dir
+from lightning_marl.cli import preflight, unique_dir
+from lightning_marl.cli.resume import plan_resume
 from lightning_marl.config import validate
 from lightning_marl.errors import ConfigError
 
@@ -57,8 +58,8 @@ REFUSED = [
     (["mixer=qmix", "mixer.w_hidden=32"], "mixer.w_hidden=32 is not an option of mixer (qmix); allowed: central_info"),
     (["mixer.name=qmix"], "mixer.name=qmix cannot change the schema; allowed: the config group choice instead: mixer=qmix"),
     # group choices
-    (["mixer=qmax"], "mixer=qmax is not an option; allowed: vdn, qmix, qplex, duelmix, qfix_sum"),
-    (["env=atari"], "env=atari is not an option; allowed: matrix, box_pushing, overcooked, smaclite, smacv2"),
+    (["mixer=qmax"], "mixer=qmax is not an option; allowed: duelmix, qfix_lin, qfix_mono, qfix_sum, qmix, qplex"),
+    (["env=atari"], "env=atari is not an option; allowed: box_pushing, matrix, overcooked, smaclite, smacv2"),
     (["trainer=tpu"], "trainer=tpu is not an option; allowed: cpu, gpu, ddp"),
     (["experiment=nope"], "experiment=nope is not an option; allowed: box_pushing_10x10"),
     # one case per kind of field: enum, optional int, float range, string choices, mapping, optional enum
@@ -128,11 +129,11 @@ def test_the_default_config_is_valid_and_typed(make_config):
 
 
 def test_two_runs_named_alike_get_two_folders(tmp_path):
-    from lightning_marl import cli
+    from lightning_marl.cli import folders
 
-    cli._MADE.clear()
+    folders._MADE.clear()
     first = unique_dir(str(tmp_path / "12-00-00_matrix_vdn_s0"))
-    cli._MADE.clear()  # as a second process would
+    folders._MADE.clear()  # as a second process would
     second = unique_dir(str(tmp_path / "12-00-00_matrix_vdn_s0"))
     assert first != second and Path(first).is_dir() and Path(second).is_dir()
     assert unique_dir(str(tmp_path / "12-00-00_matrix_vdn_s0")) == second  # one process: one folder
@@ -179,12 +180,13 @@ def saved_run(tmp_path, make_config, overrides) -> Path:
 def test_resume_overrides_are_checked_against_the_runs_own_config(tmp_path, make_config, override, message):
     run = saved_run(tmp_path, make_config, ["env=matrix", "mixer=qmix"])
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        resumed_config(str(run), [f"resume={run}", override])
+        plan_resume(str(run), [f"resume={run}", override])
 
 
 def test_resume_overrides_of_the_runs_own_options_are_taken(tmp_path, make_config):
     run = saved_run(tmp_path, make_config, ["env=matrix", "mixer=qmix"])
-    _, typed, run_dir, _ = resumed_config(str(run), [f"resume={run}", "learner.lr=0.0005", "total_env_steps=777"])
+    plan = plan_resume(str(run), [f"resume={run}", "learner.lr=0.0005", "total_env_steps=777"])
+    typed, run_dir = plan.typed, plan.run_dir
     assert typed.learner.lr == 0.0005 and typed.total_env_steps == 777 and run_dir == run
 
 
@@ -201,7 +203,7 @@ def test_a_config_saved_by_an_older_version_still_resumes(tmp_path, make_config)
     saved["learner"]["compile"] = False
     saved["data"]["async_collection"] = True  # the collector thread, since replaced by TorchRL's worker processes
     OmegaConf.save(OmegaConf.create(saved), run / ".hydra" / "config.yaml")
-    _, typed, _, _ = resumed_config(str(run), [f"resume={run}"])
+    typed = plan_resume(str(run), [f"resume={run}"]).typed
     assert str(typed.data.env_workers) == "in_process" and str(typed.data.start_method) == "fork"
     assert typed.learner.shaping_anneal_steps == 1234 and typed.learner.compile is None
     assert typed.learner.td_loss_scale == 1.0  # what that version minimized: the run goes on as it was

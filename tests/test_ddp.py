@@ -42,6 +42,7 @@ def test_collector_workers_explore_differently_on_each_rank():
     from types import SimpleNamespace
 
     from lightning_marl.config import compose, validate
+    from lightning_marl.config.schema import AgentConfig
     from lightning_marl.data.datamodule import MARLDataModule
     from lightning_marl.models.agent import RNNAgent
     from lightning_marl.models.policy import RecurrentPolicy
@@ -51,9 +52,10 @@ def test_collector_workers_explore_differently_on_each_rank():
         dm = MARLDataModule(validate(compose(["env=matrix", "data.num_envs=16", "seed=3", "data.collector_processes=2",
                                               "data.start_method=fork"])))
         info = dm.env_info()
-        policy = RecurrentPolicy(RNNAgent(info["obs_dim"], info["n_agents"], info["n_actions"]), 1.0)
+        agent = RNNAgent.from_config(AgentConfig(), info["obs_dim"], info["n_agents"], info["n_actions"])
+        policy = RecurrentPolicy(agent, 1.0)
         dm.trainer = SimpleNamespace(global_rank=rank, world_size=1, lightning_module=SimpleNamespace(
-            acting_policy=lambda: policy))
+            acting_policy=lambda policy=policy: policy))
         dm.setup("fit")
         try:
             dm.collect_round()

@@ -6,13 +6,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from lightning_marl.config import load
 from lightning_marl.experiment import run
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_vdn_learns_the_optimum_of_a_decomposable_matrix_game(make_config, tmp_path):
-    cfg = make_config(["env=matrix", "env.game=additive", "mixer=vdn", "seed=0", "total_env_steps=3000",
+    cfg = load(["env=matrix", "env.game=additive", "mixer=vdn", "seed=0", "total_env_steps=3000",
                        "learner.epsilon_anneal_steps=1000", "eval.interval_env_steps=1000",
                        "trainer.enable_progress_bar=false"])
     result = run(cfg, tmp_path)
@@ -34,13 +35,13 @@ def run_train(*overrides):
 def test_train_py_rejects_an_unknown_mixer_with_the_list():
     proc = run_train("mixer=qmax")
     assert proc.returncode == 2
-    assert "error: mixer=qmax is not an option; allowed: vdn, qmix" in proc.stderr
+    assert "error: mixer=qmax is not an option; allowed: duelmix, qfix_lin, qfix_mono, qfix_sum, qmix" in proc.stderr
 
 
 def test_collector_processes_learn_and_stop_their_workers(make_config, tmp_path):
     import multiprocessing
 
-    cfg = make_config(["env=matrix", "env.game=additive", "mixer=vdn", "seed=2", "total_env_steps=3000",
+    cfg = load(["env=matrix", "env.game=additive", "mixer=vdn", "seed=2", "total_env_steps=3000",
                        "learner.epsilon_anneal_steps=1000", "eval.interval_env_steps=1000",
                        "data.collector_processes=2", "data.num_envs=8", "data.start_method=fork",
                        "trainer.enable_progress_bar=false"])
@@ -55,7 +56,7 @@ def test_collector_processes_learn_and_stop_their_workers(make_config, tmp_path)
 
 
 def test_qfix_intervention_annealing_runs_in_training_and_reaches_one(make_config, tmp_path):
-    cfg = make_config(["env=matrix", "mixer=qfix_sum", "total_env_steps=600", "learner.intervention_anneal_steps=400",
+    cfg = load(["env=matrix", "mixer=qfix_sum", "total_env_steps=600", "learner.intervention_anneal_steps=400",
                        "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false"])
     run(cfg, tmp_path)
     lam = pd.read_csv(tmp_path / "metrics.csv")["intervention"].dropna()
@@ -66,7 +67,7 @@ def test_qfix_intervention_annealing_runs_in_training_and_reaches_one(make_confi
 def test_default_box_pushing_job_learns_to_deliver_boxes(make_config, tmp_path):
     """The default job (Box Pushing 4x4, QFIX-sum, 100k env steps, seed 0): greedy return starts at
     -10 (no box) and must end above 9 (at least one box home). ~2.5 min on 2 cores."""
-    cfg = make_config(["trainer.enable_progress_bar=false"])
+    cfg = load(["trainer.enable_progress_bar=false"])
     result = run(cfg, tmp_path)
     tests = pd.read_csv(result["metrics_csv"]).dropna(subset=["test/return_mean"])
     assert tests["test/return_mean"].iloc[0] < 0
@@ -78,8 +79,8 @@ def test_big_box_recipe_learns_the_big_box_plan(make_config, tmp_path):
     """experiment=box_pushing_4x4_big_box (DuelMIX, prioritized replay, optimistic weighting), seed 0,
     stopped at 150k of its 600k steps (its schedules do not depend on the budget, so this is the
     full run's path): the greedy episode pushes the big box (return 99.6 = the optimum in the
-    measured run, README). ~5 min on 2 cores."""
-    cfg = make_config(["experiment=box_pushing_4x4_big_box", "seed=0", "total_env_steps=150000",
+    measured run, docs/results/box_pushing_big_box.md). ~5 min on 2 cores."""
+    cfg = load(["experiment=box_pushing_4x4_big_box", "seed=0", "total_env_steps=150000",
                        "checkpoint.replay=false", "trainer.enable_progress_bar=false"])
     result = run(cfg, tmp_path)
     assert result["final"]["test/big_box_mean"] == 1.0 and result["final"]["test/return_mean"] > 90.0
@@ -87,7 +88,7 @@ def test_big_box_recipe_learns_the_big_box_plan(make_config, tmp_path):
 
 IGM_COMPLETE = ["qplex", "duelmix", "qfix_sum", "qfix_mono", "qplusfix_sum", "qplusfix_mono", "qplusfix_lin",
                 pytest.param("qfix_lin", marks=pytest.mark.xfail(
-                    strict=True, reason="measured 3 of 5 seeds (README, 'A measured result'); kept to notice a change"))]
+                    strict=True, reason="measured 3 of 5 seeds (docs/results/matrix_non_monotonic.md); kept to notice a change"))]
 
 
 @pytest.mark.slow
@@ -98,7 +99,7 @@ def test_igm_complete_mixer_finds_the_non_monotonic_optimum_with_optimistic_weig
     least 4 of 5 seeds. ~3 min per mixer on 2 cores."""
     reached = 0
     for seed in range(5):
-        cfg = make_config(["env=matrix", "env.game=non_monotonic", f"mixer={mixer}", f"seed={seed}",
+        cfg = load(["env=matrix", "env.game=non_monotonic", f"mixer={mixer}", f"seed={seed}",
                            "learner.td_weighting=optimistic", "trainer.enable_progress_bar=false"])
         reached += run(cfg, tmp_path / f"s{seed}")["final"]["test/return_mean"] == pytest.approx(8.0)
     assert reached >= 4

@@ -1,5 +1,6 @@
 import torch
 
+from lightning_marl.config.schema import AgentConfig
 from lightning_marl.models.agent import RNNAgent, epsilon_greedy
 from lightning_marl.models.mixers.base import max_q
 
@@ -42,7 +43,7 @@ def test_unavailable_action_never_wins_a_max():
 
 def test_dueling_agent_greedy_advantage_is_zero_over_available_actions():
     torch.manual_seed(0)
-    agent = RNNAgent(obs_dim=4, n_agents=3, n_actions=5, dueling=True)
+    agent = RNNAgent.from_config(AgentConfig(dueling=True), 4, 3, 5)
     obs = torch.randn(2, 6, 3, 4)
     actions = torch.randint(0, 5, (2, 6, 3))
     mask = random_mask((2, 6, 3, 5), torch.Generator().manual_seed(2))
@@ -53,7 +54,7 @@ def test_dueling_agent_greedy_advantage_is_zero_over_available_actions():
 
 def test_sequence_unroll_equals_step_by_step_acting():
     torch.manual_seed(0)
-    agent = RNNAgent(obs_dim=4, n_agents=2, n_actions=3)
+    agent = RNNAgent.from_config(AgentConfig(), 4, 2, 3)
     obs = torch.randn(5, 7, 2, 4)
     actions = torch.randint(0, 3, (5, 7, 2))
     q_seq, h_seq = agent(obs, actions)
@@ -68,7 +69,7 @@ def test_gru_unroll_equals_the_per_step_grucell_loop():
     from lightning_marl.models.agent import stepwise_unroll
 
     torch.manual_seed(3)
-    agent = RNNAgent(obs_dim=6, n_agents=5, n_actions=4, dueling=True)
+    agent = RNNAgent.from_config(AgentConfig(dueling=True), 6, 5, 4)
     obs = torch.randn(3, 9, 5, 6)
     actions = torch.randint(0, 4, (3, 9, 5))
     mask = random_mask((3, 9, 5, 4), torch.Generator().manual_seed(4))
@@ -87,7 +88,7 @@ def test_cnn_torso_agent_unrolls_like_its_step_loop_and_trains_its_filters():
 
     torch.manual_seed(5)
     grid = (4, 3, 5)
-    agent = RNNAgent(obs_dim=60, n_agents=2, n_actions=3, torso="cnn", obs_grid_shape=grid)
+    agent = RNNAgent.from_config(AgentConfig(torso="cnn"), 60, 2, 3, obs_grid_shape=grid)
     obs = torch.rand(3, 6, 2, 60)
     actions = torch.randint(0, 3, (3, 6, 2))
     q_fast, h_fast = agent(obs, actions)

@@ -5,7 +5,7 @@ import torch
 
 from lightning_marl.envs import ENVS, make_env
 from lightning_marl.envs.contract import ACTION, MASK, OBS
-from lightning_marl.registry import ConfigError
+from lightning_marl.errors import ConfigError
 
 HAND_WRITTEN = {
     "non_monotonic": [[8, -12, -12], [-12, 0, 0], [-12, 0, 0]],
@@ -66,4 +66,4 @@ def test_unknown_game_and_env_list_the_allowed_names():
     with pytest.raises(ConfigError, match="env.game=prisoners .*; allowed: non_monotonic, climbing"):
         make_env("matrix", game="prisoners")
     with pytest.raises(ConfigError, match="env=atari is not an option; allowed: box_pushing.*matrix"):
-        ENVS.get("atari")
+        ENVS.config("atari")

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from callbacks.progress import postfix
-from lightning_marl.config.validate import check_logger_packages
 from lightning_marl.config.schema import LoggerConfig, MLflowLoggerConfig, WandbLoggerConfig
+from lightning_marl.config.validate import check_logger_packages
 from lightning_marl.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

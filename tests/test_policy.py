@@ -4,6 +4,7 @@ reset the state; TorchRL's own collector can drive it."""
 import torch
 from torchrl.envs import InitTracker, TransformedEnv
 
+from lightning_marl.config.schema import AgentConfig, EnvWorkers
 from lightning_marl.envs import make_env
 from lightning_marl.envs.contract import ACTION, MASK, OBS
 from lightning_marl.models.agent import RNNAgent
@@ -17,7 +18,7 @@ def box_pushing(games: int = 3, horizon: int = 12):
 def test_acting_gives_the_q_values_of_the_training_unroll():
     torch.manual_seed(0)
     env = box_pushing()
-    agent = RNNAgent(env.obs_dim, env.n_agents, env.n_actions, hidden_dim=16)
+    agent = RNNAgent.from_config(AgentConfig(hidden_dim=16), env.obs_dim, env.n_agents, env.n_actions)
     policy = RecurrentPolicy(agent, 0.5, action_values=True)
     rollout = env.rollout(12, policy=policy, auto_reset=True, break_when_any_done=False, break_when_all_done=True)
     q_acting = rollout.get(ACTION_VALUE)
@@ -31,7 +32,7 @@ def test_acting_gives_the_q_values_of_the_training_unroll():
 def test_is_init_restarts_the_games_it_marks():
     torch.manual_seed(1)
     env = box_pushing(games=2)
-    agent = RNNAgent(env.obs_dim, env.n_agents, env.n_actions, hidden_dim=8)
+    agent = RNNAgent.from_config(AgentConfig(hidden_dim=8), env.obs_dim, env.n_agents, env.n_actions)
     policy = RecurrentPolicy(agent, 0.0, action_values=True)
     td = env.reset()
     fresh = policy(td.clone()).get(ACTION_VALUE)
@@ -50,7 +51,7 @@ def test_torchrls_collector_drives_the_policy_with_init_tracking():
 
     torch.manual_seed(2)
     env = TransformedEnv(box_pushing(games=2, horizon=5), InitTracker())
-    agent = RNNAgent(env.base_env.obs_dim, env.base_env.n_agents, env.base_env.n_actions, hidden_dim=8)
+    agent = RNNAgent.from_config(AgentConfig(hidden_dim=8), env.base_env.obs_dim, env.base_env.n_agents, env.base_env.n_actions)
     policy = RecurrentPolicy(agent, 1.0, action_values=True)
     collector = Collector(env, policy, frames_per_batch=24, total_frames=24)
     batch = next(iter(collector))
@@ -72,11 +73,11 @@ def test_collector_workers_act_with_the_published_weights_and_restart_each_episo
     from lightning_marl.models.mixers.base import NEG_INF
 
     cfg = env_config({"name": "box_pushing", "horizon": 7, "random_init": True})
-    source = EnvSource(cfg, cfg)
+    source = EnvSource(cfg, cfg, "cpu", EnvWorkers.auto, None)
     info = source.info()
     torch.manual_seed(3)
-    old = RecurrentPolicy(RNNAgent(info["obs_dim"], info["n_agents"], info["n_actions"], hidden_dim=8), 1.0)
-    new = RecurrentPolicy(RNNAgent(info["obs_dim"], info["n_agents"], info["n_actions"], hidden_dim=8), 0.0)
+    old = RecurrentPolicy(RNNAgent.from_config(AgentConfig(hidden_dim=8), info["obs_dim"], info["n_agents"], info["n_actions"]), 1.0)
+    new = RecurrentPolicy(RNNAgent.from_config(AgentConfig(hidden_dim=8), info["obs_dim"], info["n_agents"], info["n_actions"]), 0.0)
     workers = WorkerCollection(source, info["episode_limit"], processes=2, games=3, seed=5, start_method="fork")
     try:
         episodes, _ = workers.next_round(old)
@@ -105,10 +106,10 @@ def test_collector_workers_lose_no_episode_beginning_while_the_learner_pauses():
     from lightning_marl.envs import env_config
 
     cfg = env_config({"name": "box_pushing", "horizon": 7, "random_init": False})
-    source = EnvSource(cfg, cfg)
+    source = EnvSource(cfg, cfg, "cpu", EnvWorkers.auto, None)
     info = source.info()
     start = source.make(1, 0).reset().get(OBS)[0]
-    policy = RecurrentPolicy(RNNAgent(info["obs_dim"], info["n_agents"], info["n_actions"], hidden_dim=8), 1.0)
+    policy = RecurrentPolicy(RNNAgent.from_config(AgentConfig(hidden_dim=8), info["obs_dim"], info["n_agents"], info["n_actions"]), 1.0)
     workers = WorkerCollection(source, info["episode_limit"], processes=2, games=3, seed=1, start_method="fork")
     rounds = []
     try:

@@ -6,10 +6,11 @@ import torch
 from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 
-from lightning_marl.data.priority import WEIGHT_KEY, EpisodePrioritySampler
+from lightning_marl.config import load
 from lightning_marl.data.collector import collect_episodes
-from lightning_marl.models.policy import RecurrentPolicy
+from lightning_marl.data.priority import WEIGHT_KEY, EpisodePrioritySampler
 from lightning_marl.experiment import build_datamodule, build_module, run
+from lightning_marl.models.policy import RecurrentPolicy
 from tests.test_resume import BASE, assert_same_training_state, final_state
 
 
@@ -47,7 +48,7 @@ def test_alpha_zero_is_uniform_and_new_episodes_get_the_largest_priority():
 
 
 def test_importance_weights_scale_the_td_loss(make_config):
-    cfg = make_config(["env=matrix", "data.prioritized=true", "data.batch_size=8", "data.warmup_episodes=8"])
+    cfg = load(["env=matrix", "data.prioritized=true", "data.batch_size=8", "data.warmup_episodes=8"])
     dm = build_datamodule(cfg)
     dm.setup()
     module = build_module(cfg, dm.env_info())
@@ -67,9 +68,9 @@ def test_importance_weights_scale_the_td_loss(make_config):
 def test_training_writes_td_errors_back_and_resumes_exactly(make_config, tmp_path):
     overrides = BASE + ["data.prioritized=true", "data.priority_beta_anneal_steps=1600"]
     full, half = tmp_path / "full", tmp_path / "half"
-    run(make_config(overrides + ["total_env_steps=1600"]), full)
-    run(make_config(overrides + ["total_env_steps=800"]), half)
-    run(make_config(overrides + ["total_env_steps=1600"]), half, ckpt_path=half / "checkpoints" / "last.ckpt")
+    run(load(overrides + ["total_env_steps=1600"]), full)
+    run(load(overrides + ["total_env_steps=800"]), half)
+    run(load(overrides + ["total_env_steps=1600"]), half, ckpt_path=half / "checkpoints" / "last.ckpt")
     a, b = final_state(full), final_state(half)
     assert_same_training_state(a, b)
     sampler = a["MARLDataModule"]["replay"]["sampler"]

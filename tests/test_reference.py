@@ -7,7 +7,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from lightning_marl.cli import experiment_names
+from lightning_marl.cli.overrides import experiment_names
 from lightning_marl.config import compose, validate
 
 TABLE = Path(__file__).resolve().parents[1] / "docs" / "reference.md"

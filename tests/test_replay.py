@@ -1,15 +1,16 @@
 import torch
 
+from lightning_marl.config.schema import AgentConfig
 from lightning_marl.data.collector import collect_episodes
-from lightning_marl.models.policy import RecurrentPolicy
 from lightning_marl.models.agent import RNNAgent
+from lightning_marl.models.policy import RecurrentPolicy
 from tests.conftest import CountdownEnv
 
 
 def collect(lengths, limit, epsilon=1.0):
     torch.manual_seed(0)
     env = CountdownEnv(lengths, limit)
-    agent = RNNAgent(obs_dim=1, n_agents=2, n_actions=3)
+    agent = RNNAgent.from_config(AgentConfig(), 1, 2, 3)
     return collect_episodes(env, RecurrentPolicy(agent, epsilon, torch.device("cpu")), limit)
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from lightning_marl.config import load
 from lightning_marl.experiment import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,10 +65,10 @@ def kill_after_checkpoint(proc: subprocess.Popen, run_dir: Path, update: int, se
 def test_stop_and_resume_ends_bitwise_identical_to_an_uninterrupted_run(make_config, tmp_path, mixer, extra):
     overrides = [o if not o.startswith("mixer=") else f"mixer={mixer}" for o in BASE] + extra
     full, half = tmp_path / "full", tmp_path / "half"
-    run(make_config(overrides + ["total_env_steps=1600"]), full)
-    run(make_config(overrides + ["total_env_steps=800"]), half)
+    run(load(overrides + ["total_env_steps=1600"]), full)
+    run(load(overrides + ["total_env_steps=800"]), half)
     stopped = final_state(half)
-    run(make_config(overrides + ["total_env_steps=1600"]), half, ckpt_path=half / "checkpoints" / "last.ckpt")
+    run(load(overrides + ["total_env_steps=1600"]), half, ckpt_path=half / "checkpoints" / "last.ckpt")
     resumed = final_state(half)
     assert resumed["global_step"] > stopped["global_step"] > 0
     assert_same_training_state(final_state(full), resumed)
@@ -79,8 +80,8 @@ def test_stop_and_resume_ends_bitwise_identical_to_an_uninterrupted_run(make_con
 
 def test_a_different_seed_does_change_the_result(make_config, tmp_path):
     """Guards the equality test above: two runs that should differ do differ."""
-    run(make_config(BASE + ["total_env_steps=400"]), tmp_path / "a")
-    run(make_config([o if o != "seed=7" else "seed=8" for o in BASE] + ["total_env_steps=400"]), tmp_path / "b")
+    run(load(BASE + ["total_env_steps=400"]), tmp_path / "a")
+    run(load([o if o != "seed=7" else "seed=8" for o in BASE] + ["total_env_steps=400"]), tmp_path / "b")
     a, b = final_state(tmp_path / "a"), final_state(tmp_path / "b")
     assert any(not torch.equal(t, b["state_dict"][k]) for k, t in a["state_dict"].items())
 
@@ -164,7 +165,7 @@ def _state(pid: int) -> str:
 
 @pytest.mark.parametrize("keep_all", [False, True])
 def test_periodic_checkpoints_keep_the_newest_or_all(make_config, tmp_path, keep_all):
-    cfg = make_config(["env=matrix", "total_env_steps=400", "data.warmup_episodes=8", "checkpoint.every_n_updates=10",
+    cfg = load(["env=matrix", "total_env_steps=400", "data.warmup_episodes=8", "checkpoint.every_n_updates=10",
                        f"checkpoint.keep_all={str(keep_all).lower()}", "trainer.enable_progress_bar=false"])
     run(cfg, tmp_path)
     updates = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
@@ -201,7 +202,7 @@ def test_resume_overrides_survive_a_crash_and_a_second_resume(tmp_path):
 def test_a_diverging_run_stops_with_the_update_and_keeps_the_last_good_checkpoint(make_config, tmp_path):
     from lightning_marl.errors import DivergenceError
 
-    cfg = make_config(["env=matrix", "mixer=qmix", "learner.lr=1e30", "learner.grad_clip=1e30", "total_env_steps=4000",
+    cfg = load(["env=matrix", "mixer=qmix", "learner.lr=1e30", "learner.grad_clip=1e30", "total_env_steps=4000",
                        "data.warmup_episodes=8", "data.batch_size=8", "checkpoint.every_n_updates=1",
                        "eval.interval_env_steps=8", "trainer.enable_progress_bar=false"])
     with pytest.raises(DivergenceError, match=r"training diverged at update \d+ \(env step \d+\): "):

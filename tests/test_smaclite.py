@@ -5,6 +5,7 @@ The error-message tests run always; the others need SMACLite (skipped cleanly wi
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 
@@ -13,12 +14,10 @@ import torch
 from torchrl.envs import ParallelEnv, SerialEnv
 from torchrl.envs.utils import check_env_specs
 
-import functools
-
 from lightning_marl import envs
 from lightning_marl.envs import smaclite as smaclite_env
 from lightning_marl.envs.contract import ACTION, MASK, OBS
-from lightning_marl.registry import ConfigError
+from lightning_marl.errors import ConfigError
 
 make_smaclite = functools.partial(envs.make_env, "smaclite")
 
@@ -30,7 +29,7 @@ INSTALL_COMMANDS = ("pip install --no-deps git+https://github.com/uoe-agents/sma
 
 def test_missing_smaclite_message(monkeypatch):
     monkeypatch.setitem(sys.modules, "smaclite", None)  # import smaclite -> ImportError
-    for build in (lambda: smaclite_env.SMACliteEnv("2s3z"), lambda: make_smaclite(num_envs=2)):
+    for build in (lambda: smaclite_env.SMACliteEnv("2s3z", 0, "cpu", False, None), lambda: make_smaclite(num_envs=2)):
         with pytest.raises(ImportError) as info:
             build()
         for command in INSTALL_COMMANDS:

@@ -13,13 +13,13 @@ import types
 import numpy as np
 import pytest
 import torch
+import torchrl.envs.libs.smacv2 as torchrl_smacv2
 from torchrl.envs import SerialEnv
 
-import torchrl.envs.libs.smacv2 as torchrl_smacv2
 from lightning_marl import envs
 from lightning_marl.envs import smacv2 as smacv2_env
 from lightning_marl.envs.contract import ACTION, MASK, OBS
-from lightning_marl.registry import ConfigError
+from lightning_marl.errors import ConfigError
 
 make_smacv2 = functools.partial(envs.make_env, "smacv2")
 

@@ -1,5 +1,6 @@
 """The study runner (skip finished runs, resume interrupted ones, claims) and its robust statistics,
 checked on synthetic data whose answers are known."""
+import ast
 import os
 import re
 import subprocess
@@ -12,7 +13,8 @@ import pytest
 pytest.importorskip("rliable")
 
 from lightning_marl.study import aggregate as agg  # noqa: E402
-from lightning_marl.study.runner import CLAIM, claim, command, run_all  # noqa: E402
+from lightning_marl.study.records import CLAIM, claim  # noqa: E402
+from lightning_marl.study.runner import command, run_all  # noqa: E402
 from lightning_marl.study.spec import load_spec, plan  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,16 +133,72 @@ def test_a_study_runs_skips_what_is_finished_and_reports(tmp_path):
     assert "cores" in text and "torch " in text and "Code (commit of each session" in text
     assert "Effective settings of reference/box_pushing_4x4" in text and "td_lambda: 0.6" in text
     # Q1 compares mixer sizes: the table gives each configuration's mixer parameters (VDN has none)
-    from lightning_marl.config import compose
+    from lightning_marl.config import load
     from lightning_marl.experiment import build_datamodule, build_module
 
-    cfg = compose(["experiment=reference/box_pushing_4x4", "mixer=qmix", "env.horizon=10"])
+    cfg = load(["experiment=reference/box_pushing_4x4", "mixer=qmix", "env.horizon=10"])
     qmix = sum(p.numel() for p in build_module(cfg, build_datamodule(cfg).env_info()).mixer.parameters())
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| qmix |")
             or line.startswith("| vdn |")}
     assert f"| {qmix:,} |" in rows["qmix"] and "| 0 |" in rows["vdn"]
     assert (tmp_path / "runs" / "figures" / "curves_reference_box_pushing_4x4.png").stat().st_size > 5000
     assert (tmp_path / "runs" / "figures" / "profile_reference_box_pushing_4x4.png").is_file()
+
+
+def test_a_report_without_out_goes_to_the_expanded_runs_dir(tmp_path, monkeypatch, capsys):
+    """``~`` in a spec's paths is the home folder, expanded when the spec is read: ``report`` without
+    ``--out`` writes into the study's runs_dir there, and no folder named ``~`` appears in the working
+    directory."""
+    from lightning_marl.study import main
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    spec = write_spec(work, seeds=(0,))
+    spec.write_text(spec.read_text().replace(f"runs_dir: {work / 'runs'}", "runs_dir: ~/studies/tiny")
+                    .replace(f"archive_dir: {work / 'archive'}", "archive_dir: ~/archive/tiny"))
+    runs = plan(load_spec(spec))
+    assert all(r.folder.is_relative_to(home / "studies" / "tiny") for r in runs)
+    assert all(r.archive.is_relative_to(home / "archive" / "tiny") for r in runs)
+    main(["report", str(spec)])
+    assert capsys.readouterr().out == f"report: {home / 'studies' / 'tiny' / 'report.md'}\n"
+    assert "# Study report: tiny" in (home / "studies" / "tiny" / "report.md").read_text()
+    assert not [path for path in tmp_path.rglob("*") if path.name == "~"]
+
+
+def test_the_study_modules_import_each_other_without_a_cycle():
+    """The package in layers: records below the runner and the reuse of runs, which do not import each
+    other (imports inside functions count)."""
+    package = ROOT / "lightning_marl" / "study"
+    names = {path.stem for path in package.glob("*.py")}
+
+    def named(node) -> set:
+        """The modules of the package that an import statement names (``from . import x`` included)."""
+        if isinstance(node, ast.Import):
+            full = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(filter(None, ["lightning_marl.study" if node.level else "", node.module]))
+            full = [f"{base}.{alias.name}" for alias in node.names]
+        else:
+            return set()
+        return {f.split(".")[2] for f in full if f.startswith("lightning_marl.study.")} & names
+
+    imports = {path.stem: set().union(*map(named, ast.walk(ast.parse(path.read_text())))) - {path.stem}
+               for path in package.glob("*.py")}
+    assert "reuse" not in imports["runner"] and "runner" not in imports["reuse"]
+    assert imports["records"] <= {"spec"}
+    done: set = set()
+
+    def visit(name: str, path: tuple) -> None:
+        assert name not in path, f"import cycle: {' -> '.join(path + (name,))}"
+        if name not in done:
+            for other in imports[name]:
+                visit(other, path + (name,))
+            done.add(name)
+
+    for name in imports:
+        visit(name, ())
 
 
 def test_an_interrupted_run_is_resumed_and_claims_are_respected(tmp_path):
@@ -224,7 +282,8 @@ def test_a_run_two_studies_share_is_adopted_not_trained(tmp_path, capsys):
     (nothing trained); ``qmix z=zeros`` is no twin; a twin whose recorded config differs from today's
     is not adopted, one that differs in output settings only is."""
     from lightning_marl.study import main
-    from lightning_marl.study.reuse import finished_twin, reused_from, twins
+    from lightning_marl.study.records import reused_from
+    from lightning_marl.study.reuse import finished_twin, twins
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lightning_marl.cli import check_launcher
+from lightning_marl.cli.overrides import check_launcher
 from lightning_marl.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

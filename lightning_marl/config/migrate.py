@@ -1,4 +1,5 @@
-"""Configs saved by older versions, read by this one: keys that moved or changed type are carried
+"""Configs saved by older versions, read by this one (a run's ``config.yaml`` and a checkpoint's
+hyperparameters; nothing else is migrated): keys that moved or changed type are carried
 to where they live now, with the value they had then. Keys that are new get the schema's default,
 except where the default changed the run's behaviour (those get the old behaviour back)."""
 from __future__ import annotations
@@ -8,9 +9,16 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_marl.config.schema import (ENV_SCHEMAS, MIXER_SCHEMAS, DataConfig, LoggerConfig, TrainConfig,
-                                          TrainerConfig)
+from lightning_marl.config.schema import (
+    AgentConfig,
+    DataConfig,
+    LearnerConfig,
+    LoggerConfig,
+    TrainConfig,
+    TrainerConfig,
+)
 from lightning_marl.errors import ConfigError
+from lightning_marl.registry import ENVS, MIXERS
 
 # env.parallel (true / false / auto) became data.env_workers
 _WORKERS = {True: "processes", False: "in_process", "auto": "auto"}
@@ -31,6 +39,17 @@ def migrate_mixer(mixer: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def saved_module_configs(agent: dict[str, Any], mixer: dict[str, Any], learner: dict[str, Any]) -> tuple:
+    """A saved run's agent, mixer and learner configs (plain values, any layout this version reads)
+    as today's typed configs."""
+    from lightning_marl.config.validate import typed_options
+
+    mixer = migrate_mixer(dict(mixer))
+    return (typed_options(AgentConfig, "agent.", **dict(agent)),
+            typed_options(MIXERS.config(mixer["name"]), "mixer.", **mixer),
+            typed_options(LearnerConfig, "learner.", **migrate_learner(dict(learner))))
+
+
 def migrate_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """A whole saved ``config.yaml`` (as plain containers) in today's layout."""
     cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in cfg.items()}
@@ -48,7 +67,8 @@ def migrate_config(cfg: dict[str, Any]) -> dict[str, Any]:
     if data.pop("async_collection", False) and not data.get("collector_processes"):
         # the collector thread became TorchRL's worker processes: one game per process where the
         # thread stepped games in worker processes, else one process with all the games
-        data["collector_processes"] = data.get("num_envs", DataConfig.num_envs) if data.get("env_workers") == "processes" else 1
+        in_processes = data.get("env_workers") == "processes"
+        data["collector_processes"] = data.get("num_envs", DataConfig.num_envs) if in_processes else 1
     if "shaping_anneal_steps" in env:
         steps = env.pop("shaping_anneal_steps")
         learner.setdefault("shaping_anneal_steps", steps if env.get("name") == "overcooked" else 0)
@@ -71,11 +91,11 @@ def on_schema(cfg: dict[str, Any]) -> DictConfig:
     cfg = migrate_config(cfg)
     env, mixer = (cfg[group]["name"] if isinstance(cfg.get(group), dict) and "name" in cfg[group] else None
                   for group in ("env", "mixer"))
-    if env not in ENV_SCHEMAS or mixer not in MIXER_SCHEMAS:
+    if env not in ENVS or mixer not in MIXERS:
         raise ConfigError(f"the saved config has env={env}, mixer={mixer}; allowed: "
-                          f"env {', '.join(ENV_SCHEMAS)}; mixer {', '.join(MIXER_SCHEMAS)}")
+                          f"env {', '.join(ENVS.names())}; mixer {', '.join(MIXERS.names())}")
     base = OmegaConf.structured(TrainConfig)
-    base.env, base.mixer = ENV_SCHEMAS[env](), MIXER_SCHEMAS[mixer]()
+    base.env, base.mixer = ENVS.config(env)(), MIXERS.config(mixer)()
     base.trainer, base.logger = TrainerConfig(), LoggerConfig()
     return OmegaConf.merge(base, cfg)
 

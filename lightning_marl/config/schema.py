@@ -1,17 +1,23 @@
-"""The typed config schema: one dataclass per config node, registered in Hydra's ConfigStore.
+"""The typed config schema of a training job: one dataclass per config node, registered in Hydra's
+ConfigStore.
 
-This file is the only place a default is written. Each field carries what is allowed in its
-metadata (``ge``/``gt``/``le``/``lt`` bounds, ``choices``), which :mod:`lightning_marl.config.validate`
-checks and quotes in its error messages. Closed sets are enums. The YAML files under
-``configs/`` hold only what differs from these defaults (per-env budgets, experiment presets).
+Defaults are written once, in the dataclass that owns the value: here for the run, the learner, the
+agent, collection and replay, evaluation, checkpoints, the trainer and the loggers; in each
+environment's file (``lightning_marl/envs/<family>.py``) for its options; in each mixer's file
+(``lightning_marl/models/mixers/<mixer>.py``) for the mixer. Each field carries what is allowed in its
+metadata (``ge``/``gt``/``le``/``lt`` bounds, ``choices``, ``even``), which
+:mod:`lightning_marl.config.validate` checks and quotes in its error messages. Closed sets are enums.
+The YAML files under ``configs/`` hold only what differs from these defaults (per-env budgets,
+experiment presets).
 
-Config groups: ``env`` (one dataclass per env family), ``mixer`` (one per mixer), ``trainer``
-(cpu, gpu, ddp) and ``logger`` (csv, tensorboard, wandb, mlflow; several at once); ``data``, ``eval``, ``checkpoint``, ``learner``
-and ``agent`` are plain nodes of :class:`TrainConfig`.
+The validation (:func:`lightning_marl.config.validate.to_typed`) returns a :class:`TrainConfig` whose
+nodes are frozen (:func:`freeze`): code below the edge reads values, never changes them.
 """
+import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, List, Optional
+from types import MappingProxyType
+from typing import Any, Dict, List, Mapping, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -26,17 +32,51 @@ def spec(default: Any = MISSING, help: str = "", *, factory=None, **allowed) -> 
     return field(default=default, metadata=meta)
 
 
+class Frozen:
+    """A config node that :func:`freeze` makes read-only (Hydra composes into the same dataclasses,
+    so they cannot be ``frozen=True`` dataclasses: OmegaConf makes those nodes read-only before the
+    overrides are merged). ``dataclasses.replace`` gives a changed, unfrozen copy."""
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if self.__dict__.get("_frozen"):
+            raise dataclasses.FrozenInstanceError(f"cannot assign to field {key!r}: the validated config is "
+                                                  "read-only (dataclasses.replace makes a changed copy)")
+        object.__setattr__(self, key, value)
+
+
+def freeze(node: Any) -> Any:
+    """Make a config node and every node below it read-only (mappings become read-only views,
+    lists tuples); returns ``node``."""
+    if isinstance(node, Frozen):
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            if isinstance(value, dict):
+                value = MappingProxyType({k: freeze(v) for k, v in value.items()})
+            elif isinstance(value, list):
+                value = tuple(freeze(v) for v in value)
+            else:
+                freeze(value)
+            object.__setattr__(node, f.name, value)
+        object.__setattr__(node, "_frozen", True)
+    return node
+
+
+def plain(node: Any) -> Any:
+    """A config node as plain containers (enums as their values), e.g. for hyperparameters and YAML."""
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        return {f.name: plain(getattr(node, f.name)) for f in dataclasses.fields(node)}
+    if isinstance(node, Enum):
+        return node.value
+    if isinstance(node, Mapping):
+        return {k: plain(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [plain(v) for v in node]
+    return node
+
+
 class StrEnum(str, Enum):
     def __str__(self) -> str:
         return self.value
-
-
-class CentralInfo(StrEnum):
-    state = "state"
-    history = "history"
-    history_state = "history_state"
-    noise = "noise"
-    zeros = "zeros"
 
 
 class TDWeighting(StrEnum):
@@ -67,212 +107,8 @@ class WandbMode(StrEnum):
     disabled = "disabled"
 
 
-class MatrixGame(StrEnum):
-    non_monotonic = "non_monotonic"
-    climbing = "climbing"
-    penalty = "penalty"
-    additive = "additive"
-
-
-class OvercookedObs(StrEnum):
-    featurized = "featurized"
-    lossless = "lossless"
-
-
-class OvercookedState(StrEnum):
-    concat = "concat"
-    lossless_global = "lossless_global"
-
-
-# ----------------------------------------------------------------------------- envs
 @dataclass
-class EnvConfig:
-    """Options every env family has."""
-    name: str = MISSING
-    timeout_as_terminal: bool = spec(False, "true: a time-out is stored as a terminal (no bootstrap), as the "
-                                            "QFIX reference and EPyMARL do on SMAC; false: it bootstraps (correct)")
-
-
-@dataclass
-class MatrixEnvConfig(EnvConfig):
-    """One-step cooperative matrix games (lightning_marl/envs/matrix.py)."""
-    name: str = "matrix"
-    game: MatrixGame = spec(MatrixGame.non_monotonic, "a named game; ignored when env.payoff is given")
-    payoff: Optional[List[Any]] = spec(None, "an explicit N-dimensional payoff table [A]*N, e.g. '[[1,0],[0,1]]'")
-    n_agents: Optional[int] = spec(None, "checked against the payoff's dimensions when set", ge=1)
-    penalty_k: float = spec(-100.0, "the penalty game's k")
-
-
-@dataclass
-class BoxPushingEnvConfig(EnvConfig):
-    """Box Pushing, Xiao & Amato's primitive-action version (lightning_marl/envs/box_pushing.py)."""
-    name: str = "box_pushing"
-    grid: int = spec(4, "grid side (even: the big box spans two cells)", ge=4, le=30, even=True)
-    n_agents: int = spec(2, "2, or 3 (the third starts below the big box's left half)", choices=(2, 3))
-    horizon: int = spec(100, "time limit (truncation, not termination)", ge=1)
-    step_reward: float = spec(-0.1, "team reward per step")
-    bump_penalty: float = spec(-5.0, "per agent bumping into a wall, the big box alone or a box sideways")
-    small_box_reward: float = spec(10.0, "a small box reaching the top row")
-    big_box_reward: float = spec(100.0, "the big box reaching the top row")
-    random_init: bool = spec(False, "agents anywhere below the boxes' row, random orientation")
-    success_prob: float = spec(1.0, "each action succeeds with this probability (0.9: Seuken & Zilberstein)",
-                               gt=0.0, le=1.0)
-
-
-@dataclass
-class OvercookedEnvConfig(EnvConfig):
-    """Overcooked-AI 1.1.0, two chefs (lightning_marl/envs/overcooked.py)."""
-    name: str = "overcooked"
-    layout: str = spec("cramped_room", "a two-chef layout of the package (counter_circuit_o_1order is the "
-                                       "classic counter circuit)")
-    horizon: int = spec(400, "time limit (truncation, not termination)", ge=1)
-    obs: OvercookedObs = spec(OvercookedObs.featurized, "featurized (96 per chef) or lossless (26*W*H grids)")
-    state: OvercookedState = spec(OvercookedState.concat, "concat (both observations) or lossless_global")
-
-
-@dataclass
-class SMACLiteEnvConfig(EnvConfig):
-    """SMACLite (github.com/uoe-agents/smaclite; lightning_marl/envs/smaclite.py)."""
-    name: str = "smaclite"
-    map: str = spec("2s3z", "a SMACLite map (MMM and MMM2 upper case)")
-    use_cpp_rvo2: bool = spec(False, "SMACLite's optional C++ collision solver (docs/smac.md)")
-    episode_limit: Optional[int] = spec(None, "null = SMAC's limit of the map", ge=1)
-
-
-@dataclass
-class SMACv2EnvConfig(EnvConfig):
-    """SMACv2 through TorchRL's wrapper; needs StarCraft II (lightning_marl/envs/smacv2.py)."""
-    name: str = "smacv2"
-    map: str = spec("10gen_protoss", "10gen_protoss | 10gen_terran | 10gen_zerg, or a SMAC v1 map")
-    n_units: int = spec(5, "allies of the default capability config", ge=1)
-    n_enemies: int = spec(5, "enemies of the default capability config", ge=1)
-    capability_config: Optional[Dict[str, Any]] = spec(None, "null: SMACv2's example config for the race")
-    env_args: Optional[Dict[str, Any]] = spec(None, "extra StarCraft2Env keyword arguments")
-
-
-ENV_SCHEMAS = {c().name: c for c in (MatrixEnvConfig, BoxPushingEnvConfig, OvercookedEnvConfig, SMACLiteEnvConfig,
-                                     SMACv2EnvConfig)}
-# env families that batch their games in worker processes (data.env_workers applies to them)
-WORKER_ENVS = ("overcooked", "smaclite", "smacv2")
-
-
-# ----------------------------------------------------------------------------- mixers
-@dataclass
-class MixerConfig:
-    name: str = MISSING
-
-
-@dataclass
-class VDNConfig(MixerConfig):
-    """VDN: Q_tot = sum_i Q_i(a_i) (no centralized information)."""
-    name: str = "vdn"
-
-
-@dataclass
-class CentralMixerConfig(MixerConfig):
-    """Mixers conditioned on centralized information z."""
-    central_info: CentralInfo = spec(CentralInfo.state, "z: state | history | history_state | noise | zeros")
-    noise_dim: int = spec(16, "size of z for noise / zeros", ge=1)
-    detach_history: bool = spec(True, "history z: no gradient from the mixer into the agents' hidden states")
-
-
-@dataclass
-class QMIXConfig(CentralMixerConfig):
-    """QMIX: monotone hypernetwork mixing of Q_i(a_i) conditioned on z."""
-    name: str = "qmix"
-    embed_dim: int = spec(32, "mixing embedding", ge=1)
-    hypernet_layers: int = spec(2, "layers of the weight hypernetworks", choices=(1, 2))
-    hypernet_embed: int = spec(64, "hidden size of 2-layer hypernetworks", ge=1)
-
-
-@dataclass
-class QPLEXConfig(CentralMixerConfig):
-    """QPLEX: Q_tot = sum_i Q_i'(a_i) + sum_i (lambda_i(z,a) - 1) sg(A_i')."""
-    name: str = "qplex"
-    hypernet_embed: int = spec(64, "w_i(z), v_i(z) of the weighted head", ge=1)
-    adv_hypernet_layers: int = spec(2, "layers per attention extractor", choices=(1, 2, 3))
-    adv_hypernet_embed: int = spec(64, "hidden size of the attention extractors", ge=1)
-    num_kernel: int = spec(4, "K attention kernels for lambda_i(z, a)", ge=1)
-    is_minus_one: bool = spec(True, "(lambda_i - 1) sg(A_i') rather than lambda_i sg(A_i')")
-    weighted_head: bool = spec(True, "Q_i' = w_i(z) Q_i + v_i(z) (false: Q_i' = Q_i)")
-    stop_gradient: bool = spec(True, "sg() on the advantages A_i'")
-
-
-@dataclass
-class DuelMIXConfig(CentralMixerConfig):
-    """DuelMIX: Q_tot = sum_i w_i(z) V_i + b(z) + sum_i lambda_i(z,a) A_i (the weighted history mixer)."""
-    name: str = "duelmix"
-    central_info: CentralInfo = spec(CentralInfo.history, "z: state | history | history_state | noise | zeros")
-    dueling_agent: bool = spec(True, "the agents get dueling heads V_i + A_i")
-    hypernet_layers: int = spec(2, "layers of w_i(z)", choices=(1, 2, 3))
-    hypernet_embed: int = spec(64, "hidden size of w_i(z)", ge=1)
-    adv_hypernet_layers: int = spec(2, "layers of lambda_i(z, a)", choices=(1, 2, 3))
-    adv_hypernet_embed: int = spec(64, "hidden size of lambda_i(z, a)", ge=1)
-
-
-@dataclass
-class QFIXConfig(CentralMixerConfig):
-    """QFIX-sum / QFIX-lin: Q_tot = w(z,a) A_f + b(z), w = |g([z; onehot(a)]) - t| + t + 1e-10 > t."""
-    w_lower_bound: float = spec(0.0, "t in w = |g - t| + t + 1e-10 (IGM needs t >= 0 for QFIX)", ge=0.0)
-    w_hidden: int = spec(64, "g: hidden size", ge=1)
-    w_layers: int = spec(2, "layers of g (2 = one hidden layer)", ge=1)
-    b_hidden: int = spec(64, "b(z): hidden size", ge=1)
-
-
-@dataclass
-class QPlusFIXConfig(QFIXConfig):
-    """Q+FIX-sum / Q+FIX-lin: Q_tot = Q_f + w(z,a) sg(A_f) + b(z), w > t >= -1."""
-    w_lower_bound: float = spec(-1.0, "t in w = |g - t| + t + 1e-10 (IGM needs t >= -1 for Q+FIX)", ge=-1.0)
-    detach_advantage: bool = spec(False, "sg() on the fixee advantage (the reference's main runs: false; "
-                                         "true is its -detach ablation)")
-
-
-@dataclass
-class MonoFixee:
-    """The light QMIX fixee of the -mono variants."""
-    embed_dim: int = spec(32, "the light QMIX fixee's embedding", ge=1)
-    hypernet_layers: int = spec(1, "layers of the fixee's hypernetworks", choices=(1, 2))
-    hypernet_embed: int = spec(64, "hidden size of 2-layer hypernetworks", ge=1)
-
-
-@dataclass
-class QFIXSumConfig(QFIXConfig):
-    name: str = "qfix_sum"
-
-
-@dataclass
-class QFIXLinConfig(QFIXConfig):
-    name: str = "qfix_lin"
-
-
-@dataclass
-class QFIXMonoConfig(QFIXConfig, MonoFixee):
-    name: str = "qfix_mono"
-
-
-@dataclass
-class QPlusFIXSumConfig(QPlusFIXConfig):
-    name: str = "qplusfix_sum"
-
-
-@dataclass
-class QPlusFIXLinConfig(QPlusFIXConfig):
-    name: str = "qplusfix_lin"
-
-
-@dataclass
-class QPlusFIXMonoConfig(QPlusFIXConfig, MonoFixee):
-    name: str = "qplusfix_mono"
-
-
-MIXER_SCHEMAS = {c().name: c for c in (VDNConfig, QMIXConfig, QPLEXConfig, DuelMIXConfig, QFIXSumConfig,
-                                       QFIXMonoConfig, QFIXLinConfig, QPlusFIXSumConfig, QPlusFIXMonoConfig,
-                                       QPlusFIXLinConfig)}
-
-
-# ----------------------------------------------------------------------------- the rest
-@dataclass
-class AgentConfig:
+class AgentConfig(Frozen):
     """The recurrent agent shared by all agents: fc -> ReLU -> GRU -> fc."""
     hidden_dim: int = spec(64, "GRU hidden size", ge=1)
     agent_id: bool = spec(True, "one-hot agent id in the input")
@@ -282,7 +118,7 @@ class AgentConfig:
 
 
 @dataclass
-class LearnerConfig:
+class LearnerConfig(Frozen):
     """Double-Q TD(lambda) learner; defaults follow the QFIX reference (docs/reference.md)."""
     lr: float = spec(0.001, "Adam learning rate", gt=0.0)
     gamma: float = spec(0.99, "discount", ge=0.0, le=1.0)
@@ -306,7 +142,7 @@ class LearnerConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Frozen):
     """Collection and replay."""
     num_envs: int = spec(8, "games per collection round (one episode each)", ge=1)
     buffer_size: int = spec(5000, "replay capacity, in episodes", ge=1)
@@ -328,7 +164,7 @@ class DataConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Frozen):
     interval_env_steps: int = spec(2000, "greedy evaluation every this many env steps (0 = only at the end)", ge=0)
     episodes: int = spec(32, "greedy episodes per evaluation", ge=1)
     num_envs: int = spec(8, "evaluation games played at once", ge=1)
@@ -337,14 +173,14 @@ class EvalConfig:
 
 
 @dataclass
-class CheckpointConfig:
+class CheckpointConfig(Frozen):
     every_n_updates: int = spec(500, "periodic checkpoint (0 = only the final one)", ge=0)
     replay: bool = spec(True, "keep the replay contents in checkpoints")
     keep_all: bool = spec(False, "keep every periodic checkpoint (false: only the newest, and last.ckpt)")
 
 
 @dataclass
-class TrainerConfig:
+class TrainerConfig(Frozen):
     """Lightning Trainer arguments."""
     accelerator: str = spec("cpu", "cpu | gpu | auto", choices=("cpu", "gpu", "cuda", "auto"))
     devices: int = spec(1, "processes / GPUs per node", ge=1)
@@ -356,18 +192,18 @@ class TrainerConfig:
 
 
 @dataclass
-class CSVLoggerConfig:
+class CSVLoggerConfig(Frozen):
     """``metrics.csv`` in the run folder: one row per logged update (column ``step``, the update's
     index) with its ``env_steps``; a resumed run continues the file."""
 
 
 @dataclass
-class TensorBoardLoggerConfig:
+class TensorBoardLoggerConfig(Frozen):
     """TensorBoard event files in the run folder, against env steps (pip install '.[tensorboard]')."""
 
 
 @dataclass
-class WandbLoggerConfig:
+class WandbLoggerConfig(Frozen):
     """Weights & Biases, against env steps; files under ``<run folder>/wandb`` (pip install '.[wandb]')."""
     project: str = spec("lightning_marl", "W&B project")
     entity: Optional[str] = spec(None, "W&B team or user (null: your default entity)")
@@ -377,16 +213,17 @@ class WandbLoggerConfig:
 
 
 @dataclass
-class MLflowLoggerConfig:
+class MLflowLoggerConfig(Frozen):
     """MLflow, against env steps (pip install '.[mlflow]')."""
     tracking_uri: Optional[str] = spec(None, "MLflow tracking URI, e.g. sqlite:///mlflow.db or http://host:5000 "
-                                             "(null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working folder)")
+                                             "(null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working "
+                                                 "folder)")
     experiment_name: str = spec("lightning_marl", "MLflow experiment")
     run_name: Optional[str] = spec(None, "MLflow run name (null: the run folder's name)")
 
 
 @dataclass
-class LoggerConfig:
+class LoggerConfig(Frozen):
     """The loggers a run writes to: any of csv, tensorboard, wandb, mlflow (``logger=[csv,wandb]``;
     a field left null is a logger not used)."""
     csv: Optional[CSVLoggerConfig] = None
@@ -396,10 +233,10 @@ class LoggerConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Frozen):
     """``python train.py``: the whole config."""
-    env: Any = MISSING
-    mixer: Any = MISSING
+    env: Any = MISSING    # the chosen env family's config (lightning_marl/envs/<family>.py)
+    mixer: Any = MISSING  # the chosen mixer's config (lightning_marl/models/mixers/<mixer>.py)
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
     seed: int = spec(0, "", ge=0)
@@ -425,13 +262,10 @@ LOGGERS = {"csv": CSVLoggerConfig, "tensorboard": TensorBoardLoggerConfig, "wand
 
 
 def register() -> None:
-    """Put the schema into Hydra's ConfigStore (idempotent)."""
+    """Put the run's schema, the trainers and the loggers into Hydra's ConfigStore (idempotent); env
+    families and mixers put themselves there when they register (:mod:`lightning_marl.registry`)."""
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
-    for name, schema in ENV_SCHEMAS.items():
-        store.store(group="env", name=name, node=schema)
-    for name, schema in MIXER_SCHEMAS.items():
-        store.store(group="mixer", name=name, node=schema)
     for name, node in TRAINERS.items():
         store.store(group="trainer", name=name, node=node)
     for name, node in LOGGERS.items():

@@ -12,28 +12,16 @@ import dataclasses
 import math
 import typing
 from enum import Enum
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from lightning_marl.config import schema as S
-from lightning_marl.registry import ConfigError
+from lightning_marl.errors import ConfigError, one_of, refuse, show
+from lightning_marl.registry import ENVS, MIXERS
 
 
-# ----------------------------------------------------------------------------- formatting
-def show(value: Any) -> str:
-    """A value as it is written on the command line."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if value is None:
-        return "null"
-    if isinstance(value, Enum):
-        return str(value.value)
-    if isinstance(value, (DictConfig, ListConfig)):
-        return str(OmegaConf.to_container(value))
-    return str(value)
-
-
+# ----------------------------------------------------------------------------- what is allowed, in words
 def _bounds(meta: dict) -> str:
     has = {k: meta.get(k) is not None for k in ("ge", "gt", "le", "lt")}
     lo = [f">= {meta['ge']:g}"] if has["ge"] else [f"> {meta['gt']:g}"] if has["gt"] else []
@@ -45,11 +33,6 @@ def _bounds(meta: dict) -> str:
         high = meta["le"] if meta.get("le") is not None else meta["lt"]
         return f" in {left}{low:g}, {high:g}{right}"
     return "".join(f" {b}" for b in lo + hi)
-
-
-def _or(items: Sequence[str]) -> str:
-    items = [str(i) for i in items]
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
 
 
 def _unwrap(tp: Any) -> tuple[Any, bool]:
@@ -66,11 +49,11 @@ def allowed(schema: type, name: str) -> str:
     tp, optional = _unwrap(typing.get_type_hints(schema)[name])
     meta = dict(f.metadata)
     if meta.get("choices"):
-        text = _or([show(c) for c in meta["choices"]])
+        text = one_of([show(c) for c in meta["choices"]])
     elif tp is bool:
         text = "true or false"
     elif isinstance(tp, type) and issubclass(tp, Enum):
-        text = _or([m.value for m in tp])
+        text = one_of([m.value for m in tp])
     elif tp is int:
         text = ("an even integer" if meta.get("even") else "an integer") + _bounds(meta)
     elif tp is float:
@@ -84,10 +67,6 @@ def allowed(schema: type, name: str) -> str:
     else:
         text = "a value"
     return f"null or {text}" if optional else text
-
-
-def refuse(key: str, value: Any, allowed_text: str, why: str = "is out of range") -> ConfigError:
-    return ConfigError(f"{key}={show(value)} {why}; allowed: {allowed_text}")
 
 
 # ----------------------------------------------------------------------------- the walk
@@ -167,15 +146,18 @@ def cross_field_rules(c: S.TrainConfig, env_checks: bool = True) -> None:
         if d.num_envs % d.collector_processes:
             raise refuse("data.num_envs", d.num_envs, f"a multiple of data.collector_processes={d.collector_processes} "
                          "(num_envs = games per worker x collector_processes)", "is not a multiple of the workers")
-    if d.env_workers != S.EnvWorkers.auto and c.env.name not in S.WORKER_ENVS:
+    if d.env_workers != S.EnvWorkers.auto and not c.env.worker_processes:
+        workers = [name for name in ENVS.names() if ENVS.config(name).worker_processes]
         raise refuse("data.env_workers", d.env_workers, f"auto for env {c.env.name} (its games are batched in torch; "
-                     f"worker processes exist for {', '.join(S.WORKER_ENVS)})", "does not apply")
-    if c.learner.shaping_anneal_steps and c.env.name != "overcooked":
+                     f"worker processes exist for {', '.join(workers)})", "does not apply")
+    if c.learner.shaping_anneal_steps and not c.env.shaped_reward:
         raise refuse("learner.shaping_anneal_steps", c.learner.shaping_anneal_steps,
                      f"0 for env {c.env.name} (it has no shaped reward)", "does not apply")
-    if c.learner.intervention_anneal_steps and not isinstance(c.mixer, S.QFIXConfig):
+    if c.learner.intervention_anneal_steps and not c.mixer.supports_intervention:
+        takers = [name for name in MIXERS.names() if MIXERS.config(name).supports_intervention]
         raise refuse("learner.intervention_anneal_steps", c.learner.intervention_anneal_steps,
-                     f"0 for mixer {c.mixer.name} (intervention annealing is for the QFIX family)", "does not apply")
+                     f"0 for mixer {c.mixer.name} (intervention annealing is for {', '.join(takers)})",
+                     "does not apply")
     if c.learner.compile is not None:
         import torch
 
@@ -183,7 +165,7 @@ def cross_field_rules(c: S.TrainConfig, env_checks: bool = True) -> None:
         if c.learner.compile not in backends:
             raise refuse("learner.compile", c.learner.compile,
                          "null or a torch.compile backend: " + ", ".join(backends))
-    if c.agent.torso == S.Torso.cnn and not (c.env.name == "overcooked" and c.env.obs == S.OvercookedObs.lossless):
+    if c.agent.torso == S.Torso.cnn and not c.env.grid_observations():
         raise refuse("agent.torso", "cnn", "mlp for this env (cnn needs grid observations: env=overcooked "
                      "env.obs=lossless)")
     gpus = _cuda_devices()
@@ -230,7 +212,7 @@ def check_logger_packages(logger: S.LoggerConfig) -> None:
 
 def check_eval_env(c: S.TrainConfig) -> None:
     """``eval.env`` keys are options of the chosen env, with values of their types."""
-    schema = S.ENV_SCHEMAS[c.env.name]
+    schema = type(c.env)
     options = [f.name for f in dataclasses.fields(schema) if f.name != "name"]
     for key, value in c.eval.env.items():
         if key not in options:
@@ -240,17 +222,16 @@ def check_eval_env(c: S.TrainConfig) -> None:
             merged = OmegaConf.merge(OmegaConf.structured(c.env), dict(c.eval.env))
         except Exception as err:  # a value of the wrong type for the env option
             key = getattr(err, "key", "?")
-            raise refuse(f"eval.env.{key}", c.eval.env.get(key), allowed(schema, str(key)), "has the wrong type")
+            raise refuse(f"eval.env.{key}", c.eval.env.get(key), allowed(schema, str(key)),
+                         "has the wrong type") from None
         check_ranges(OmegaConf.to_object(merged), "eval.env.")
 
 
-def check_env(env: S.EnvConfig) -> None:
+def check_env(env: Any) -> None:
     """The env family's own checks that the schema cannot express (a payoff table's shape, a layout
     or map the installed package has)."""
-    from lightning_marl.envs import check_config
-
     try:
-        check_config(env)
+        env.check()
     except (ImportError, FileNotFoundError) as err:  # an optional package or the game is missing
         lines = str(err).strip().splitlines()
         raise ConfigError(f"env={env.name} cannot run here: {lines[0]}; allowed: the envs whose packages are "
@@ -274,31 +255,32 @@ def typed_options(schema: type, prefix: str, **options: Any) -> Any:
             raise refuse(f"{prefix}{key}", options.get(key), allowed(schema, key), "has the wrong type") from None
         raise from_omegaconf(err) from None
     check_ranges(typed, prefix)
-    return typed
+    return S.freeze(typed)
 
 
 
 def to_typed(cfg: DictConfig, overrides: Iterable[tuple[str, Any]] = (), env_checks: bool = True) -> S.TrainConfig:
-    """Check ``cfg`` (and the raw values of the command line ``overrides``) and return the typed config.
-    ``env_checks=False`` skips the env family's own checks (which need its package installed)."""
-    for group, registry in (("env", S.ENV_SCHEMAS), ("mixer", S.MIXER_SCHEMAS)):
+    """The one validation: check the composed ``cfg`` (and the raw values of the command line
+    ``overrides``) and return it typed and frozen. ``env_checks=False`` skips the env family's own
+    checks (which need its package installed)."""
+    for group, registry in (("env", ENVS), ("mixer", MIXERS)):
         name = OmegaConf.select(cfg, f"{group}.name", throw_on_missing=False)
         if name not in registry:
-            raise refuse(group, name, ", ".join(registry), "is not an option")
+            raise refuse(group, name, ", ".join(registry.names()), "is not an option")
     strict_booleans(cfg, overrides)
     unknown_keys(cfg)
     try:
         typed = OmegaConf.to_object(cfg)
     except Exception as err:  # a value OmegaConf cannot convert
         raise from_omegaconf(err) from None
-    for group, registry in (("env", S.ENV_SCHEMAS), ("mixer", S.MIXER_SCHEMAS)):
+    for group, registry in (("env", ENVS), ("mixer", MIXERS)):
         node = getattr(typed, group)
-        if type(node) is not registry[node.name]:  # e.g. mixer.name=qmix on a QFIX-sum config
+        if type(node) is not registry.config(node.name):  # e.g. mixer.name=qmix on a QFIX-sum config
             raise refuse(f"{group}.name", node.name, f"the config group choice instead: {group}={node.name}",
                          "cannot change the schema")
     check_ranges(typed)
     cross_field_rules(typed, env_checks)
-    return typed
+    return S.freeze(typed)
 
 
 def from_omegaconf(err: BaseException, raw: Optional[dict] = None) -> ConfigError:

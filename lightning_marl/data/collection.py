@@ -16,13 +16,13 @@ import atexit
 import contextlib
 import copy
 import functools
+import multiprocessing as mp
 import os
 import signal
 import threading
 from typing import Iterator, Optional
 
 import torch
-import multiprocessing as mp
 from tensordict import TensorDict
 from torchrl.collectors import MultiAsyncCollector
 from torchrl.envs import InitTracker, TransformedEnv
@@ -89,7 +89,8 @@ class WorkerCollection:
         atexit.register(self.close)  # runs before multiprocessing's exit hook joins the (non-daemonic) workers
         with _start_method(self.start_method):
             for i in range(self.processes):
-                games = functools.partial(_worker_games, self.source, self.games, self.seed + WORKER_SEED_OFFSET * (i + 1))
+                seed = self.seed + WORKER_SEED_OFFSET * (i + 1)
+                games = functools.partial(_worker_games, self.source, self.games, seed)
                 self.collectors.append(MultiAsyncCollector(
                     [games], self.policy, frames_per_batch=self.games * self.episode_limit, total_frames=-1,
                     trajs_per_batch=self.games, traj_format="padded", auto_register_policy_transforms=False,

@@ -7,8 +7,8 @@ import inspect
 import math
 from typing import Any, Optional
 
-from lightning_marl.config.schema import EnvConfig, EnvWorkers, StartMethod
-from lightning_marl.envs import family_options, make_env
+from lightning_marl.config.schema import EnvWorkers, StartMethod, plain
+from lightning_marl.envs import EnvConfig
 from lightning_marl.envs.contract import OBS
 
 
@@ -51,18 +51,18 @@ class EnvSource:
 
     env: EnvConfig
     eval_env: EnvConfig
-    device: str = "cpu"
-    workers: EnvWorkers = EnvWorkers.auto
-    start_method: Optional[StartMethod] = None
+    device: str
+    workers: EnvWorkers
+    start_method: Optional[StartMethod]
     _info: Optional[dict] = dataclasses.field(default=None, repr=False)
 
     def make(self, num_envs: int, seed: int, evaluation: bool = False, in_process: bool = False,
              device: Optional[str] = None):
         """``num_envs`` games; ``in_process``: batched in this process whatever ``data.env_workers``
         says (the games of a collector worker process); ``device``: instead of the run's."""
-        return make_env(self.eval_env if evaluation else self.env, num_envs, seed, device or self.device,
-                        workers=EnvWorkers.in_process if in_process else self.workers,
-                        start_method=self.start_method)
+        env = self.eval_env if evaluation else self.env
+        return env.make(num_envs, seed, device or self.device, EnvWorkers.in_process if in_process else self.workers,
+                        self.start_method)
 
     def info(self, env=None) -> dict[str, Any]:
         """:func:`describe_env` of ``env``, or of one game built for the purpose (then closed)."""
@@ -75,4 +75,4 @@ class EnvSource:
 
     def record(self) -> dict[str, Any]:
         """The training env config as plain values, for the checkpoint."""
-        return {"name": self.env.name, "timeout_as_terminal": self.env.timeout_as_terminal, **family_options(self.env)}
+        return plain(self.env)

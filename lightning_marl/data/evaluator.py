@@ -1,7 +1,6 @@
 """Greedy evaluation on games of their own (seeded apart from the training games)."""
 from __future__ import annotations
 
-
 import torch
 
 from lightning_marl.data.collector import collect_episodes

@@ -3,7 +3,7 @@
 longest episode, and saved in checkpoints as the episodes it holds."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from tensordict import TensorDict

@@ -10,8 +10,6 @@ from typing import Callable, Sequence, Union
 import torch
 from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
 
-from lightning_marl.registry import check
-
 
 class GameBatch:
     """What a batch answers in this process, never asking its workers.
@@ -62,7 +60,7 @@ def batch_games(factories: Sequence[Callable[[], EnvBase]], probe: EnvBase, attr
     ``len(factories) + spare_cores`` cores. The batch gets ``attributes`` copied from ``probe``
     (a game built in this process, which also validates the config before any worker starts)."""
     num_envs = len(factories)
-    check(parallel in (True, False, "auto"), "data.env_workers", parallel, "processes, in_process or auto")
+    assert parallel in (True, False, "auto"), parallel  # data.env_workers, checked by the config
     if parallel == "auto":
         parallel = available_cpus() >= num_envs + spare_cores
     if parallel and num_envs > 1:

@@ -60,6 +60,7 @@ on the env device, seeded by ``set_seed``; ``rng_state()`` (alias ``get_rng_stat
 """
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 from typing import Optional
 
@@ -68,8 +69,10 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
+from lightning_marl.config.schema import spec
+from lightning_marl.envs.base import EnvConfig
 from lightning_marl.envs.contract import ACTION, make_specs
-from lightning_marl.registry import ConfigError
+from lightning_marl.registry import ENVS
 
 ALLOWED_GRIDS = tuple(range(4, 31, 2))  # 4, 6, 8, ..., 30 (the big box needs an even width)
 N_ACTIONS = 4
@@ -82,16 +85,12 @@ _DIRS = [[0, 1], [1, 0], [0, -1], [-1, 0]]
 _STATE_KEYS = ("pos", "ori", "box", "t", "small_count", "big_count", "terminated", "truncated")
 
 
-def initial_layout(grid: int, n_agents: int = 2):
+def initial_layout(grid: int, n_agents: int):
     """The fixed start: ``(agent cells [N,2], orientations [N], box cells [3,2])``, integer cells.
 
     Box 0 and 1 are the small boxes, box 2 is the big box given by its left cell.
     """
-    if grid not in ALLOWED_GRIDS:
-        raise ConfigError(f"env.grid={grid!r} is not a Box Pushing size; allowed: "
-                          f"{', '.join(map(str, ALLOWED_GRIDS))}")
-    if n_agents not in (2, 3):
-        raise ConfigError(f"env.n_agents={n_agents!r} is out of range; allowed: 2, 3")
+    assert grid in ALLOWED_GRIDS and n_agents in (2, 3), (grid, n_agents)  # BoxPushingEnvConfig's ranges
     row = grid // 2                                   # boxes' row (centre y = X/2 + 0.5)
     agent_row = 0 if grid == 4 else 1
     side = 0 if grid <= 6 else 1                      # column of agent 0 and of small box 0
@@ -109,17 +108,12 @@ class BoxPushingEnv(EnvBase):
 
     batch_locked = True
 
-    def __init__(self, num_envs: int = 1, grid: int = 4, n_agents: int = 2, horizon: int = 100,
-                 step_reward: float = -0.1, bump_penalty: float = -5.0, small_box_reward: float = 10.0,
-                 big_box_reward: float = 100.0, random_init: bool = False, success_prob: float = 1.0,
-                 device: str | torch.device = "cpu"):
-        if isinstance(grid, float) and grid.is_integer():
-            grid = int(grid)
+    def __init__(self, num_envs: int, grid: int, n_agents: int, horizon: int, step_reward: float,
+                 bump_penalty: float, small_box_reward: float, big_box_reward: float, random_init: bool,
+                 success_prob: float, device: str | torch.device):
+        # the options and their ranges are BoxPushingEnvConfig's (checked once, by the config)
+        assert horizon >= 1 and 0.0 < success_prob <= 1.0, (horizon, success_prob)
         agents, oris, boxes = initial_layout(grid, n_agents)
-        if not (isinstance(horizon, int) and horizon >= 1):
-            raise ConfigError(f"env.horizon={horizon!r} is out of range; allowed: an integer >= 1")
-        if not 0.0 < float(success_prob) <= 1.0:
-            raise ConfigError(f"env.success_prob={success_prob!r} is out of range; allowed: (0, 1]")
         super().__init__(batch_size=torch.Size([num_envs]), device=device)
         dev = self.device
         self.grid = grid
@@ -414,6 +408,27 @@ def make_env(num_envs: int, seed: int, device: str, *, grid: int, n_agents: int,
                         random_init=random_init, success_prob=success_prob, device=device)
     env.set_seed(seed)
     return env
+
+
+@ENVS.register
+@dataclasses.dataclass
+class BoxPushingEnvConfig(EnvConfig):
+    """Box Pushing, Xiao & Amato's primitive-action version (lightning_marl/envs/box_pushing.py)."""
+
+    builds = staticmethod(make_env)
+    text_frames = True
+    gif_frame_ms = 400
+    name: str = "box_pushing"
+    grid: int = spec(4, "grid side (even: the big box spans two cells)", ge=4, le=30, even=True)
+    n_agents: int = spec(2, "2, or 3 (the third starts below the big box's left half)", choices=(2, 3))
+    horizon: int = spec(100, "time limit (truncation, not termination)", ge=1)
+    step_reward: float = spec(-0.1, "team reward per step")
+    bump_penalty: float = spec(-5.0, "per agent bumping into a wall, the big box alone or a box sideways")
+    small_box_reward: float = spec(10.0, "a small box reaching the top row")
+    big_box_reward: float = spec(100.0, "the big box reaching the top row")
+    random_init: bool = spec(False, "agents anywhere below the boxes' row, random orientation")
+    success_prob: float = spec(1.0, "each action succeeds with this probability (0.9: Seuken & Zilberstein)",
+                               gt=0.0, le=1.0)
 
 
 if __name__ == "__main__":  # python -m lightning_marl.envs.box_pushing: the optimal 4x4 play

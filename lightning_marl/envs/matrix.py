@@ -6,14 +6,18 @@ terminates after one step.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import dataclasses
+from typing import Any, List, Optional, Sequence
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
+from lightning_marl.config.schema import StrEnum, spec
+from lightning_marl.envs.base import EnvConfig
 from lightning_marl.envs.contract import ACTION, MASK, OBS, make_specs
-from lightning_marl.registry import ConfigError
+from lightning_marl.errors import ConfigError
+from lightning_marl.registry import ENVS
 
 PAYOFFS: dict[str, list] = {
     # Son et al. (QTRAN): optimum (0, 0) = 8, not representable by VDN / QMIX.
@@ -27,8 +31,7 @@ PAYOFFS: dict[str, list] = {
 }
 
 
-def payoff_tensor(game: str = "non_monotonic", payoff: Optional[Sequence] = None, n_agents: Optional[int] = None,
-                  penalty_k: float = -100.0) -> torch.Tensor:
+def payoff_tensor(game: str, payoff: Optional[Sequence], n_agents: Optional[int], penalty_k: float) -> torch.Tensor:
     """The payoff tensor of shape ``[A] * N``: a named game or an explicit nested list."""
     if payoff is not None:
         table = torch.as_tensor(payoff, dtype=torch.float32)
@@ -65,7 +68,7 @@ class MatrixGameEnv(EnvBase):
 
     batch_locked = True
 
-    def __init__(self, payoff: torch.Tensor, num_envs: int = 1, device: str | torch.device = "cpu"):
+    def __init__(self, payoff: torch.Tensor, num_envs: int, device: str | torch.device):
         super().__init__(batch_size=torch.Size([num_envs]), device=device)
         self.payoff = payoff.to(self.device)
         self.n_agents = payoff.dim()
@@ -110,3 +113,27 @@ def make_env(num_envs: int, seed: int, device: str, *, game: str, payoff: Option
     env = MatrixGameEnv(payoff_tensor(game, payoff, n_agents, penalty_k), num_envs=num_envs, device=device)
     env.set_seed(seed)
     return env
+
+
+class MatrixGame(StrEnum):
+    non_monotonic = "non_monotonic"
+    climbing = "climbing"
+    penalty = "penalty"
+    additive = "additive"
+
+
+@ENVS.register
+@dataclasses.dataclass
+class MatrixEnvConfig(EnvConfig):
+    """One-step cooperative matrix games (lightning_marl/envs/matrix.py)."""
+
+    builds = staticmethod(make_env)
+    name: str = "matrix"
+    game: MatrixGame = spec(MatrixGame.non_monotonic, "a named game; ignored when env.payoff is given")
+    payoff: Optional[List[Any]] = spec(None, "an explicit N-dimensional payoff table [A]*N, e.g. '[[1,0],[0,1]]'")
+    n_agents: Optional[int] = spec(None, "checked against the payoff's dimensions when set", ge=1)
+    penalty_k: float = spec(-100.0, "the penalty game's k")
+
+    def check(self) -> None:
+        check_config(**self.options())
+

@@ -47,6 +47,7 @@ redirected to a writable cache folder (``$LIGHTNING_MARL_CACHE/overcooked`` or
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import io
 import os
@@ -60,9 +61,12 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
 from torchrl.envs.utils import step_mdp
 
+from lightning_marl.config.schema import StrEnum, spec
+from lightning_marl.envs.base import EnvConfig
 from lightning_marl.envs.batching import GameBatch, batch_games
 from lightning_marl.envs.contract import ACTION, MASK, OBS, SHAPED_REWARD, STATE, make_specs
-from lightning_marl.registry import ConfigError, check
+from lightning_marl.errors import ConfigError
+from lightning_marl.registry import ENVS
 
 CLASSIC_LAYOUTS = ("cramped_room", "asymmetric_advantages", "coordination_ring", "forced_coordination",
                    "counter_circuit_o_1order")
@@ -90,6 +94,8 @@ def _package():
     try:
         with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            if not hasattr(np, "Inf"):  # overcooked-ai 1.1.0 uses np.Inf, removed in numpy 2
+                np.Inf = np.inf
             import overcooked_ai_py  # noqa: F401
             import overcooked_ai_py.data.planners as data_planners
             import overcooked_ai_py.planning.planners as planners
@@ -165,11 +171,10 @@ class OvercookedEnv(EnvBase):
 
     batch_locked = True
 
-    def __init__(self, layout: str = "cramped_room", horizon: int = 400, obs: str = "featurized",
-                 state: str = "concat", seed: Optional[int] = None, device: Union[str, torch.device] = "cpu"):
-        check(isinstance(horizon, int) and horizon >= 1, "env.horizon", horizon, "an integer >= 1")
-        check(obs in OBS_MODES, "env.obs", obs, " | ".join(OBS_MODES))
-        check(state in STATE_MODES, "env.state", state, " | ".join(STATE_MODES))
+    def __init__(self, layout: str, horizon: int, obs: str, state: str, seed: Optional[int] = None,
+                 device: Union[str, torch.device] = "cpu"):
+        # the options' ranges are the config's (OvercookedEnvConfig); the layout needs the package
+        assert horizon >= 1 and obs in OBS_MODES and state in STATE_MODES, (horizon, obs, state)
         check_layout(layout)
         super().__init__(batch_size=torch.Size([]), device=device)
         overcooked_mdp, _, _, Action = _package()
@@ -217,7 +222,8 @@ class OvercookedEnv(EnvBase):
         else:
             glob = (lossless if lossless is not None else self._lossless(self.state))[0]
         dev = self.device
-        agents = TensorDict({OBS[1]: torch.as_tensor(obs, dtype=torch.float32, device=dev), MASK[1]: self._mask.clone()},
+        agents = TensorDict({OBS[1]: torch.as_tensor(obs, dtype=torch.float32, device=dev),
+                             MASK[1]: self._mask.clone()},
                             batch_size=[N_AGENTS], device=dev)  # batch [N], as the spec's "agents" Composite
         out = {OBS[0]: agents, STATE: torch.as_tensor(glob, dtype=torch.float32, device=dev)}
         for key, value in zip(STAT_KEYS, self._totals):
@@ -303,7 +309,8 @@ def render_episode(layout: str, actions: Union[Sequence[Sequence[int]], Callable
     path = Path(path)
     if fmt == "auto":
         fmt = "gif" if path.suffix.lower() in (".gif", ".png") else "txt"
-    check(fmt in ("gif", "txt"), "fmt", fmt, "auto | gif | txt")
+    if fmt not in ("gif", "txt"):
+        raise ConfigError(f"fmt={fmt} is out of range; allowed: auto, gif or txt")
     env = OvercookedEnv(layout=layout, horizon=horizon, obs=obs, state=state)
     td = env.reset()
     states, texts = [env.state], [env.render()]
@@ -330,7 +337,7 @@ def render_episode(layout: str, actions: Union[Sequence[Sequence[int]], Callable
         try:
             written = _save_gif(env, states, path)
         except Exception as err:  # headless pygame, fonts, ...: fall back to text frames
-            warnings.warn(f"Overcooked GIF rendering failed ({err!r}); writing text frames instead")
+            warnings.warn(f"Overcooked GIF rendering failed ({err!r}); writing text frames instead", stacklevel=2)
             path = path.with_suffix(".txt")
     if written is None:
         path.write_text("\n".join(f"--- step {i}\n{t}" for i, t in enumerate(texts)))
@@ -345,8 +352,8 @@ def _save_gif(env: OvercookedEnv, states: list, path: Path) -> Path:
     os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
     import pygame
-    from PIL import Image
     from overcooked_ai_py.visualization.state_visualizer import StateVisualizer
+    from PIL import Image
 
     visualizer = StateVisualizer()
     frames = []
@@ -369,7 +376,7 @@ class _OvercookedBatch(GameBatch):
     def render(self, index: int = 0) -> str:
         """Game ``index`` as text (asked of the games by a name the batch lacks, so that TorchRL
         forwards it: each game answers with its ``render()``)."""
-        return getattr(self, "game_text")()[index]
+        return self.game_text()[index]
 
 
 class OvercookedParallelEnv(_OvercookedBatch, ParallelEnv):
@@ -398,7 +405,6 @@ def make_env(num_envs: int, seed: int, device: str, *, layout: str, horizon: int
     ``start_method``: the workers' multiprocessing start method (None: TorchRL's default, "spawn",
     unless the program set one; each spawned worker imports torch and builds its planner, ~2-4 s).
     """
-    check(isinstance(num_envs, int) and num_envs >= 1, "data.num_envs", num_envs, "an integer >= 1")
     # Validate in this process, so that a bad value raises a ConfigError here, not in a worker.
     probe = OvercookedEnv(layout=layout, horizon=horizon, obs=obs, state=state, seed=seed, device=device)
     factories = [functools.partial(_make_game, layout, horizon, obs, state, seed + i, str(device))
@@ -408,3 +414,38 @@ def make_env(num_envs: int, seed: int, device: str, *, layout: str, horizon: int
                                           "state_dim", "obs_grid_shape", "layout", "horizon"),
                        parallel=parallel, device=device, parallel_cls=OvercookedParallelEnv,
                        serial_cls=OvercookedSerialEnv, start_method=start_method, spare_cores=1)
+
+
+class OvercookedObs(StrEnum):
+    featurized = "featurized"
+    lossless = "lossless"
+
+
+class OvercookedState(StrEnum):
+    concat = "concat"
+    lossless_global = "lossless_global"
+
+
+@ENVS.register
+@dataclasses.dataclass
+class OvercookedEnvConfig(EnvConfig):
+    """Overcooked-AI 1.1.0, two chefs (lightning_marl/envs/overcooked.py)."""
+
+    builds = staticmethod(make_env)
+    text_frames = True
+    gif_by_package = True
+    shaped_reward = True
+    worker_processes = True
+    name: str = "overcooked"
+    layout: str = spec("cramped_room", "a two-chef layout of the package (counter_circuit_o_1order is the "
+                                       "classic counter circuit)")
+    horizon: int = spec(400, "time limit (truncation, not termination)", ge=1)
+    obs: OvercookedObs = spec(OvercookedObs.featurized, "featurized (96 per chef) or lossless (26*W*H grids)")
+    state: OvercookedState = spec(OvercookedState.concat, "concat (both observations) or lossless_global")
+
+    def check(self) -> None:
+        check_config(**self.options())
+
+    def grid_observations(self) -> bool:
+        return self.obs == OvercookedObs.lossless
+

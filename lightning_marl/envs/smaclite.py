@@ -38,6 +38,7 @@ on across resets.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import importlib
 import io
@@ -49,9 +50,12 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
 
+from lightning_marl.config.schema import spec
+from lightning_marl.envs.base import EnvConfig
 from lightning_marl.envs.batching import GameBatch, batch_games
 from lightning_marl.envs.contract import ACTION, MASK, OBS, STATE, make_specs, reset_flags
-from lightning_marl.registry import ConfigError, check
+from lightning_marl.errors import ConfigError
+from lightning_marl.registry import ENVS
 
 # SMAC's episode limits (oxwhirl/smac, smac/env/starcraft2/maps/smac_maps.py, "limit") for the 12
 # maps SMACLite ships (smaclite.env.maps.MapPreset). SMACLite itself has no time limit.
@@ -141,8 +145,6 @@ def check_cpp_rvo2() -> None:
 def episode_limit_for(map_name: str, episode_limit: Optional[int] = None) -> int:
     """``episode_limit`` if given, else SMAC's limit for ``map_name``."""
     if episode_limit is not None:
-        check(isinstance(episode_limit, int) and episode_limit >= 1, "env.episode_limit", episode_limit,
-              "an integer >= 1, or null for SMAC's limit of the map")
         return episode_limit
     if map_name not in EPISODE_LIMITS:
         raise ConfigError(f"env.map={map_name!r} has no known SMAC episode limit; set env.episode_limit "
@@ -165,12 +167,11 @@ class SMACliteEnv(EnvBase):
 
     batch_locked = True
 
-    def __init__(self, map: str = "2s3z", seed: Optional[int] = None, device: Union[str, torch.device] = "cpu",
-                 use_cpp_rvo2: bool = False, episode_limit: Optional[int] = None, game_index: int = 0):
+    def __init__(self, map: str, seed: Optional[int], device: Union[str, torch.device], use_cpp_rvo2: bool,
+                 episode_limit: Optional[int], game_index: int = 0):
         gymnasium = _import_smaclite()
         check_map(map)
         limit = episode_limit_for(map, episode_limit)
-        check(isinstance(use_cpp_rvo2, bool), "env.use_cpp_rvo2", use_cpp_rvo2, "true | false")
         if use_cpp_rvo2:
             check_cpp_rvo2()
         super().__init__(batch_size=torch.Size([]), device=device)
@@ -286,14 +287,14 @@ class _SMACliteBatch(GameBatch):
     """
 
     def rng_state(self) -> list:
-        return list(getattr(self, "game_rng_state")())
+        return list(self.game_rng_state())
 
     def set_rng_state(self, states) -> None:
-        getattr(self, "set_batch_rng_state")([torch.as_tensor(s) for s in states])
+        self.set_batch_rng_state([torch.as_tensor(s) for s in states])
 
     def render_rgb(self, index: int = 0) -> np.ndarray:
         """Game ``index`` drawn by SMACLite's renderer, ``[H, W, 3]`` uint8."""
-        return getattr(self, "game_render_rgb")()[index]
+        return self.game_render_rgb()[index]
 
 
 class SMACliteParallelEnv(_SMACliteBatch, ParallelEnv):
@@ -329,8 +330,6 @@ def make_env(num_envs: int, seed: int, device: str, *, map: str, use_cpp_rvo2: b
     The batch exposes ``n_agents``, ``n_actions``, ``n_enemies``, ``episode_limit``, ``stat_keys``,
     ``obs_dim``, ``state_dim`` and ``map``. Call ``env.close()`` to stop the workers.
     """
-    check(isinstance(num_envs, int) and num_envs >= 1, "data.num_envs", num_envs, "an integer >= 1")
-    check(parallel in (True, False, "auto"), "data.env_workers", parallel, "processes, in_process or auto")
     # Validate (and read the sizes) in this process, so that a bad value raises here, not in a worker.
     probe = SMACliteEnv(map=map, seed=seed, device=device, use_cpp_rvo2=use_cpp_rvo2, episode_limit=episode_limit)
     probe.close()
@@ -342,3 +341,21 @@ def make_env(num_envs: int, seed: int, device: str, *, map: str, use_cpp_rvo2: b
                       serial_cls=SMACliteSerialEnv, start_method=start_method, use_buffers=False)
     env.start()  # build the games now: errors surface here, and rng_state() works before any rollout
     return env
+
+
+@ENVS.register
+@dataclasses.dataclass
+class SMACLiteEnvConfig(EnvConfig):
+    """SMACLite (github.com/uoe-agents/smaclite; lightning_marl/envs/smaclite.py)."""
+
+    builds = staticmethod(make_env)
+    gif_frame_ms = 250
+    worker_processes = True
+    name: str = "smaclite"
+    map: str = spec("2s3z", "a SMACLite map (MMM and MMM2 upper case)")
+    use_cpp_rvo2: bool = spec(False, "SMACLite's optional C++ collision solver (docs/smac.md)")
+    episode_limit: Optional[int] = spec(None, "null = SMAC's limit of the map", ge=1)
+
+    def check(self) -> None:
+        check_config(**self.options())
+

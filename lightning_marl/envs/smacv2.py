@@ -36,12 +36,13 @@ TorchRL's SMACv2 key            contract key
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import importlib
 import importlib.util
 import os
 import platform
-from typing import Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import numpy as np
 import torch
@@ -49,9 +50,12 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import ParallelEnv, SerialEnv
 from torchrl.envs.libs.smacv2 import SMACv2Env
 
+from lightning_marl.config.schema import spec
+from lightning_marl.envs.base import EnvConfig
 from lightning_marl.envs.batching import GameBatch, available_cpus
 from lightning_marl.envs.contract import ACTION, MASK, OBS, STATE, make_specs, reset_flags
-from lightning_marl.registry import ConfigError, check
+from lightning_marl.errors import ConfigError
+from lightning_marl.registry import ENVS
 
 STAT_KEYS = ("battle_won",)
 
@@ -150,8 +154,6 @@ def capability_for(map_name: str, capability_config: Optional[dict], n_units: in
     if race not in GEN_TEAMS:
         raise ConfigError(f"env.map={map_name!r}: no default capability config for race {race!r}; "
                           f"allowed: {', '.join('10gen_' + r for r in GEN_TEAMS)}, or set env.capability_config")
-    check(isinstance(n_units, int) and n_units >= 1, "env.n_units", n_units, "an integer >= 1")
-    check(isinstance(n_enemies, int) and n_enemies >= 1, "env.n_enemies", n_enemies, "an integer >= 1")
     return {
         "n_units": n_units,
         "n_enemies": n_enemies,
@@ -258,8 +260,7 @@ def make_env(num_envs: int, seed: int, device: str, *, map: str, capability_conf
     the sizes, then closes. The batch exposes ``n_agents``, ``n_actions``, ``episode_limit``,
     ``stat_keys``, ``obs_dim``, ``state_dim`` and ``map``.
     """
-    check(isinstance(num_envs, int) and num_envs >= 1, "data.num_envs", num_envs, "an integer >= 1")
-    check(parallel in (True, False, "auto"), "data.env_workers", parallel, "processes, in_process or auto")
+    assert parallel in (True, False, "auto"), parallel
     if parallel == "auto":  # one StarCraft II process per game, when there are cores for them
         parallel = available_cpus() >= num_envs
     check_package()
@@ -281,3 +282,22 @@ def make_env(num_envs: int, seed: int, device: str, *, map: str, capability_conf
     for name, value in info.items():
         setattr(env, name, value)
     return env
+
+
+@ENVS.register
+@dataclasses.dataclass
+class SMACv2EnvConfig(EnvConfig):
+    """SMACv2 through TorchRL's wrapper; needs StarCraft II (lightning_marl/envs/smacv2.py)."""
+
+    builds = staticmethod(make_env)
+    worker_processes = True
+    name: str = "smacv2"
+    map: str = spec("10gen_protoss", "10gen_protoss | 10gen_terran | 10gen_zerg, or a SMAC v1 map")
+    n_units: int = spec(5, "allies of the default capability config", ge=1)
+    n_enemies: int = spec(5, "enemies of the default capability config", ge=1)
+    capability_config: Optional[Dict[str, Any]] = spec(None, "null: SMACv2's example config for the race")
+    env_args: Optional[Dict[str, Any]] = spec(None, "extra StarCraft2Env keyword arguments")
+
+    def check(self) -> None:
+        check_config(**self.options())
+

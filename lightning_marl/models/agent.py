@@ -8,11 +8,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lightning_marl.config.schema import AgentConfig
 from lightning_marl.models.mixers.base import NEG_INF
-from lightning_marl.registry import check
-
 
 TORSOS = ("mlp", "cnn")
+
 
 
 class GridTorso(nn.Module):
@@ -37,7 +37,8 @@ class RNNAgent(nn.Module):
 
     Input per agent and step: observation, one-hot agent id and one-hot last action (each
     switchable). With ``torso="cnn"`` the observation is a flattened ``(C, W, H)`` grid
-    (``obs_grid_shape``) that a :class:`GridTorso` encodes first. With ``dueling`` the head outputs a value ``V_i`` and advantage logits ``U_i``
+    (``obs_grid_shape``) that a :class:`GridTorso` encodes first. With ``dueling`` the head outputs a value
+    ``V_i`` and advantage logits ``U_i``
     and ``Q_i = V_i + U_i - max_b U_i(b)`` (max over available actions), so the greedy
     advantage is exactly 0 (DuelMIX's agents).
 
@@ -45,15 +46,22 @@ class RNNAgent(nn.Module):
     ``step`` advances one time step ``[B, N, ...]`` for acting.
     """
 
-    def __init__(self, obs_dim: int, n_agents: int, n_actions: int, hidden_dim: int = 64,
-                 agent_id: bool = True, last_action: bool = True, dueling: bool = False, torso: str = "mlp",
-                 obs_grid_shape: Optional[Sequence[int]] = None):
+    @classmethod
+    def from_config(cls, cfg: AgentConfig, obs_dim: int, n_agents: int, n_actions: int,
+                    obs_grid_shape: Optional[Sequence[int]] = None, dueling: bool = False) -> "RNNAgent":
+        """The agent ``cfg`` describes (``agent.*``) for a game's sizes; ``dueling``: heads V_i + A_i
+        also where the config does not ask for them (a mixer that needs them)."""
+        return cls(obs_dim, n_agents, n_actions, hidden_dim=cfg.hidden_dim, agent_id=cfg.agent_id,
+                   last_action=cfg.last_action, dueling=cfg.dueling or dueling, torso=str(cfg.torso),
+                   obs_grid_shape=obs_grid_shape)
+
+    def __init__(self, obs_dim: int, n_agents: int, n_actions: int, *, hidden_dim: int, agent_id: bool,
+                 last_action: bool, dueling: bool, torso: str, obs_grid_shape: Optional[Sequence[int]]):
         super().__init__()
         self.n_agents, self.n_actions, self.hidden_dim = n_agents, n_actions, hidden_dim
         self.agent_id, self.last_action, self.dueling = agent_id, last_action, dueling
-        check(torso in TORSOS, "agent.torso", torso, " | ".join(TORSOS))
-        check(torso != "cnn" or (obs_grid_shape is not None and math.prod(obs_grid_shape) == obs_dim),
-              "agent.torso", torso, "mlp for this env (cnn needs grid observations, e.g. env=overcooked env.obs=lossless)")
+        # agent.torso is the config's (a cnn only for envs with grid observations)
+        assert torso in TORSOS and (torso != "cnn" or math.prod(obs_grid_shape) == obs_dim), (torso, obs_grid_shape)
         self.torso = GridTorso(obs_grid_shape) if torso == "cnn" else None
         in_dim = ((self.torso.out_dim if self.torso is not None else obs_dim)
                   + (n_agents if agent_id else 0) + (n_actions if last_action else 0))

@@ -16,21 +16,28 @@ from __future__ import annotations
 
 import torch
 
-from lightning_marl.registry import ConfigError
+from lightning_marl.config.schema import StrEnum
 
-MODES = ("state", "history", "history_state", "noise", "zeros")
+
+class Source(StrEnum):
+    """Where z comes from (``mixer.central_info``)."""
+    state = "state"
+    history = "history"
+    history_state = "history_state"
+    noise = "noise"
+    zeros = "zeros"
+
+
+MODES = tuple(m.value for m in Source)
 
 
 class CentralInfo:
     """Builds z from the state ``[*B,S]`` and the agents' hidden states ``[*B,N,H]``."""
 
-    def __init__(self, mode: str, state_dim: int, n_agents: int, hidden_dim: int, noise_dim: int = 16,
-                 detach_history: bool = True):
-        if mode not in MODES:
-            raise ConfigError(f"unknown mixer.central_info {mode!r}; allowed: {', '.join(MODES)}")
-        if mode in ("noise", "zeros") and noise_dim < 1:
-            raise ConfigError(f"mixer.noise_dim={noise_dim!r} is out of range; allowed: an integer >= 1")
-        self.mode = mode
+    def __init__(self, mode: str, state_dim: int, n_agents: int, hidden_dim: int, noise_dim: int,
+                 detach_history: bool):
+        assert mode in MODES and noise_dim >= 1, (mode, noise_dim)  # the mixer config's ranges
+        self.mode = str(mode)
         self.noise_dim = noise_dim
         self.detach_history = detach_history
         self.dim = {

@@ -5,6 +5,10 @@ aggregated with robust statistics (:mod:`.aggregate`) into a report (:mod:`.repo
     lightning-marl-study status studies/box_pushing_reference.yaml
     lightning-marl-study report studies/box_pushing_reference.yaml [--out docs/results/box_pushing_reference]
 """
+# (this docstring is the command's --help.) The package in layers, each importing only modules below it:
+# spec (the grid) <- records (a run's record on disk) <- runner (trains runs), reuse (runs shared
+# between studies; the runner gets them as an argument, neither imports the other) <- report (reads
+# records; aggregate: the statistics) <- this command line.
 from __future__ import annotations
 
 import argparse
@@ -18,9 +22,10 @@ from lightning_marl.errors import ConfigError
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     from lightning_marl.cli import preflight
+    from lightning_marl.study.records import is_finished, reused_from
     from lightning_marl.study.report import write_report
-    from lightning_marl.study.reuse import reused_from, twins
-    from lightning_marl.study.runner import is_finished, run_all
+    from lightning_marl.study.reuse import twins
+    from lightning_marl.study.runner import run_all
     from lightning_marl.study.spec import load_spec, plan
 
     parser = argparse.ArgumentParser(prog="lightning-marl-study", description=__doc__,

@@ -8,10 +8,9 @@ Scores are arrays ``[runs, tasks]`` (a study's tasks are its env presets); curve
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
-
 import contextlib
 import warnings
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -76,7 +75,7 @@ def probability_of_improvement(x: np.ndarray, y: np.ndarray, seed: int = 0,
         point, interval = library.get_interval_estimates(
             pair, metrics.probability_of_improvement, reps=reps, confidence_interval_size=CONFIDENCE,
             random_state=random_state)
-    return float(point["x,y"]), float(interval["x,y"][0]), float(interval["x,y"][1])
+    return tuple(float(np.ravel(value)[0]) for value in (point["x,y"], interval["x,y"][0], interval["x,y"][1]))
 
 
 def performance_profile(score_dict: Mapping[str, np.ndarray], taus: Sequence[float], seed: int = 0,

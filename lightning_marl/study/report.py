@@ -1,6 +1,7 @@
 """A study's report: per configuration and preset the IQM of the final score and of its area under
 the curve with stratified bootstrap 95% intervals, the probability of improvement between the
-spec's pairs, performance profiles and IQM learning curves (``report.md`` and ``figures/``)."""
+spec's pairs, performance profiles and IQM learning curves (``report.md`` and ``figures/``), read
+from the runs' records (:mod:`.records`)."""
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from lightning_marl.study import aggregate as agg
-from lightning_marl.study.reuse import effective, reused_from
-from lightning_marl.study.runner import FINISHED, is_finished, record
+from lightning_marl.study.records import finished_record, is_finished, record, reused_from
+from lightning_marl.study.reuse import effective
 from lightning_marl.study.spec import Run, StudySpec
 
 
@@ -48,7 +49,7 @@ def collect(spec: StudySpec, runs: list[Run]) -> dict:
         cell["settled"].append(agg.settled_at(curve.index.to_numpy(), curve.to_numpy(), spec.tolerance))
         cell["fell_back"] += agg.fell_back(curve.to_numpy(), spec.tolerance)
         cell["curves"].append(curve)
-        cell["wall"].append(json.loads((record(run) / FINISHED).read_text()).get("wall_s", float("nan")))
+        cell["wall"].append(finished_record(run).get("wall_s", float("nan")))
         for metric in spec.metrics:
             extra = read_curve(run, metric)
             if extra is not None and not extra.empty:
@@ -74,7 +75,7 @@ def mixer_parameters(run: Run) -> Optional[int]:
     env = make_env(env_config(saved["env"]), 1, 0, workers=EnvWorkers.in_process)
     info = describe_env(env)
     env.close()
-    module = MARLModule(info, saved["agent"], saved["mixer"], saved["learner"])
+    module = MARLModule.from_saved(info, saved["agent"], saved["mixer"], saved["learner"])
     return sum(p.numel() for p in module.mixer.parameters())
 
 
@@ -82,7 +83,7 @@ def provenance(spec: StudySpec, runs: list[Run], spec_path: Optional[str]) -> li
     """How to reproduce the study and what its runs ran on: the commands, the grid, the effective
     settings of each preset (:func:`preset_settings`), machines, code versions, wall time."""
     finished = [r for r in runs if is_finished(r)]
-    records = {r: json.loads((record(r) / FINISHED).read_text()) for r in finished}
+    records = {r: finished_record(r) for r in finished}
     path = spec_path or f"studies/{spec.name}.yaml"
     lines = ["## How it was run", "", "```bash",
              f"python scripts/study.py run {path} --jobs 1      # skips finished runs; resumes interrupted ones",
@@ -132,7 +133,8 @@ def preset_settings(preset: str, runs: list[Run]) -> list[str]:
              "variant)</summary>", "", "```yaml", yaml.safe_dump(shown, sort_keys=False).rstrip(), "```"]
     for run, text in texts.items():
         if text != common:
-            lines += ["", f"{run.label} seed {run.seed} differs in: {', '.join(sorted(_differing(shown, settings[run])))}."]
+            differing = ", ".join(sorted(_differing(shown, settings[run])))
+            lines += ["", f"{run.label} seed {run.seed} differs in: {differing}."]
     return lines + ["</details>", ""]
 
 

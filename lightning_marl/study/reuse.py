@@ -23,14 +23,13 @@ seen by the next runner.
 from __future__ import annotations
 
 import json
-import shutil
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from lightning_marl.study.runner import ARCHIVED, FINISHED, claimed, is_finished, record
+from lightning_marl.study.records import FINISHED, claimed, copy_record, finished_record, is_finished, record
 from lightning_marl.study.spec import Run
 
 # settings that change what a run writes (its logs, checkpoint cadence, console), never what it learns
@@ -87,7 +86,21 @@ def _identity_of_file(path: Path, mtime_ns: int, size: int) -> Optional[str]:
         return None
 
 
-def twins(runs: Sequence[Run], others: Iterable[Run]) -> dict[Run, list[Run]]:
+class Twins(dict):
+    """Run -> the same runs in other studies (:func:`twins`), with what the runner asks of them."""
+
+    def finished(self, run: Run) -> Optional[Run]:
+        """A finished twin that ``run`` may adopt (:func:`finished_twin`)."""
+        return finished_twin(run, self.get(run, []))
+
+    def in_training(self, run: Run) -> bool:
+        return twin_in_training(self.get(run, []))
+
+    def adopt(self, run: Run, twin: Run) -> None:
+        adopt(run, twin)
+
+
+def twins(runs: Sequence[Run], others: Iterable[Run]) -> Twins:
     """For each of ``runs``, the runs among ``others`` (other studies') with the same planned config
     (another study's run that no longer composes, e.g. its preset was removed, is nobody's twin)."""
     by_identity: dict[str, list[Run]] = {}
@@ -96,7 +109,7 @@ def twins(runs: Sequence[Run], others: Iterable[Run]) -> dict[Run, list[Run]]:
             by_identity.setdefault(planned(other.argv), []).append(other)
         except Exception:  # noqa: BLE001 - Hydra's composition errors
             continue
-    return {run: by_identity.get(planned(run.argv), []) for run in runs}
+    return Twins({run: by_identity.get(planned(run.argv), []) for run in runs})
 
 
 def finished_twin(run: Run, candidates: Sequence[Run]) -> Optional[Run]:
@@ -115,18 +128,7 @@ def adopt(run: Run, twin: Run) -> None:
     """Make the finished ``twin``'s record ``run``'s own (in its archive, else its run folder)."""
     target = run.archive if run.archive is not None else run.folder
     source = record(twin)
-    for name in ARCHIVED:
-        if (source / name).is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source / name, target / name)
-    done = json.loads((source / FINISHED).read_text())
+    copy_record(source, target, missing_ok=True)
+    done = finished_record(twin)
     done.update(reused_from=str(source), argv=list(run.argv))
     (target / FINISHED).write_text(json.dumps(done))
-
-
-def reused_from(run: Run) -> Optional[str]:
-    """Where a finished run's record was copied from (None for a run this study trained)."""
-    if not is_finished(run):
-        return None
-    return json.loads((record(run) / FINISHED).read_text()).get("reused_from")
-

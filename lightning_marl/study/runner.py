@@ -1,90 +1,29 @@
 """Running a study's grid through the normal training command, skipping what is done.
 
-A run is finished when its folder holds ``finished.json`` (written when ``train.py`` exited 0). A
-run that was interrupted (its folder has a checkpoint) is resumed from it with ``resume=``. A run
-being trained is claimed by ``.claim`` (created atomically, naming host and process): another
-runner, on this machine or another one sharing the folder, skips it; a claim whose process on this
-host is gone is taken over. So a study can be stopped at any moment and continued later, and
-several machines can work on one study.
+A run is finished when its record holds ``finished.json`` (:mod:`.records`; written when ``train.py``
+exited 0). A run that was interrupted (its folder has a checkpoint) is resumed from it with
+``resume=``. A run being trained is claimed (:func:`.records.claim`): another runner, on this machine
+or another one sharing the folder, skips it. So a study can be stopped at any moment and continued
+later, and several machines can work on one study.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import socket
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from lightning_marl.study.records import CLAIM, FINISHED, archive, claim, claimed, is_finished, record
 from lightning_marl.study.spec import Run
 
-FINISHED, CLAIM, LOG, SESSIONS = "finished.json", ".claim", "study.log", ".code"
+LOG, SESSIONS = "study.log", ".code"
 RUNNER_OVERRIDES = ("trainer.enable_progress_bar=false",)  # runs share the runner's log: no progress bar
-ARCHIVED = (FINISHED, "metrics.csv", ".hydra/config.yaml")  # what a finished run leaves in the archive
-
-
-def record(run: Run) -> Path:
-    """Where a finished run's record is: its archive folder if it has one there, else its run folder."""
-    if run.archive is not None and (run.archive / FINISHED).is_file():
-        return run.archive
-    return run.folder
-
-
-def is_finished(run: Run) -> bool:
-    return (record(run) / FINISHED).is_file()
-
-
-def archive(run: Run) -> None:
-    """Copy the finished run's metrics, config and record into the study's archive."""
-    if run.archive is None:
-        return
-    for name in ARCHIVED:
-        (run.archive / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(run.folder / name, run.archive / name)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def claimed(run: Run) -> bool:
-    """Whether a live process (this one included; on another host: any) holds the run's claim."""
-    try:
-        host, _, pid = (run.folder / CLAIM).read_text().partition(":")
-    except FileNotFoundError:
-        return False
-    if host != socket.gethostname() or not pid.isdigit():
-        return True
-    return _alive(int(pid))
-
-
-def claim(run: Run) -> bool:
-    """Take the run for this process (False when another live process has it)."""
-    run.folder.mkdir(parents=True, exist_ok=True)
-    path = run.folder / CLAIM
-    me = f"{socket.gethostname()}:{os.getpid()}"
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            if claimed(run):
-                return False
-            path.unlink(missing_ok=True)  # its process died: take the run over
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
-        return True
-    return False
 
 
 def command(run: Run) -> list[str]:
@@ -106,7 +45,10 @@ def clear_unresumable(run: Run) -> None:
         shutil.rmtree(run.folder / name, ignore_errors=True)
 
 
-def code_version(root: Path = Path(__file__).resolve().parents[2]) -> str:
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def code_version(root: Path = REPOSITORY) -> str:
     """The trainer's code: its git commit, ``+dirty`` where the training code (package, configs,
     train.py; not this study package, which decides which runs to start but not what they learn) has
     uncommitted changes; outside a git checkout the installed package's version."""
@@ -191,7 +133,8 @@ def run_all(runs: Sequence[Run], jobs: int = 1, limit: Optional[int] = None, say
             twins: Optional[dict] = None) -> dict[str, int]:
     """Train every unfinished, unclaimed run, ``jobs`` at a time (``limit``: at most that many).
 
-    ``twins`` (run -> the same runs in other studies, :mod:`.reuse`): a run whose twin finished is
+    ``twins`` (run -> the same runs in other studies, with what the runner asks of them:
+    :class:`.reuse.Twins`, made by :func:`.reuse.twins`): a run whose twin finished is
     adopted, not trained; one whose twin is being trained is passed over while other runs train, and
     left for a later call (``counts["waiting"]``) once nothing else is left: a twin's claim from
     another machine cannot be checked, so the runner does not wait on it.
@@ -201,8 +144,6 @@ def run_all(runs: Sequence[Run], jobs: int = 1, limit: Optional[int] = None, say
     code (``counts["stopped_by"]``). Runs must never outlive their runner: their claim is the
     runner's, and a later runner would start a second trainer in the same folder (so an error in the
     runner itself stops its runs the same way before it propagates)."""
-    from lightning_marl.study.reuse import adopt, finished_twin, twin_in_training
-
     twins = twins or {}
     todo = [r for r in runs if not is_finished(r)]
     counts = {"finished_before": len(runs) - len(todo), "done": 0, "reused": 0, "failed": 0, "stopped": 0,
@@ -220,11 +161,11 @@ def run_all(runs: Sequence[Run], jobs: int = 1, limit: Optional[int] = None, say
         for run in list(queue):
             if not twins.get(run) or claimed(run):  # a run being trained here or elsewhere keeps its own
                 continue
-            twin = finished_twin(run, twins[run])
+            twin = twins.finished(run)
             if twin is None:
                 continue
             try:
-                adopt(run, twin)
+                twins.adopt(run, twin)
             except OSError as err:  # e.g. a full disk: the run is trained instead
                 say(f"cannot reuse {record(twin)} for {run.preset} {run.label} seed {run.seed}: {err}")
                 twins[run] = []
@@ -236,7 +177,7 @@ def run_all(runs: Sequence[Run], jobs: int = 1, limit: Optional[int] = None, say
     def next_run() -> Optional[Run]:
         """The first queued run whose twin (if any) is not being trained elsewhere."""
         for run in queue:
-            if not (twins.get(run) and twin_in_training(twins[run])):
+            if not (twins.get(run) and twins.in_training(run)):
                 queue.remove(run)
                 return run
         return None

@@ -3,7 +3,7 @@ ordinary ``train.py`` run in a folder of its own. The spec is a YAML file with t
 
     name: box_pushing_reference
     runs_dir: ~/lightning_marl_studies/box_pushing_reference  # run folders (large checkpoints: outside git)
-    archive_dir: docs/results/box_pushing_reference/runs     # each finished run's metrics and config
+    archive_dir: results/box_pushing_reference/runs          # each finished run's metrics and config
     presets: [reference/box_pushing_4x4, reference/box_pushing_6x6]   # experiment=... (the tasks)
     mixers: [qmix, qplex, duelmix, qfix_sum, qplusfix_sum]
     central_info: [null]                       # null = each mixer's own default
@@ -19,12 +19,19 @@ ordinary ``train.py`` run in a folder of its own. The spec is a YAML file with t
     reuse: [studies/central_info.yaml]         # other studies whose finished runs stand in for the
                                                # same runs here (same config and seed; see .reuse)
 
-The archive (committed with the study's report) is what makes a study outlive its run folders: a
-run whose record is in the archive counts as finished. A configuration's label is ``<mixer>``, plus ``z=<central_info>`` and ``<variant>`` where given.
+The archive (committed; the report is a page in ``docs/results/<name>/``) is what makes a study
+outlive its run folders: a run whose record is in the archive counts as finished. A configuration's
+label is ``<mixer>``, plus ``z=<central_info>`` and ``<variant>`` where given.
+
+The spec's paths (``runs_dir``, ``archive_dir``, ``reuse``) are resolved once, when the spec is read
+(:func:`load_spec`): a leading ``~`` is the home folder; relative paths are relative to the working
+directory (the repository root for the specs in ``studies/``), and stay relative, so the records a
+study commits name repository paths, not one machine's.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -73,7 +80,8 @@ def config_label(mixer: str, central_info: Optional[str], variant: str) -> str:
 
 
 def load_spec(path: str | Path) -> StudySpec:
-    """The spec at ``path``, checked against :class:`StudySpec` (unknown keys and wrong types refused)."""
+    """The spec at ``path``, checked against :class:`StudySpec` (unknown keys and wrong types refused),
+    its paths resolved (a leading ``~`` expanded; relative ones left relative to the working directory)."""
     try:
         node = OmegaConf.merge(OmegaConf.structured(StudySpec), OmegaConf.load(path))
         spec = OmegaConf.to_object(node)
@@ -81,6 +89,9 @@ def load_spec(path: str | Path) -> StudySpec:
         first = str(err).strip().splitlines()[0]
         raise ConfigError(f"study spec {path}: {first}; allowed: the keys of StudySpec "
                           f"({', '.join(f.name for f in dataclasses.fields(StudySpec))})") from None
+    spec = dataclasses.replace(spec, runs_dir=os.path.expanduser(spec.runs_dir),
+                               archive_dir=spec.archive_dir and os.path.expanduser(spec.archive_dir),
+                               reuse=[os.path.expanduser(other) for other in spec.reuse])
     labels = {config_label(m, z, v) for m in spec.mixers for z in spec.central_info for v in spec.variants}
     for pair in spec.pairs:
         if len(pair) != 2 or not set(pair) <= labels:
@@ -104,7 +115,7 @@ def plan(spec: StudySpec) -> list[Run]:
                     for variant, extra in spec.variants.items():
                         label = config_label(mixer, z, variant).replace(" ", "_").replace("=", "-")
                         relative = Path(preset.replace("/", "_")) / label / f"s{seed}"
-                        folder = Path(spec.runs_dir).expanduser() / relative
+                        folder = Path(spec.runs_dir) / relative
                         archive = Path(spec.archive_dir) / relative if spec.archive_dir else None
                         argv = [f"experiment={preset}", f"mixer={mixer}", f"seed={seed}", *spec.overrides, *extra]
                         if z:

@@ -1,48 +1,30 @@
-"""Mixers, one file each, behind the call contract of :class:`~lightning_marl.models.mixers.base.Mixer`.
-
-``build_mixer(name, n_agents=..., n_actions=..., central_dim=..., **params)`` builds one by its
-config name; ``MIXERS.names()`` lists them.
+"""Mixers, one file each: the mixer (a :class:`~lightning_marl.models.mixers.base.Mixer`) and its
+config dataclass, registered with ``@MIXERS.register`` (:mod:`lightning_marl.registry` finds every
+module of this package).
 """
 from __future__ import annotations
 
-from lightning_marl.registry import Registry
-
-MIXERS = Registry(
-    "mixer",
-    {
-        "vdn": "lightning_marl.models.mixers.vdn:VDNMixer",
-        "qmix": "lightning_marl.models.mixers.qmix:QMIXMixer",
-        "qplex": "lightning_marl.models.mixers.qplex:QPLEXMixer",
-        "duelmix": "lightning_marl.models.mixers.duelmix:DuelMIXMixer",
-        "qfix_sum": "lightning_marl.models.mixers.qfix:QFIXSumMixer",
-        "qfix_mono": "lightning_marl.models.mixers.qfix:QFIXMonoMixer",
-        "qplusfix_sum": "lightning_marl.models.mixers.qfix:QPlusFIXSumMixer",
-        "qplusfix_mono": "lightning_marl.models.mixers.qfix:QPlusFIXMonoMixer",
-        "qfix_lin": "lightning_marl.models.mixers.qfix:QFIXLinMixer",
-        "qplusfix_lin": "lightning_marl.models.mixers.qfix:QPlusFIXLinMixer",
-    },
-)
+from lightning_marl.models.mixers.base import Mixer, MixerConfig
+from lightning_marl.registry import MIXERS
 
 
-# keys of a mixer config that configure the centralized information z, not the mixer itself
-CENTRAL_KEYS = ("name", "central_info", "noise_dim", "detach_history")
-
-
-def mixer_config(name: str, **params):
-    """The typed config of mixer ``name`` (:mod:`lightning_marl.config.schema`): defaults filled in,
-    unknown keys and values out of range refused."""
-    from lightning_marl.config.schema import MIXER_SCHEMAS
+def mixer_config(name: str, **options) -> MixerConfig:
+    """The typed config of mixer ``name``: defaults filled in, unknown options and values out of
+    range refused (the API's edge; a training job's config is checked by the config validation)."""
     from lightning_marl.config.validate import typed_options
 
-    MIXERS.target(name)  # an unknown name is refused with the list
-    return typed_options(MIXER_SCHEMAS[name], "mixer.", **{**params, "name": name})
+    return typed_options(MIXERS.config(name), "mixer.", name=name, **options)
 
 
-def build_mixer(name: str, *, n_agents: int, n_actions: int, central_dim: int, **params):
-    """Instantiate the mixer registered as ``name`` from its config values (``params`` override
-    the schema's defaults)."""
-    import dataclasses
+def build_mixer(name: str, *, n_agents: int, n_actions: int, central_dim: int, **options) -> Mixer:
+    """Build the mixer registered as ``name`` (``options`` override its config's defaults).
 
-    cfg = mixer_config(name, **params)
-    arguments = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in CENTRAL_KEYS}
-    return MIXERS.get(name)(n_agents=n_agents, n_actions=n_actions, central_dim=central_dim, **arguments)
+    >>> from lightning_marl.models.mixers import build_mixer
+    >>> mixer = build_mixer("qplusfix_sum", n_agents=2, n_actions=3, central_dim=4)
+    >>> sum(p.numel() for p in mixer.parameters())
+    1154
+    """
+    return mixer_config(name, **options).build(n_agents, n_actions, central_dim)
+
+
+__all__ = ["MIXERS", "Mixer", "MixerConfig", "build_mixer", "mixer_config"]

@@ -2,14 +2,17 @@
 (the "weighted history mixer" of stateful value factorization)."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import torch
 from torch.nn import functional as F
 
-from lightning_marl.models.mixers.base import Mixer, chosen_q, max_q
+from lightning_marl.config.schema import spec
+from lightning_marl.models.central import Source
+from lightning_marl.models.mixers.base import CentralMixerConfig, Mixer, chosen_q, max_q
 from lightning_marl.models.mixers.qplex import mlp
-from lightning_marl.registry import check
+from lightning_marl.registry import MIXERS
 
 
 class DuelMIXMixer(Mixer):
@@ -28,13 +31,8 @@ class DuelMIXMixer(Mixer):
     """
 
     def __init__(self, n_agents: int, n_actions: int, central_dim: int, *, hypernet_layers: int,
-                 hypernet_embed: int, adv_hypernet_layers: int, adv_hypernet_embed: int, dueling_agent: bool):
+                 hypernet_embed: int, adv_hypernet_layers: int, adv_hypernet_embed: int):
         super().__init__(n_agents, n_actions, central_dim)
-        # ``dueling_agent`` is the trainer's key (it gives the agents dueling heads); accepted here so
-        # that the mixer config can be passed through whole. The mixer itself works on any utilities.
-        self.dueling_agent = bool(dueling_agent)
-        check(hypernet_layers in (1, 2, 3), "mixer.hypernet_layers", hypernet_layers, "1, 2 or 3")
-        check(adv_hypernet_layers in (1, 2, 3), "mixer.adv_hypernet_layers", adv_hypernet_layers, "1, 2 or 3")
         self.hyper_w = mlp(central_dim, n_agents, hypernet_layers, hypernet_embed)
         self.hyper_b = mlp(central_dim, 1, 2, hypernet_embed)
         self.hyper_lambda = mlp(central_dim + n_agents * n_actions, n_agents, adv_hypernet_layers,
@@ -56,3 +54,23 @@ class DuelMIXMixer(Mixer):
         v_tot = (self.value_weights(central) * v).sum(-1) + self.hyper_b(central).squeeze(-1)
         a_tot = (self.advantage_weights(central, actions) * adv).sum(-1)
         return v_tot + a_tot
+
+
+@MIXERS.register
+@dataclasses.dataclass
+class DuelMIXConfig(CentralMixerConfig):
+    """DuelMIX: Q_tot = sum_i w_i(z) V_i + b(z) + sum_i lambda_i(z,a) A_i (the weighted history mixer)."""
+
+    builds = DuelMIXMixer
+    # dueling_agent gives the agents dueling heads (the trainer's key); the mixer works on any utilities
+    trainer_keys = CentralMixerConfig.trainer_keys + ("dueling_agent",)
+    name: str = "duelmix"
+    central_info: Source = spec(Source.history, "z: state | history | history_state | noise | zeros")
+    dueling_agent: bool = spec(True, "the agents get dueling heads V_i + A_i")
+    hypernet_layers: int = spec(2, "layers of w_i(z)", choices=(1, 2, 3))
+    hypernet_embed: int = spec(64, "hidden size of w_i(z)", ge=1)
+    adv_hypernet_layers: int = spec(2, "layers of lambda_i(z, a)", choices=(1, 2, 3))
+    adv_hypernet_embed: int = spec(64, "hidden size of lambda_i(z, a)", ge=1)
+
+    def wants_dueling_agent(self) -> bool:
+        return self.dueling_agent

@@ -27,15 +27,17 @@ buffer ``intervention``, 1 by default, set by :meth:`QFIXMixer.set_intervention`
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import torch
 from torch.nn import functional as F
 
-from lightning_marl.models.mixers.base import Mixer, chosen_q, max_q
+from lightning_marl.config.schema import spec
+from lightning_marl.models.mixers.base import CentralMixerConfig, Mixer, chosen_q, max_q
 from lightning_marl.models.mixers.qmix import MonotonicMix
 from lightning_marl.models.mixers.qplex import mlp
-from lightning_marl.registry import check
+from lightning_marl.registry import MIXERS
 
 FIXEES = ("sum", "mono")
 
@@ -48,7 +50,7 @@ class QFIXMixer(Mixer):
     ``w = |g([z; onehot(a)]) - t| + t + 1e-10``; with ``per_agent`` the fixee is VDN and
     ``w A_f`` becomes ``sum_i w_i A_i``.
 
-    Config (values and defaults: the mixer's dataclass in ``lightning_marl/config/schema.py``):
+    Config (values and defaults: the variants' config dataclasses at the end of this file):
     ``fixee`` (``sum`` = VDN, ``mono`` = light QMIX with ``embed_dim``, ``hypernet_layers``,
     ``hypernet_embed``), ``w_lower_bound`` (t), ``w_hidden`` and ``w_layers`` (g), ``b_hidden`` (b),
     ``detach_advantage`` (the sg() of Q+FIX; QFIX never detaches). lambda_D starts at 1.
@@ -62,14 +64,10 @@ class QFIXMixer(Mixer):
                  embed_dim: Optional[int] = None, hypernet_layers: Optional[int] = None,
                  hypernet_embed: Optional[int] = None):
         super().__init__(n_agents, n_actions, central_dim)
-        check(fixee in FIXEES, "mixer.fixee", fixee, " or ".join(FIXEES))
-        check(not (self.per_agent and fixee != "sum"), "mixer.fixee", fixee,
-              "sum (the -lin variants mix per-agent advantages)")
-        lowest = -1.0 if self.additive else 0.0
-        check(float(w_lower_bound) >= lowest, "mixer.w_lower_bound", w_lower_bound,
-              f"a number >= {lowest:g} (IGM needs w > {lowest:g})")
-        check(self.additive or not detach_advantage, "mixer.detach_advantage", detach_advantage,
-              "false for QFIX (only Q+FIX detaches its advantage; QFIX learns the utilities through it)")
+        # invariants of the registered variants (the user's values are checked by their configs)
+        assert fixee in FIXEES and not (self.per_agent and fixee != "sum"), fixee
+        assert w_lower_bound >= (-1.0 if self.additive else 0.0), w_lower_bound  # IGM needs w > t
+        assert self.additive or not detach_advantage, detach_advantage
         self.fixee, self.w_lower_bound, self.detach_advantage = fixee, float(w_lower_bound), bool(detach_advantage)
         self.mix = (MonotonicMix(n_agents, central_dim, embed_dim, hypernet_layers, hypernet_embed)
                     if fixee == "mono" else None)
@@ -80,7 +78,7 @@ class QFIXMixer(Mixer):
     def set_intervention(self, value: float) -> None:
         """Set lambda_D in [0, 1] (0: the fixee alone, 1: the full fix)."""
         value = float(value)
-        check(0.0 <= value <= 1.0, "mixer.intervention", value, "a number in [0, 1]")
+        assert 0.0 <= value <= 1.0, value
         self.intervention.fill_(value)
 
     def fixee_value(self, x: torch.Tensor, central: torch.Tensor) -> torch.Tensor:
@@ -174,3 +172,75 @@ class QPlusFIXLinMixer(QFIXMixer):
 
     def __init__(self, n_agents: int, n_actions: int, central_dim: int, **config):
         super().__init__(n_agents, n_actions, central_dim, fixee="sum", **config)
+
+
+# ----------------------------------------------------------------------------- configs
+@dataclasses.dataclass
+class QFIXConfig(CentralMixerConfig):
+    """QFIX-sum / QFIX-lin: Q_tot = w(z,a) A_f + b(z), w = |g([z; onehot(a)]) - t| + t + 1e-10 > t."""
+
+    supports_intervention = True
+    w_lower_bound: float = spec(0.0, "t in w = |g - t| + t + 1e-10 (IGM needs t >= 0 for QFIX)", ge=0.0)
+    w_hidden: int = spec(64, "g: hidden size", ge=1)
+    w_layers: int = spec(2, "layers of g (2 = one hidden layer)", ge=1)
+    b_hidden: int = spec(64, "b(z): hidden size", ge=1)
+
+
+@dataclasses.dataclass
+class QPlusFIXConfig(QFIXConfig):
+    """Q+FIX-sum / Q+FIX-lin: Q_tot = Q_f + w(z,a) sg(A_f) + b(z), w > t >= -1."""
+
+    w_lower_bound: float = spec(-1.0, "t in w = |g - t| + t + 1e-10 (IGM needs t >= -1 for Q+FIX)", ge=-1.0)
+    detach_advantage: bool = spec(False, "sg() on the fixee advantage (the reference's main runs: false; "
+                                         "true is its -detach ablation)")
+
+
+@dataclasses.dataclass
+class MonoFixee:
+    """The light QMIX fixee of the -mono variants."""
+
+    embed_dim: int = spec(32, "the light QMIX fixee's embedding", ge=1)
+    hypernet_layers: int = spec(1, "layers of the fixee's hypernetworks", choices=(1, 2))
+    hypernet_embed: int = spec(64, "hidden size of 2-layer hypernetworks", ge=1)
+
+
+@MIXERS.register
+@dataclasses.dataclass
+class QFIXSumConfig(QFIXConfig):
+    builds = QFIXSumMixer
+    name: str = "qfix_sum"
+
+
+@MIXERS.register
+@dataclasses.dataclass
+class QFIXLinConfig(QFIXConfig):
+    builds = QFIXLinMixer
+    name: str = "qfix_lin"
+
+
+@MIXERS.register
+@dataclasses.dataclass
+class QFIXMonoConfig(QFIXConfig, MonoFixee):
+    builds = QFIXMonoMixer
+    name: str = "qfix_mono"
+
+
+@MIXERS.register
+@dataclasses.dataclass
+class QPlusFIXSumConfig(QPlusFIXConfig):
+    builds = QPlusFIXSumMixer
+    name: str = "qplusfix_sum"
+
+
+@MIXERS.register
+@dataclasses.dataclass
+class QPlusFIXLinConfig(QPlusFIXConfig):
+    builds = QPlusFIXLinMixer
+    name: str = "qplusfix_lin"
+
+
+@MIXERS.register
+@dataclasses.dataclass
+class QPlusFIXMonoConfig(QPlusFIXConfig, MonoFixee):
+    builds = QPlusFIXMonoMixer
+    name: str = "qplusfix_mono"

@@ -1,13 +1,16 @@
 """QMIX (Rashid et al., 2018)."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lightning_marl.models.mixers.base import Mixer, chosen_q
+from lightning_marl.config.schema import spec
+from lightning_marl.models.mixers.base import CentralMixerConfig, Mixer, chosen_q
+from lightning_marl.registry import MIXERS
 
 
 def hypernet(in_dim: int, out_dim: int, layers: int, hidden: int) -> nn.Module:
@@ -53,3 +56,15 @@ class QMIXMixer(Mixer):
     def forward(self, q_values: torch.Tensor, actions: torch.Tensor, central: torch.Tensor,
                 action_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.mix(chosen_q(q_values, actions), central)
+
+
+@MIXERS.register
+@dataclasses.dataclass
+class QMIXConfig(CentralMixerConfig):
+    """QMIX: monotone hypernetwork mixing of Q_i(a_i) conditioned on z."""
+
+    builds = QMIXMixer
+    name: str = "qmix"
+    embed_dim: int = spec(32, "mixing embedding", ge=1)
+    hypernet_layers: int = spec(2, "layers of the weight hypernetworks", choices=(1, 2))
+    hypernet_embed: int = spec(64, "hidden size of 2-layer hypernetworks", ge=1)

@@ -6,19 +6,21 @@ keys, agents and actions that produces the positive advantage weights ``lambda_i
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lightning_marl.models.mixers.base import Mixer, chosen_q, max_q
-from lightning_marl.registry import check
+from lightning_marl.config.schema import spec
+from lightning_marl.models.mixers.base import CentralMixerConfig, Mixer, chosen_q, max_q
+from lightning_marl.registry import MIXERS
 
 
 def mlp(in_dim: int, out_dim: int, layers: int, hidden: int) -> nn.Module:
     """``layers`` linear layers with ReLUs in between (``layers=1``: a single linear map)."""
-    check(isinstance(layers, int) and layers >= 1, "mixer.layers", layers, "an integer >= 1")
+    assert layers >= 1, layers
     mods: list[nn.Module] = []
     dim = in_dim
     for _ in range(layers - 1):
@@ -35,8 +37,6 @@ class QPLEXAttention(nn.Module):
     def __init__(self, n_agents: int, n_actions: int, central_dim: int, num_kernel: int, adv_hypernet_layers: int,
                  adv_hypernet_embed: int):
         super().__init__()
-        check(adv_hypernet_layers in (1, 2, 3), "mixer.adv_hypernet_layers", adv_hypernet_layers, "1, 2 or 3")
-        check(isinstance(num_kernel, int) and num_kernel >= 1, "mixer.num_kernel", num_kernel, "an integer >= 1")
         self.n_agents, self.n_actions = n_agents, n_actions
         za_dim = central_dim + n_agents * n_actions
         layers, hidden = adv_hypernet_layers, adv_hypernet_embed
@@ -100,3 +100,19 @@ class QPLEXMixer(Mixer):
         if self.is_minus_one:
             lam = lam - 1.0
         return q.sum(-1) + (lam * adv).sum(-1)
+
+
+@MIXERS.register
+@dataclasses.dataclass
+class QPLEXConfig(CentralMixerConfig):
+    """QPLEX: Q_tot = sum_i Q_i'(a_i) + sum_i (lambda_i(z,a) - 1) sg(A_i')."""
+
+    builds = QPLEXMixer
+    name: str = "qplex"
+    hypernet_embed: int = spec(64, "w_i(z), v_i(z) of the weighted head", ge=1)
+    adv_hypernet_layers: int = spec(2, "layers per attention extractor", choices=(1, 2, 3))
+    adv_hypernet_embed: int = spec(64, "hidden size of the attention extractors", ge=1)
+    num_kernel: int = spec(4, "K attention kernels for lambda_i(z, a)", ge=1)
+    is_minus_one: bool = spec(True, "(lambda_i - 1) sg(A_i') rather than lambda_i sg(A_i')")
+    weighted_head: bool = spec(True, "Q_i' = w_i(z) Q_i + v_i(z) (false: Q_i' = Q_i)")
+    stop_gradient: bool = spec(True, "sg() on the advantages A_i'")

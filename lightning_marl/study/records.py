@@ -1,0 +1,102 @@
+"""A run's records on disk, the bottom of the study package: where a finished run's record is (its
+archive folder, else its run folder), whether it is finished, what its ``finished.json`` says, copying a
+record, and the ``.claim`` of a run being trained. The runner (:mod:`.runner`), the sharing of runs
+between studies (:mod:`.reuse`) and the report (:mod:`.report`) read and write runs through it.
+
+A run is finished when its record holds ``finished.json`` (written when ``train.py`` exited 0). A run
+being trained is claimed by ``.claim`` in its run folder (created atomically, naming host and process):
+another runner, on this machine or another one sharing the folder, skips it; a claim whose process on
+this host is gone is taken over.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import Optional
+
+from lightning_marl.study.spec import Run
+
+FINISHED, CLAIM = "finished.json", ".claim"
+ARCHIVED = (FINISHED, "metrics.csv", ".hydra/config.yaml")  # what a finished run leaves in the archive
+
+
+def record(run: Run) -> Path:
+    """Where a finished run's record is: its archive folder if it has one there, else its run folder."""
+    if run.archive is not None and (run.archive / FINISHED).is_file():
+        return run.archive
+    return run.folder
+
+
+def is_finished(run: Run) -> bool:
+    return (record(run) / FINISHED).is_file()
+
+
+def finished_record(run: Run) -> dict:
+    """The finished run's ``finished.json``: host, machine, wall time, code versions, ``reused_from``."""
+    return json.loads((record(run) / FINISHED).read_text())
+
+
+def reused_from(run: Run) -> Optional[str]:
+    """Where a finished run's record was copied from (None for a run its own study trained)."""
+    if not is_finished(run):
+        return None
+    return finished_record(run).get("reused_from")
+
+
+def copy_record(source: Path, target: Path, missing_ok: bool = False) -> None:
+    """Copy the record files (:data:`ARCHIVED`) from the folder ``source`` into ``target``
+    (``missing_ok``: those that ``source`` holds)."""
+    for name in ARCHIVED:
+        if missing_ok and not (source / name).is_file():
+            continue
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / name, target / name)
+
+
+def archive(run: Run) -> None:
+    """Copy the finished run's metrics, config and record into the study's archive."""
+    if run.archive is not None:
+        copy_record(run.folder, run.archive)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claimed(run: Run) -> bool:
+    """Whether a live process (this one included; on another host: any) holds the run's claim."""
+    try:
+        host, _, pid = (run.folder / CLAIM).read_text().partition(":")
+    except FileNotFoundError:
+        return False
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    return _alive(int(pid))
+
+
+def claim(run: Run) -> bool:
+    """Take the run for this process (False when another live process has it)."""
+    run.folder.mkdir(parents=True, exist_ok=True)
+    path = run.folder / CLAIM
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if claimed(run):
+                return False
+            path.unlink(missing_ok=True)  # its process died: take the run over
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return True
+    return False
