@@ -22,7 +22,7 @@ from torchrl.envs.utils import step_mdp
 
 from lightning_marl.arguments import OneLineParser, at_least, fail
 from lightning_marl.checkpoint_files import load_checkpoint
-from lightning_marl.config.schema import EnvWorkers
+from lightning_marl.config.schema import EnvWorkers, EvalConfig
 from lightning_marl.config.validate import check_env
 from lightning_marl.data.collector import collect_episodes
 from lightning_marl.data.environments import describe_env
@@ -72,7 +72,8 @@ def load(ckpt: str | Path, env_overrides: Sequence[str] = ()) -> Loaded:
 
 
 @torch.no_grad()
-def evaluate(loaded: Loaded, episodes: int = 32, num_envs: int = 8, seed: int | None = None) -> dict:
+def evaluate(loaded: Loaded, episodes: int = EvalConfig.episodes, num_envs: int = EvalConfig.num_envs,
+             seed: int | None = None) -> dict:
     """Greedy episodes on fresh envs (seeded ``seed``, default: the run's seed + 1e6)."""
     module, env_cfg, run_seed = loaded
     env = make_env(env_cfg, min(num_envs, episodes), run_seed + 1_000_000 if seed is None else seed,
@@ -200,8 +201,8 @@ def save_overcooked_gif(loaded: Loaded, path: str | Path) -> dict:
 def main(argv=None) -> None:
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
-    parser.add_argument("--episodes", type=at_least(1), default=32)
-    parser.add_argument("--num-envs", type=at_least(1), default=8)
+    parser.add_argument("--episodes", type=at_least(1), default=EvalConfig.episodes)
+    parser.add_argument("--num-envs", type=at_least(1), default=EvalConfig.num_envs)
     parser.add_argument("--seed", type=at_least(0), default=None)
     parser.add_argument("--render", action="store_true", help="print the frames of one greedy episode")
     parser.add_argument("--gif", metavar="PATH",

@@ -155,3 +155,46 @@ def test_the_validated_config_is_read_only():
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 3
     assert dataclasses.replace(cfg.learner, lr=1.0).lr == 1.0  # a changed copy
+
+
+def test_a_single_run_is_composed_once_and_validated_once(tmp_path, monkeypatch):
+    """``train.py key=value ...``: one Hydra composition and one validation from the command line to
+    the values' use (the run, the module, the mixer and the envs read the typed config, none checks
+    or completes it again). Counted: Hydra's compose, and the range check every validation ends with
+    (the command line's ``to_typed`` and the API's ``typed_options`` both run it)."""
+    import importlib
+    import logging
+
+    import hydra
+
+    from lightning_marl.cli import train
+
+    validate = importlib.import_module("lightning_marl.config.validate")  # (the package's validate() is a function)
+
+    counts = {"compose": 0, "validate": 0}
+    compose, check_ranges = hydra.compose, validate.check_ranges
+
+    def counted_compose(*args, **kwargs):
+        counts["compose"] += 1
+        return compose(*args, **kwargs)
+
+    def counted_check(obj, prefix=""):
+        if not prefix:  # a whole config (nested nodes are checked by recursion with a prefix)
+            counts["validate"] += 1
+        return check_ranges(obj, prefix)
+
+    monkeypatch.setattr(hydra, "compose", counted_compose)
+    monkeypatch.setattr(validate, "check_ranges", counted_check)
+    monkeypatch.chdir(tmp_path)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        result = train(["env=matrix", "mixer=qmix", "total_env_steps=80", "data.warmup_episodes=8",
+                        "trainer.enable_progress_bar=false"])
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:], root.level = handlers, level
+    assert result == result  # a finished run (its final greedy return, not NaN)
+    assert counts == {"compose": 1, "validate": 1}

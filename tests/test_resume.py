@@ -92,7 +92,7 @@ def test_sigkill_during_training_then_resume(tmp_path):
             "trainer.log_every_n_steps=1", f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    kill_after_checkpoint(proc, run_dir, 30)
+    kill_after_checkpoint(proc, run_dir, 20)  # of ~34 updates: a margin for a loaded machine
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)  # not corrupt
     killed_at = last["global_step"]
     before = pd.read_csv(run_dir / "metrics.csv")

@@ -21,6 +21,12 @@ from lightning_marl.errors import ConfigError
 
 make_smaclite = functools.partial(envs.make_env, "smaclite")
 
+
+def game(map_name: str, seed: int = 0, **options):
+    """One game with the config's defaults for the options not given (checked by the config)."""
+    cfg = envs.env_config({"name": "smaclite", "map": map_name, **options})
+    return smaclite_env.SMACliteEnv(seed=seed, device="cpu", **cfg.options())
+
 INSTALL_COMMANDS = ("pip install --no-deps git+https://github.com/uoe-agents/smaclite.git",
                     'pip install "lightning_marl[smaclite]"', '"rtree>=1.1"', "gymnasium", "pygame", "scikit-learn")
 
@@ -81,7 +87,7 @@ def stop_policy(td):
 
 @pytest.mark.parametrize("map_name,n_agents,n_actions", [("2s3z", 5, 11), ("3s5z", 8, 14), ("MMM2", 10, 18)])
 def test_shapes(smaclite, map_name, n_agents, n_actions):
-    env = smaclite_env.SMACliteEnv(map_name, seed=0)
+    env = game(map_name, seed=0)
     assert (env.n_agents, env.n_actions) == (n_agents, n_actions)
     assert env.episode_limit == smaclite_env.EPISODE_LIMITS[map_name]
     assert env.stat_keys == ("battle_won",)
@@ -101,7 +107,7 @@ def test_shapes(smaclite, map_name, n_agents, n_actions):
 
 
 def test_masked_random_episodes_respect_masks(smaclite):
-    env = smaclite_env.SMACliteEnv("2s3z", seed=1)
+    env = game("2s3z", seed=1)
     taken = []
     for _ in range(2):  # whole episodes (random play ends by elimination well before 120 steps)
         rollout = env.rollout(env.episode_limit, masked_random_policy(torch.Generator().manual_seed(1), taken),
@@ -121,11 +127,11 @@ def test_masked_random_episodes_respect_masks(smaclite):
 
 
 def test_win_flag_propagated(smaclite):
-    env = smaclite_env.SMACliteEnv("2s3z", seed=0)
+    env = game("2s3z", seed=0)
     td = env.reset()
-    game = env._game
-    max_reward = game.max_reward
-    for enemy in game.enemies.values():  # wipe out the enemy team: the next step is a win
+    battle = env._game
+    max_reward = battle.max_reward
+    for enemy in battle.enemies.values():  # wipe out the enemy team: the next step is a win
         enemy.hp = 0
     td = env.step(stop_policy(td))
     nxt = td.get("next")
@@ -141,7 +147,7 @@ def test_win_flag_propagated(smaclite):
 
 
 def test_time_limit_is_truncation(smaclite):
-    env = smaclite_env.SMACliteEnv("2s3z", seed=0, episode_limit=5)
+    env = game("2s3z", seed=0, episode_limit=5)
     assert env.episode_limit == 5
     rollout = env.rollout(10, stop_policy, break_when_any_done=True)
     assert rollout.batch_size == (5,)
@@ -178,7 +184,7 @@ def test_parallel_equals_serial(smaclite):
 
 
 def test_unknown_map_lists_maps(smaclite):
-    for build in (lambda: smaclite_env.SMACliteEnv("2s3z_typo"), lambda: make_smaclite(map="mmm2")):
+    for build in (lambda: game("2s3z_typo"), lambda: make_smaclite(map="mmm2")):
         with pytest.raises(ConfigError) as info:
             build()
         message = str(info.value)
@@ -189,13 +195,13 @@ def test_unknown_map_lists_maps(smaclite):
 
 
 def test_bad_episode_limit(smaclite):
-    with pytest.raises(ConfigError, match="env.episode_limit"):
-        smaclite_env.SMACliteEnv("2s3z", episode_limit=0)
+    with pytest.raises(ConfigError, match="env.episode_limit=0 is out of range"):
+        game("2s3z", episode_limit=0)
 
 
 def test_rng_state_round_trip(smaclite):
     """rng_state() / set_rng_state() restore a game's RNG: the same actions replay the same game."""
-    env = smaclite_env.SMACliteEnv("2s3z", seed=0)
+    env = game("2s3z", seed=0)
 
     # A whole random episode: in the fights the RNG (units' order within a frame) can matter; with
     # seed 0 and these actions the second episode differs from the first (not so for every seed).
@@ -224,7 +230,7 @@ def test_batch_rng_state(smaclite, parallel):
     assert hasattr(env, "rng_state") and hasattr(env, "set_rng_state")
     states = env.rng_state()
     assert len(states) == 2 and all(s.dtype == torch.uint8 for s in states)
-    assert torch.equal(states[0], smaclite_env.SMACliteEnv("2s3z", seed=5).rng_state())
+    assert torch.equal(states[0], game("2s3z", seed=5).rng_state())
     assert not torch.equal(states[0], states[1])  # seeds 5 and 6
     env.set_rng_state([states[1], states[0]])
     swapped = env.rng_state()

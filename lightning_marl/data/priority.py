@@ -27,7 +27,7 @@ WEIGHT_KEY = "priority_weight"
 class EpisodePrioritySampler(Sampler):
     """Proportional prioritized sampling over the ``capacity`` episode slots of a replay (see above)."""
 
-    def __init__(self, capacity: int, alpha: float = 0.6, beta: float = 0.4, eps: float = 1e-6):
+    def __init__(self, capacity: int, alpha: float, beta: float, eps: float = 1e-6):
         self.priority = torch.zeros(capacity, dtype=torch.float64)
         self.max_priority = 1.0
         self.alpha, self.beta, self.eps = float(alpha), float(beta), float(eps)
