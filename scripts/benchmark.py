@@ -17,6 +17,7 @@ Arguments other than the --options are Hydra overrides, as for train.py.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import resource
 import tempfile
@@ -119,11 +120,12 @@ class _Clock(Callback):
 
 
 def end_to_end(cfg, budget: int) -> float:
-    cfg.total_env_steps = budget
-    cfg.eval.interval_env_steps = budget * 10  # evaluation outside the timed window only
-    cfg.eval.episodes = cfg.eval.num_envs
-    cfg.checkpoint.every_n_updates = 0
-    cfg.trainer.enable_progress_bar = False
+    replace = dataclasses.replace  # the validated config is read-only: a changed copy for the timed run
+    cfg = replace(cfg, total_env_steps=budget,
+                  eval=replace(cfg.eval, interval_env_steps=budget * 10,  # evaluation outside the timed window only
+                               episodes=cfg.eval.num_envs),
+                  checkpoint=replace(cfg.checkpoint, every_n_updates=0),
+                  trainer=replace(cfg.trainer, enable_progress_bar=False))
     clock = _Clock()
     with tempfile.TemporaryDirectory() as tmp:
         run(cfg, tmp, extra_callbacks=[clock])

@@ -74,3 +74,14 @@ def test_evaluate_with_a_changed_env_option_and_a_refused_one(multirun):
     proc = subprocess.run([sys.executable, "scripts/evaluate.py", str(ckpt), "--env", "grid=6"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "'grid=6'" in proc.stderr and "allowed keys: timeout_as_terminal, game" in proc.stderr
+
+
+def test_benchmark_measures_every_stage_on_a_small_job():
+    """scripts/benchmark.py times the env alone, collection, updates and a whole (read-only config,
+    changed copy) training run, and prints each figure."""
+    proc = subprocess.run([sys.executable, "scripts/benchmark.py", "env=matrix", "mixer=qmix", "data.warmup_episodes=8",
+                           "--seconds", "0.5", "--budget", "200"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = {line.split(")")[0] + ")": float(line.split()[-1]) for line in proc.stdout.splitlines()
+               if line[:3] in ("(a)", "(b)", "(c)", "(d)")}
+    assert set(figures) == {"(a)", "(b)", "(c)", "(d)"} and all(v > 0 for v in figures.values())
