@@ -24,11 +24,13 @@ class GreedyEvaluation(Callback):
     whenever ``interval_env_steps`` env steps have passed since the last evaluation, and at the end.
     Writes ``test/return_mean`` and ``test/<stat>_mean`` (e.g. ``test/battle_won_mean`` = win rate)
     with the env-step count straight to the loggers, so no evaluation row is dropped, and logs a
-    line with the results. Under DDP
+    line with the results. With ``start_value``, also ``test/q_tot_start_mean``: the learner's Q_tot of
+    the greedy joint action at the episodes' first step, beside the return it predicts. Under DDP
     each rank evaluates ``episodes`` on its own envs and the means are averaged over ranks."""
 
-    def __init__(self, interval_env_steps: int, episodes: int, skip_final: Callable[[], bool] = lambda: False):
-        self.interval, self.episodes = interval_env_steps, episodes
+    def __init__(self, interval_env_steps: int, episodes: int, skip_final: Callable[[], bool] = lambda: False,
+                 start_value: bool = False):
+        self.interval, self.episodes, self.start_value = interval_env_steps, episodes, start_value
         self.skip_final = skip_final  # a run stopped by a signal ends without the final evaluation
         self.last_eval_step = -1
         self.history: list[dict[str, float]] = []
@@ -36,7 +38,7 @@ class GreedyEvaluation(Callback):
     def evaluate(self, trainer, pl_module) -> dict[str, float]:
         dm = trainer.datamodule
         try:
-            stats = dm.evaluate(pl_module.agent, self.episodes)
+            stats = dm.evaluate(pl_module.agent, self.episodes, pl_module.start_value if self.start_value else None)
         except DivergenceError as err:  # never a return computed from non-finite Q values
             pl_module.diverged(f"greedy evaluation: {err}")
         if trainer.world_size > 1:  # every rank evaluates on its own envs: average over ranks

@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lightning_marl.callbacks.budget import BudgetStop
+from lightning_marl.callbacks.diagnostics import Diagnostics
 from lightning_marl.callbacks.epsilon import EpsilonAnnealing
 from lightning_marl.callbacks.evaluation import GreedyEvaluation
 from lightning_marl.callbacks.priorities import PriorityUpdate
@@ -65,7 +66,11 @@ def build_callbacks(cfg: TrainConfig, run_dir: Path, env_info: dict, stop: StopO
         callbacks.append(RewardShapingAnnealing(learner.shaping_anneal_steps))
     if learner.intervention_anneal_steps:
         callbacks.append(InterventionAnnealing(learner.intervention_anneal_steps))
-    evaluation = GreedyEvaluation(cfg.eval.interval_env_steps, cfg.eval.episodes, skip_final=lambda: stop.stopped)
+    diagnose = cfg.diagnostics.every_n_updates > 0
+    if diagnose:
+        callbacks.append(Diagnostics(cfg.diagnostics.every_n_updates))
+    evaluation = GreedyEvaluation(cfg.eval.interval_env_steps, cfg.eval.episodes, skip_final=lambda: stop.stopped,
+                                  start_value=diagnose)
     callbacks += [
         EpsilonAnnealing(learner.epsilon_start, learner.epsilon_finish, learner.epsilon_anneal_steps),
         TargetNetworkUpdate(learner.target_update_interval, learner.target_tau),

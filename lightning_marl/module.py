@@ -74,6 +74,8 @@ class MARLModule(L.LightningModule):
             self.central = CentralInfo(Source.zeros, env_info["state_dim"], n, agent.hidden_dim, noise_dim=1,
                                        detach_history=True)
         self.mixer = mixer.build(n, a, self.central.dim)
+        self.mixer_has_diagnostics = mixer.has_diagnostics
+        self.diagnose = False  # set for the next update by callbacks.diagnostics.Diagnostics
         self.target_agent = copy.deepcopy(self.agent).requires_grad_(False)
         self.target_mixer = copy.deepcopy(self.mixer).requires_grad_(False)
         self.calls = compiled_calls(learner_cfg.compile, agent=self.agent, mixer=self.mixer,
@@ -139,7 +141,49 @@ class MARLModule(L.LightningModule):
             "target_mean": (targets * filled).sum() / n_valid,
             "episode_priority": td_error.detach().abs().amax(1),  # [B], for prioritized replay; not logged
         }
+        if self.diagnose:
+            stats["diagnostics"] = self.diagnostics(batch, q, z, targets, td_error)
         return loss, stats
+
+    @torch.no_grad()
+    def diagnostics(self, batch, q: torch.Tensor, z: torch.Tensor, targets: torch.Tensor,
+                    td_error: torch.Tensor) -> dict[str, float]:
+        """What this update's batch says about the fit (valid steps only): ``td_error_max``, the largest
+        |TD error|; ``share_above_greedy`` and ``td_error_above_greedy``, the share of steps whose target
+        exceeds the online mixer's value of the greedy joint action, ``Q_tot(s, argmax Q)``, and their
+        mean |TD error| (an error no non-greedy action can close: its Q_tot is capped by the greedy
+        one's for IGM mixers); ``action_gap``, the agents' best minus second-best utility (over
+        available actions, where two are); and the mixer's own values (``mixer/<name>``, mixers with
+        ``has_diagnostics``). NaN where no step counts."""
+        nan = float("nan")
+        valid = batch["filled"][:, :-1]
+        avail, actions = batch["avail"][:, :-1], batch["action"][:, :-1]
+        qs, zs = q[:, :-1].detach(), z[:, :-1].detach()
+        masked = qs.masked_fill(~avail, NEG_INF)
+        greedy = masked.argmax(-1)
+        above = (targets > self.mixer(qs, greedy, zs, avail)) & valid
+        errors = td_error.detach().abs()
+        top2 = masked.topk(2, dim=-1).values
+        gap = (top2[..., 0] - top2[..., 1])[(avail.sum(-1) >= 2) & valid.unsqueeze(-1)]
+        out = {"td_error_max": float(errors[valid].max()) if valid.any() else nan,
+               "share_above_greedy": float(above.sum() / valid.sum().clamp(min=1)),
+               "td_error_above_greedy": float(errors[above].mean()) if above.any() else nan,
+               "action_gap": float(gap.mean()) if gap.numel() else nan}
+        if self.mixer_has_diagnostics:
+            mixer = self.mixer.diagnostics(qs, actions, zs, avail, greedy, valid)
+            out.update({f"mixer/{name}": value for name, value in mixer.items()})
+        return out
+
+    @torch.no_grad()
+    def start_value(self, episodes) -> torch.Tensor:
+        """``Q_tot`` of the greedy joint action at the first step of each of ``episodes`` (padded
+        episodes as collected): what the learner expects the greedy policy to return, ``[B]``."""
+        first = {key: episodes[key][:, :1].to(self.device) for key in ("obs", "avail", "state", "action")}
+        q, hidden = self.agent(first["obs"], first["action"], first["avail"])
+        greedy = q.masked_fill(~first["avail"], NEG_INF).argmax(-1)
+        with torch.random.fork_rng(devices=[]):  # noise z: never a draw that training would have made
+            z = self.central(first["state"], hidden)
+        return self.mixer(q, greedy, z, first["avail"])[:, 0]
 
     def training_step(self, dataloader_iter) -> dict[str, Any]:
         # Taking the iterator (instead of a batch) stops Lightning from prefetching the next batch,
@@ -152,6 +196,8 @@ class MARLModule(L.LightningModule):
             self.diverged(f"the TD loss is {float(loss)}")
         priority = stats.pop("episode_priority")
         out = {"loss": loss, "stats": stats}  # stats: read by callbacks.train_metrics.TrainMetrics
+        if "diagnostics" in stats:  # read by callbacks.diagnostics.Diagnostics
+            out["diagnostics"] = stats.pop("diagnostics")
         if WEIGHT_KEY in batch.keys():  # written back to the replay by callbacks.priorities.PriorityUpdate
             out["priorities"] = (batch["index"][:, 0], priority)
         return out

@@ -224,6 +224,22 @@ def compile_comparison(batch: int, agents: int, repeats: int, mixer: str = "qmix
                      "compiled vs eager (compilation not timed):", results)
 
 
+def diagnostics_comparison(batch: int, steps: int, agents: int, repeats: int, mixer: str, every: int) -> None:
+    """Training updates with the diagnostics computed in every update and without: the extra time of a
+    diagnosed update, and what it costs on average at ``diagnostics.every_n_updates=every``."""
+    def diagnose(module) -> None:
+        module.diagnose = True
+
+    batches = [synthetic_batch(batch, steps, agents)]
+    results = compare_updates({"diagnostics in every update": ([f"mixer={mixer}"], diagnose),
+                               "no diagnostics": ([f"mixer={mixer}"], None)}, batches, repeats, agents)
+    print_comparison(f"training update, {mixer}, batch {batch} episodes x {steps} steps x {agents} agents:", results)
+    on, off = results["diagnostics in every update"][0], results["no diagnostics"][0]
+    extra = off / on - 1.0  # the extra time of a diagnosed update, relative to a plain one
+    print(f"a diagnosed update takes {100 * extra:.1f}% longer; at diagnostics.every_n_updates={every}: "
+          f"{100 * extra / every:.2f}% of update time")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. env=box_pushing mixer=qmix")
@@ -237,6 +253,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=10, help="timed passes per variant (--unroll, --compile)")
     parser.add_argument("--compile", action="store_true",
                         help="only compare training updates with learner.compile=inductor and without")
+    parser.add_argument("--diagnostics", action="store_true",
+                        help="only compare training updates with the diagnostics and without (--unroll-shape)")
     args = parser.parse_args(argv)
     cfg = validate(compose(args.overrides))
     torch.set_num_threads(int(cfg.threads or torch.get_num_threads()))
@@ -244,6 +262,10 @@ def main(argv=None) -> None:
           f"batch={cfg.data.batch_size} updates/round={cfg.data.updates_per_round} threads={torch.get_num_threads()}")
     if args.unroll:
         unroll_comparison(*args.unroll_shape, repeats=args.repeats, mixer=cfg.mixer.name)
+        return
+    if args.diagnostics:
+        b, t, n = args.unroll_shape
+        diagnostics_comparison(b, t, n, args.repeats, cfg.mixer.name, cfg.diagnostics.every_n_updates)
         return
     if args.compile:
         b, _, n = args.unroll_shape

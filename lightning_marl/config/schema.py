@@ -173,6 +173,15 @@ class EvalConfig(Frozen):
 
 
 @dataclass
+class DiagnosticsConfig(Frozen):
+    """What the mixer and the TD error look like during training (``diag/*`` in every logger): the
+    largest TD error, the error where the target exceeds the greedy joint action's value, the
+    agents' action gap, replay priorities, the mixer's own values (QFIX: its fixing weight w), and
+    Q_tot at the first step of greedy test episodes (``test/q_tot_start_mean``)."""
+    every_n_updates: int = spec(50, "diagnostics on every this many updates (0 = off)", ge=0)
+
+
+@dataclass
 class CheckpointConfig(Frozen):
     every_n_updates: int = spec(500, "periodic checkpoint (0 = only the final one)", ge=0)
     replay: bool = spec(True, "keep the replay contents in checkpoints")
@@ -249,6 +258,7 @@ class TrainConfig(Frozen):
     checkpoint: CheckpointConfig = spec(factory=CheckpointConfig)
     learner: LearnerConfig = spec(factory=LearnerConfig)
     agent: AgentConfig = spec(factory=AgentConfig)
+    diagnostics: DiagnosticsConfig = spec(factory=DiagnosticsConfig)
 
 
 TRAINERS = {

@@ -176,9 +176,10 @@ class MARLDataModule(L.LightningDataModule):
         elapsed = time.perf_counter() - self._start_time
         return (self.env_steps - self._start_steps) / max(elapsed, 1e-9)
 
-    def evaluate(self, agent: torch.nn.Module, episodes: int) -> dict[str, float]:
-        """Greedy episodes of ``agent`` on the evaluation games: mean return and env statistics."""
-        return self.evaluator.evaluate(agent, episodes)
+    def evaluate(self, agent: torch.nn.Module, episodes: int, start_value=None) -> dict[str, float]:
+        """Greedy episodes of ``agent`` on the evaluation games: mean return and env statistics (and
+        the mean of ``start_value`` of the episodes, see :meth:`GreedyEvaluator.evaluate`)."""
+        return self.evaluator.evaluate(agent, episodes, start_value)
 
     # -- checkpointing -----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

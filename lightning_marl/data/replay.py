@@ -42,6 +42,15 @@ class EpisodeReplay:
         longest = int(batch.get("filled").sum(1).max())
         return batch[:, : longest + 1]
 
+    def priority_stats(self) -> dict[str, float]:
+        """``priority_max`` and ``priority_median`` over the stored episodes (empty without prioritized
+        replay or before the first episode)."""
+        n = len(self.buffer)
+        if not self.prioritized or n == 0:
+            return {}
+        stored = self.buffer.sampler.priority[:n]
+        return {"priority_max": float(stored.max()), "priority_median": float(stored.median())}
+
     def update_priority(self, index: torch.Tensor, priority: torch.Tensor) -> None:
         self.buffer.update_priority(index.cpu(), priority.detach().cpu())
 

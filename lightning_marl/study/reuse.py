@@ -33,9 +33,10 @@ from lightning_marl.study.records import FINISHED, claimed, copy_record, finishe
 from lightning_marl.study.spec import Run
 
 # settings that change what a run writes (its logs, checkpoint cadence, console), never what it learns
-# (checkpoint.replay is not one of them: a resumed run without its replay learns differently)
+# (checkpoint.replay is not one of them: a resumed run without its replay learns differently; the
+# diagnostics are: tests/test_diagnostics.py shows that they change no weight)
 OUTPUT_ONLY = ("logger", "checkpoint.every_n_updates", "checkpoint.keep_all", "resume", "trainer.enable_progress_bar",
-               "trainer.log_every_n_steps")
+               "trainer.log_every_n_steps", "diagnostics")
 
 
 def effective(cfg: dict) -> dict:

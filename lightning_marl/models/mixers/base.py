@@ -60,6 +60,9 @@ class MixerConfig(Frozen):
     needs_central: ClassVar[bool] = False
     # takes QFIX intervention annealing (learner.intervention_anneal_steps; the mixer has set_intervention)
     supports_intervention: ClassVar[bool] = False
+    # the mixer reports values of its own (``diagnostics(q_values, actions, central, action_mask,
+    # greedy, valid) -> {name: value}``, logged as diag/mixer/<name>)
+    has_diagnostics: ClassVar[bool] = False
     # config keys that configure the trainer around the mixer, not the mixer itself
     trainer_keys: ClassVar[tuple[str, ...]] = ("name",)
 

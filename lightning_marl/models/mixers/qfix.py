@@ -93,15 +93,47 @@ class QFIXMixer(Mixer):
         w = (g - t).abs() + t + 1e-10
         return w if self.per_agent else w.squeeze(-1)
 
-    def forward(self, q_values: torch.Tensor, actions: torch.Tensor, central: torch.Tensor,
-                action_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def fixee_advantage(self, q_values: torch.Tensor, actions: torch.Tensor, central: torch.Tensor,
+                        action_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Q_f, A_f)`` of the joint action ``actions``: ``[*B]`` each (``A_f`` is ``[*B,N]``, the
+        per-agent ``A_i``, for the -lin variants)."""
         q = chosen_q(q_values, actions)
         v = max_q(q_values, action_mask)
         if self.per_agent:
-            q_f, adv = q.sum(-1), q - v                       # VDN fixee, per-agent advantages [*B,N]
-        else:
-            q_f = self.fixee_value(q, central)
-            adv = q_f - self.fixee_value(v, central)          # A_f [*B]
+            return q.sum(-1), q - v
+        q_f = self.fixee_value(q, central)
+        return q_f, q_f - self.fixee_value(v, central)
+
+    @torch.no_grad()
+    def diagnostics(self, q_values: torch.Tensor, actions: torch.Tensor, central: torch.Tensor,
+                    action_mask: Optional[torch.Tensor], greedy: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
+        """The fixing weight where it decides the fit: ``w`` of the taken joint action on steps where it
+        is not the greedy one (``w_nongreedy_*``) and ``w`` of the greedy joint action (``w_greedy_*``),
+        each as mean, 5th percentile and share within 0.1 of the lower bound t; the credit factor of the
+        taken non-greedy action (``credit_nongreedy_mean``: ``1 + lambda_D w`` for Q+FIX, ``1 - lambda_D +
+        lambda_D w`` for QFIX, the factor on ``A_f`` in ``Q_tot``) and its ``|A_f|``. ``valid`` ``[*B]``:
+        the steps that count. NaN where no step counts (e.g. every taken action greedy)."""
+        nongreedy = (actions != greedy).any(-1) & valid
+        w_taken, w_greedy = self.fix_weight(central, actions), self.fix_weight(central, greedy)
+        _, adv = self.fixee_advantage(q_values, actions, central, action_mask)
+        lam, t = float(self.intervention), self.w_lower_bound
+        credit = 1.0 + lam * w_taken if self.additive else 1.0 - lam + lam * w_taken
+        out = {}
+        for name, w, mask in (("nongreedy", w_taken, nongreedy), ("greedy", w_greedy, valid)):
+            values = w[mask].flatten().double()
+            empty = values.numel() == 0
+            out[f"w_{name}_mean"] = float("nan") if empty else float(values.mean())
+            out[f"w_{name}_p5"] = float("nan") if empty else float(torch.quantile(values, 0.05))
+            out[f"w_{name}_near_bound"] = float("nan") if empty else float((values - t < 0.1).double().mean())
+        taken = credit[nongreedy].flatten()
+        out["credit_nongreedy_mean"] = float(taken.mean()) if taken.numel() else float("nan")
+        fixee = adv[nongreedy].abs().flatten()
+        out["adv_fixee_abs_nongreedy_mean"] = float(fixee.mean()) if fixee.numel() else float("nan")
+        return out
+
+    def forward(self, q_values: torch.Tensor, actions: torch.Tensor, central: torch.Tensor,
+                action_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        q_f, adv = self.fixee_advantage(q_values, actions, central, action_mask)  # A_f [*B] ([*B,N] for -lin)
         w = self.fix_weight(central, actions)
         b = self.b(central).squeeze(-1)
         if self.additive:
@@ -180,6 +212,7 @@ class QFIXConfig(CentralMixerConfig):
     """QFIX-sum / QFIX-lin: Q_tot = w(z,a) A_f + b(z), w = |g([z; onehot(a)]) - t| + t + 1e-10 > t."""
 
     supports_intervention = True
+    has_diagnostics = True
     w_lower_bound: float = spec(0.0, "t in w = |g - t| + t + 1e-10 (IGM needs t >= 0 for QFIX)", ge=0.0)
     w_hidden: int = spec(64, "g: hidden size", ge=1)
     w_layers: int = spec(2, "layers of g (2 = one hidden layer)", ge=1)
