@@ -22,6 +22,7 @@ from torchrl.envs.utils import step_mdp
 
 from lightning_marl.arguments import OneLineParser, at_least, fail
 from lightning_marl.checkpoint_files import load_checkpoint
+from lightning_marl.config.migrate import migrate_env
 from lightning_marl.config.schema import EnvWorkers, EvalConfig
 from lightning_marl.config.validate import check_env
 from lightning_marl.data.collector import collect_episodes
@@ -36,8 +37,6 @@ from lightning_marl.stats import mean_ci
 
 Loaded = tuple[MARLModule, EnvConfig, int]  # the agent and mixers, the env config, the run's seed
 CAPTION_PX, MIN_GIF_PX = 16, 256
-# env keys of checkpoints written before the typed schema that are no env options any more
-_OLD_ENV_KEYS = ("parallel", "start_method", "shaping_anneal_steps")
 
 
 def load(ckpt: str | Path, env_overrides: Sequence[str] = ()) -> Loaded:
@@ -48,7 +47,7 @@ def load(ckpt: str | Path, env_overrides: Sequence[str] = ()) -> Loaded:
     module = MARLModule.from_saved(**state["hyper_parameters"])
     module.load_state_dict(state["state_dict"])
     data = state["MARLDataModule"]
-    env_cfg = {k: v for k, v in data["env"].items() if k not in _OLD_ENV_KEYS}
+    env_cfg = migrate_env(data["env"])
     options = [f.name for f in dataclasses.fields(ENVS.config(env_cfg["name"])) if f.name != "name"]
     for item in env_overrides:
         key, sep, value = item.partition("=")

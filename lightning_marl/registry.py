@@ -45,7 +45,7 @@ class Registry:
         if not isinstance(name, str) or not name:
             raise TypeError(f"{config.__name__}: its name field needs a default, the {self.group} option's name")
         known = self._configs.get(name)
-        if known is not None and known.__qualname__ != config.__qualname__:
+        if known is not None and (known.__module__, known.__qualname__) != (config.__module__, config.__qualname__):
             raise ValueError(f"{self.group}={name} is registered twice: {known.__module__}.{known.__qualname__} "
                              f"and {config.__module__}.{config.__qualname__}")
         self._configs[name] = config

@@ -282,7 +282,8 @@ def main(argv=None) -> None:
         elif args.modes is not None:
             modes = list(args.modes)
         else:
-            modes = [str(getattr(MIXERS.config(name)(), "central_info", "state"))] if args.quick else list(MODES)
+            default = getattr(MIXERS.config(parse_mixer(name)[0])(), "central_info", "state")
+            modes = [str(default)] if args.quick else list(MODES)
         t0 = time.time()
         for n in dict.fromkeys(t.n for t in tables):
             members = [Member(mode, table, seed) for mode in modes for table in tables if table.n == n

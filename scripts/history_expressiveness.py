@@ -100,7 +100,7 @@ def fit(mixer_name: str, mode: str, seed: int, n_actions: int = 3, steps: int = 
 def main(argv=None) -> None:
     parser = OneLineParser(description=__doc__)
     parser.add_argument("--mixers", nargs="+", default=["qmix", "qplex", "duelmix", "qfix_sum"],
-                        choices=[n for n in MIXERS.names() if n != "vdn"])
+                        choices=[n for n in MIXERS.names() if MIXERS.config(n).needs_central])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--seeds", nargs="+", type=at_least(0), default=[0, 1, 2, 3, 4])
     parser.add_argument("--steps", type=at_least(1), default=3000)

@@ -198,3 +198,17 @@ def test_a_single_run_is_composed_once_and_validated_once(tmp_path, monkeypatch)
         root.handlers[:], root.level = handlers, level
     assert result == result  # a finished run (its final greedy return, not NaN)
     assert counts == {"compose": 1, "validate": 1}
+
+
+def test_a_validated_config_travels_to_worker_processes():
+    """Read-only mappings (e.g. SMACv2's env_args) pickle and copy as read-only mappings."""
+    import copy
+    import pickle
+
+    from lightning_marl.config import load
+
+    cfg = load(["env=matrix", "+eval.env.penalty_k=-50"])
+    again = pickle.loads(pickle.dumps(cfg))
+    assert again == cfg and copy.deepcopy(cfg) == cfg
+    with pytest.raises(TypeError, match="read-only"):
+        again.eval.env["penalty_k"] = 1.0

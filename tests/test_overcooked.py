@@ -28,6 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 make_env = functools.partial(envs.make_env, "overcooked")
 
 
+DRAWN = {"horizon": 400, "obs": "featurized", "state": "concat"}  # the game render_episode draws
+
+
 def game(**options) -> OvercookedEnv:
     """One game with the config's defaults for the options not given (checked by the config)."""
     return OvercookedEnv(**envs.env_config({"name": "overcooked", **options}).options())
@@ -240,7 +243,7 @@ def test_make_env_single_game_is_a_batch_of_one():
 @needs_overcooked
 def test_render_episode_text_and_gif(tmp_path):
     script = [[a, STAY] for a in SOUP_SCRIPT]
-    info = render_episode("cramped_room", script, tmp_path / "soup.txt")
+    info = render_episode("cramped_room", script, tmp_path / "soup.txt", **DRAWN)
     assert info["steps"] == SOUP_STEP and info["soups"] == 1 and info["sparse_return"] == 20.0
     text = (tmp_path / "soup.txt").read_text()
     assert text.count("--- step") == SOUP_STEP + 1 and "t=0/400" in text and "soups=1" in text
@@ -249,7 +252,7 @@ def test_render_episode_text_and_gif(tmp_path):
         td.set(ACTION, torch.full((2,), STAY))
         return td
 
-    info = render_episode("cramped_room", stay, tmp_path / "stay.gif", horizon=3)
+    info = render_episode("cramped_room", stay, tmp_path / "stay.gif", **{**DRAWN, "horizon": 3})
     assert info["steps"] == 3 and Path(info["path"]).exists()  # a GIF, or text frames without pygame
 
 

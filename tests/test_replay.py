@@ -58,7 +58,7 @@ def test_replay_sampling_trims_to_the_longest_episode(make_config):
 
     episodes, _ = collect([2, 3, 1, 2], limit=6)
     dm = MARLDataModule(validate(make_config(["env=matrix", "data.batch_size=4"])))
-    dm.replay = EpisodeReplay(10, batch_size=4)
+    dm.replay = EpisodeReplay(10, 4, prioritized=False, priority_alpha=0.6, priority_beta=0.4, beta_anneal_steps=1)
     dm.replay.extend(episodes)
     batch = dm.sample()
     assert batch.batch_size[1] == int(batch["filled"].sum(1).max()) + 1 <= 4

@@ -7,7 +7,7 @@
 A single run's config is composed once (Hydra's compose) and validated once (the typed
 :class:`~lightning_marl.config.TrainConfig`) before its folder is made: a refused value prints one
 line ``error: <key>=<value> ...; allowed: ...`` and exits with code 2, leaving nothing on disk.
-A multirun checks every combination of its sweep that way first, then Hydra launches the jobs, each
+A multirun checks every combination of its sweep that way first (the first 512), then Hydra launches the jobs, each
 composed by Hydra and validated once in its task.
 
 Resuming: the run's saved config (``<run>/.hydra/config.yaml``) with this command's plain

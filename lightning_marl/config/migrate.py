@@ -34,9 +34,20 @@ def migrate_learner(learner: dict[str, Any]) -> dict[str, Any]:
 
 def migrate_mixer(mixer: dict[str, Any]) -> dict[str, Any]:
     out = dict(mixer)
-    if out.get("name") == "vdn":  # VDN's config carried an unused central_info
-        out = {"name": "vdn"}
+    if out.get("name") in MIXERS and not MIXERS.config(out["name"]).needs_central:
+        # VDN's config carried an unused central_info (and its options)
+        out = {k: v for k, v in out.items() if k not in ("central_info", "noise_dim", "detach_history")}
     return out
+
+
+# env options of older versions that moved to other nodes (data.env_workers, data.start_method,
+# learner.shaping_anneal_steps; see migrate_config)
+MOVED_ENV_KEYS = ("parallel", "start_method", "shaping_anneal_steps")
+
+
+def migrate_env(env: dict[str, Any]) -> dict[str, Any]:
+    """A saved env config (e.g. a checkpoint's record of its games) with only today's env options."""
+    return {k: v for k, v in env.items() if k not in MOVED_ENV_KEYS}
 
 
 def saved_module_configs(agent: dict[str, Any], mixer: dict[str, Any], learner: dict[str, Any]) -> tuple:
@@ -71,7 +82,8 @@ def migrate_config(cfg: dict[str, Any]) -> dict[str, Any]:
         data["collector_processes"] = data.get("num_envs", DataConfig.num_envs) if in_processes else 1
     if "shaping_anneal_steps" in env:
         steps = env.pop("shaping_anneal_steps")
-        learner.setdefault("shaping_anneal_steps", steps if env.get("name") == "overcooked" else 0)
+        shaped = env.get("name") in ENVS and ENVS.config(env["name"]).shaped_reward
+        learner.setdefault("shaping_anneal_steps", steps if shaped else 0)
     logger = cfg.get("logger")
     if isinstance(logger, dict) and "kind" in logger:  # logger.kind=csv|tensorboard|both -> one field per logger
         kind = logger.pop("kind")

@@ -16,7 +16,6 @@ nodes are frozen (:func:`freeze`): code below the edge reads values, never chang
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
-from types import MappingProxyType
 from typing import Any, Dict, List, Mapping, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -44,14 +43,27 @@ class Frozen:
         object.__setattr__(self, key, value)
 
 
+class FrozenDict(dict):
+    """A read-only dict (a frozen config's mapping option); pickles and copies as itself, so a frozen
+    config travels to worker processes."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("the validated config is read-only (dataclasses.replace makes a changed copy)")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _refuse
+
+    def __reduce__(self):
+        return FrozenDict, (dict(self),)
+
+
 def freeze(node: Any) -> Any:
-    """Make a config node and every node below it read-only (mappings become read-only views,
+    """Make a config node and every node below it read-only (mappings become :class:`FrozenDict`,
     lists tuples); returns ``node``."""
     if isinstance(node, Frozen):
         for f in dataclasses.fields(node):
             value = getattr(node, f.name)
             if isinstance(value, dict):
-                value = MappingProxyType({k: freeze(v) for k, v in value.items()})
+                value = FrozenDict({k: freeze(v) for k, v in value.items()})
             elif isinstance(value, list):
                 value = tuple(freeze(v) for v in value)
             else:

@@ -9,7 +9,6 @@ import torch
 from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 
-from lightning_marl.config.schema import DataConfig
 from lightning_marl.data.priority import EpisodePrioritySampler
 
 
@@ -17,9 +16,8 @@ class EpisodeReplay:
     """``capacity`` episodes, batches of ``batch_size``. With ``prioritized``, beta grows linearly
     from ``priority_beta`` to 1 over ``beta_anneal_steps`` env steps (the argument of :meth:`sample`)."""
 
-    def __init__(self, capacity: int, batch_size: int, prioritized: bool = False,
-                 priority_alpha: float = DataConfig.priority_alpha, priority_beta: float = DataConfig.priority_beta,
-                 beta_anneal_steps: int = 1):
+    def __init__(self, capacity: int, batch_size: int, prioritized: bool, priority_alpha: float,
+                 priority_beta: float, beta_anneal_steps: int):
         self.prioritized, self.batch_size = prioritized, batch_size
         self.priority_beta, self.beta_anneal_steps = priority_beta, max(int(beta_anneal_steps), 1)
         sampler = EpisodePrioritySampler(capacity, priority_alpha, priority_beta) if prioritized else None

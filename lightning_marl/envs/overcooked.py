@@ -291,8 +291,8 @@ class OvercookedEnv(EnvBase):
 
 
 def render_episode(layout: str, actions: Union[Sequence[Sequence[int]], Callable[[TensorDictBase], TensorDictBase]],
-                   path: Union[str, os.PathLike], horizon: int = 400, obs: str = "featurized",
-                   state: str = "concat", max_steps: Optional[int] = None, fmt: str = "auto") -> dict:
+                   path: Union[str, os.PathLike], horizon: int, obs: str, state: str, max_steps: Optional[int] = None,
+                   fmt: str = "auto") -> dict:
     """Play one game and save it.
 
     ``actions`` is either a sequence of joint action indices ``[[a_0, a_1], ...]`` or a policy:

@@ -142,7 +142,7 @@ def check_cpp_rvo2() -> None:
                           f"PyRVOSimulator.removeAgent/resetAgents).\n{CPP_RVO2_HINT}")
 
 
-def episode_limit_for(map_name: str, episode_limit: Optional[int] = None) -> int:
+def episode_limit_for(map_name: str, episode_limit: Optional[int]) -> int:
     """``episode_limit`` if given, else SMAC's limit for ``map_name``."""
     if episode_limit is not None:
         return episode_limit

@@ -15,11 +15,10 @@ from lightning_marl.registry import MIXERS
 
 def hypernet(in_dim: int, out_dim: int, layers: int, hidden: int) -> nn.Module:
     """A hypernetwork: one linear layer, or two with a ReLU and ``hidden`` units."""
+    assert layers in (1, 2), layers  # mixer.hypernet_layers: the config's choices
     if layers == 1:
         return nn.Linear(in_dim, out_dim)
-    if layers == 2:
-        return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
-    raise ValueError(f"mixer.hypernet_layers={layers!r} is out of range; allowed: 1 or 2")
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
 
 
 class MonotonicMix(nn.Module):
