@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torchrl.envs.utils import check_env_specs
 
 import lightning_marl as lm
@@ -70,24 +69,29 @@ def test_the_toy_env_honours_the_contract(examples):
 
 
 def test_training_with_both_and_the_budget_config(examples, tmp_path):
-    budget = OmegaConf.load(_yaml_file(tmp_path))
-    overrides = [f"{key}={value}" for key, value in _leaves(OmegaConf.to_container(budget))]
-    cfg = lm.load_config(["env=coin_match", "mixer=weighted_sum", *overrides, "total_env_steps=600",
-                          "data.warmup_episodes=8", "trainer.enable_progress_bar=false"])
-    assert cfg.learner.epsilon_anneal_steps == 1000 and cfg.eval.episodes == 8
+    """The page's budget file, found by Hydra where env_defaults/<env>.yaml files are (here a folder
+    added to the search path; in the repository, configs/env_defaults/), then a short run."""
+    (tmp_path / "env_defaults").mkdir()
+    (tmp_path / "env_defaults" / "coin_match.yaml").write_text(blocks("yaml")[0])
+    found = lm.load_config(["env=coin_match", "mixer=weighted_sum", f"hydra.searchpath=[file://{tmp_path}]"])
+    assert (found.total_env_steps, found.learner.epsilon_anneal_steps, found.eval.episodes) == (4000, 1000, 8)
+    cfg = lm.load_config(["env=coin_match", "mixer=weighted_sum", f"hydra.searchpath=[file://{tmp_path}]",
+                          "total_env_steps=600", "data.warmup_episodes=8", "trainer.enable_progress_bar=false"])
     result = lm.run(cfg, tmp_path / "run")
     assert result["env_steps"] >= 600 and 0.0 <= result["final"]["test/return_mean"] <= 10.0
 
 
-def _yaml_file(folder: Path) -> Path:
-    path = folder / "coin_match.yaml"
-    path.write_text(blocks("yaml")[0])
-    return path
+def test_a_file_in_the_package_is_found_without_being_listed(examples, tmp_path, monkeypatch):
+    """The registry imports every module of its package: a package holding only the page's env file
+    (standing in for lightning_marl/envs/) registers coin_match when the registry loads it."""
+    from lightning_marl.registry import Registry
 
-
-def _leaves(node: dict, prefix: str = ""):
-    for key, value in node.items():
-        if isinstance(value, dict):
-            yield from _leaves(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
+    package = tmp_path / "more_envs"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "coin_match.py").write_text(blocks("python")[1])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    lm.ENVS.unregister("coin_match")
+    assert "coin_match" not in lm.ENVS.names()
+    Registry("env", "more_envs").load()
+    assert "coin_match" in lm.ENVS.names() and lm.ENVS.config("coin_match").__module__ == "more_envs.coin_match"

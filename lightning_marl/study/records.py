@@ -1,5 +1,5 @@
-"""A run's records on disk, the bottom of the study package (above the spec it reads): where a finished run's record is (its
-archive folder, else its run folder), whether it is finished, what its ``finished.json`` says, copying a
+"""A run's records on disk, the bottom of the study package (above the spec it reads): where a
+finished run's record is (its archive folder, else its run folder), whether it is finished, what its ``finished.json`` says, copying a
 record, and the ``.claim`` of a run being trained. The runner (:mod:`.runner`), the sharing of runs
 between studies (:mod:`.reuse`) and the report (:mod:`.report`) read and write runs through it.
 
