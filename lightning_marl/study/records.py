@@ -1,7 +1,8 @@
 """A run's records on disk, the bottom of the study package (above the spec it reads): where a
-finished run's record is (its archive folder, else its run folder), whether it is finished, what its ``finished.json`` says, copying a
-record, and the ``.claim`` of a run being trained. The runner (:mod:`.runner`), the sharing of runs
-between studies (:mod:`.reuse`) and the report (:mod:`.report`) read and write runs through it.
+finished run's record is (its archive folder, else its run folder), whether it is finished, what its
+``finished.json`` says, copying a record, and the ``.claim`` of a run being trained. The runner
+(:mod:`.runner`), the sharing of runs between studies (:mod:`.reuse`) and the report
+(:mod:`.report`) read and write runs through it.
 
 A run is finished when its record holds ``finished.json`` (written when ``train.py`` exited 0). A run
 being trained is claimed by ``.claim`` in its run folder (created atomically, naming host and process):
