@@ -1,12 +1,14 @@
 """Batches of single-game environments (TorchRL ``ParallelEnv`` / ``SerialEnv``) for the envs that
-wrap a Python game: Overcooked, SMACLite, SMACv2."""
+wrap a Python game: Overcooked, SMACLite, SMACv2, the Gymnasium multi-agent games."""
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 from typing import Callable, Sequence, Union
 
+import numpy as np
 import torch
 from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
 
@@ -32,6 +34,42 @@ class GameBatch:
 
     def set_rng_state(self, state) -> None:
         return None
+
+
+class SeededGameBatch(GameBatch):
+    """A batch of games that each keep a numpy RNG (``game_rng_state()`` / ``set_batch_rng_state()``
+    on the games, game ``i`` at index ``i`` of a batch's state)."""
+
+    def rng_state(self) -> list:
+        return list(self.game_rng_state())
+
+    def set_rng_state(self, states) -> None:
+        self.set_batch_rng_state([torch.as_tensor(s) for s in states])
+
+
+def _json_array(value):
+    """JSON for the numpy arrays some bit generators keep in their state (MT19937's key)."""
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": value.tolist(), "dtype": str(value.dtype)}
+    if isinstance(value, np.integer):
+        return int(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _array_from_json(obj: dict):
+    return np.asarray(obj["__ndarray__"], dtype=obj["dtype"]) if "__ndarray__" in obj else obj
+
+
+def numpy_rng_state(generator) -> torch.Tensor:
+    """A numpy generator's state as JSON text in a uint8 tensor: data, never code, so a checkpoint
+    holding it loads with ``weights_only=True``."""
+    state = json.dumps(generator.bit_generator.state, default=_json_array)
+    return torch.frombuffer(bytearray(state.encode()), dtype=torch.uint8).clone()
+
+
+def set_numpy_rng_state(generator, state: torch.Tensor) -> None:
+    text = bytes(state.cpu().numpy().tobytes()).decode()
+    generator.bit_generator.state = json.loads(text, object_hook=_array_from_json)
 
 
 def in_worker(factory: Callable[[], EnvBase]) -> EnvBase:

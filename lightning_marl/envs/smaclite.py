@@ -42,7 +42,6 @@ import dataclasses
 import functools
 import importlib
 import io
-import json
 from typing import Optional, Union
 
 import numpy as np
@@ -52,7 +51,7 @@ from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
 
 from lightning_marl.config.schema import spec
 from lightning_marl.envs.base import EnvConfig
-from lightning_marl.envs.batching import GameBatch, batch_games
+from lightning_marl.envs.batching import SeededGameBatch, batch_games, numpy_rng_state, set_numpy_rng_state
 from lightning_marl.envs.contract import ACTION, MASK, OBS, STATE, make_specs, reset_flags
 from lightning_marl.errors import ConfigError
 from lightning_marl.registry import ENVS
@@ -108,19 +107,6 @@ def map_names() -> tuple[str, ...]:
     from smaclite.env.maps.map import MapPreset
 
     return tuple(sorted(preset.value.name for preset in MapPreset))
-
-
-def _json_array(value):
-    """JSON for the numpy arrays some bit generators keep in their state (MT19937's key)."""
-    if isinstance(value, np.ndarray):
-        return {"__ndarray__": value.tolist(), "dtype": str(value.dtype)}
-    if isinstance(value, np.integer):
-        return int(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def _array_from_json(obj: dict):
-    return np.asarray(obj["__ndarray__"], dtype=obj["dtype"]) if "__ndarray__" in obj else obj
 
 
 def check_map(map_name: str) -> None:
@@ -247,14 +233,12 @@ class SMACliteEnv(EnvBase):
     def rng_state(self) -> torch.Tensor:
         """The game's RNG state (numpy bit generator state as JSON text in a uint8 tensor: data, never
         code, so a checkpoint loads with weights_only=True)."""
-        state = json.dumps(self._game.np_random.bit_generator.state, default=_json_array)
-        return torch.frombuffer(bytearray(state.encode()), dtype=torch.uint8).clone()
+        return numpy_rng_state(self._game.np_random)
 
     get_rng_state = game_rng_state = rng_state
 
     def set_rng_state(self, state: torch.Tensor) -> None:
-        text = bytes(state.cpu().numpy().tobytes()).decode()
-        self._game.np_random.bit_generator.state = json.loads(text, object_hook=_array_from_json)
+        set_numpy_rng_state(self._game.np_random, state)
 
     def set_batch_rng_state(self, states) -> None:
         """Take this game's entry (``game_index``) of a batch's states (see :class:`SMACliteSerialEnv`)."""
@@ -277,20 +261,8 @@ class SMACliteEnv(EnvBase):
 
 # ----------------------------------------------------------------------------- factory
 
-class _SMACliteBatch(GameBatch):
-    """What the batched envs answer in this process.
-
-    A ``ParallelEnv`` forwards unknown attributes to its workers (``hasattr(env, name)`` is always
-    True there, and calling a name the games lack kills them), so the checkpoint hooks are defined
-    here: ``rng_state()`` gathers the games' RNG states (a list, game ``i`` at index ``i``) and
-    ``set_rng_state(states)`` gives each game its own.
-    """
-
-    def rng_state(self) -> list:
-        return list(self.game_rng_state())
-
-    def set_rng_state(self, states) -> None:
-        self.set_batch_rng_state([torch.as_tensor(s) for s in states])
+class _SMACliteBatch(SeededGameBatch):
+    """What the batched envs answer in this process (see :class:`SeededGameBatch`)."""
 
     def render_rgb(self, index: int = 0) -> np.ndarray:
         """Game ``index`` drawn by SMACLite's renderer, ``[H, W, 3]`` uint8."""

@@ -1,0 +1,222 @@
+"""Gymnasium multi-agent games with tuple spaces (EPyMARL's "gymma" family): Level-Based Foraging
+(``lbforaging`` 2.0.0, ``env=lbf``) and the multi-robot warehouse (``rware`` 2.0.0, ``env=rware``),
+chosen by their Gymnasium key (``env.key=Foraging-8x8-2p-2f-coop-v3``, ``env.key=rware-tiny-2ag-v2``).
+
+One :class:`GymmaEnv` is one game (batch size ``[]``); :func:`make_env` batches ``num_envs`` of them
+(game ``i`` seeded ``seed + i``) in this process or in worker processes (``data.env_workers``):
+
+- observations: each agent's own (``[N, obs]``); the state: the agents' observations joined, as
+  EPyMARL builds it for this family (neither game has a global state of its own);
+- the team reward: the sum of the agents' rewards (EPyMARL's common reward);
+- action masks: LBF's valid actions of each player (moving into a wall or a food cell is not one,
+  loading only beside food); RWARE has none, every action is available;
+- the time limit (LBF's ``max_episode_steps`` 50, RWARE's ``max_steps`` 500): both games report it
+  as done; here it is a truncation, which bootstraps, unless the game also ended on its own at that
+  step (LBF: every food item collected). ``env.timeout_as_terminal=true`` stores time-outs as
+  terminals, as EPyMARL does, for parity with it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
+
+from lightning_marl.config.schema import spec
+from lightning_marl.envs.base import EnvConfig
+from lightning_marl.envs.batching import SeededGameBatch, batch_games, numpy_rng_state, set_numpy_rng_state
+from lightning_marl.envs.contract import ACTION, MASK, OBS, STATE, make_specs, reset_flags
+from lightning_marl.errors import ConfigError
+from lightning_marl.registry import ENVS
+
+# family -> (the package that registers its games, the keys' prefix, the install line)
+FAMILIES = {"lbf": ("lbforaging", "Foraging", "pip install 'lightning_marl[lbf]'"),
+            "rware": ("rware", "rware", "pip install 'lightning_marl[rware]'")}
+
+
+def _gymnasium(family: str):
+    package, _, install = FAMILIES[family]
+    try:
+        import gymnasium
+
+        __import__(package)  # registers its games with Gymnasium
+    except ImportError as err:
+        raise ImportError(f"env={family} needs the {package} package ({err}).\n    {install}") from err
+    return gymnasium
+
+
+def registered_keys(family: str) -> list[str]:
+    """The Gymnasium keys the family's package registers (e.g. every ``Foraging-...-v3``)."""
+    prefix = FAMILIES[family][1]
+    return sorted(k for k in _gymnasium(family).registry if k.startswith(prefix))
+
+
+def check_key(family: str, key: str) -> None:
+    keys = registered_keys(family)
+    if key not in keys:
+        close = difflib.get_close_matches(key, keys, n=5, cutoff=0.6) or keys[:5]
+        raise ConfigError(f"env.key={key} is not a registered {family} game; allowed: one of the {len(keys)} "
+                          f"keys {FAMILIES[family][0]} registers, e.g. {', '.join(close)}")
+
+
+def _terminal(family: str, game) -> bool:
+    """Whether a game that reports done ended on its own (not by its time limit)."""
+    return family == "lbf" and int(game.field.sum()) == 0  # every food item collected
+
+
+def _episode_limit(family: str, game) -> int:
+    return int(game._max_episode_steps if family == "lbf" else game.max_steps)
+
+
+def _valid_actions(family: str, game, n_agents: int, n_actions: int) -> np.ndarray:
+    if family != "lbf":
+        return np.ones((n_agents, n_actions), dtype=bool)
+    mask = np.zeros((n_agents, n_actions), dtype=bool)
+    for i, player in enumerate(game.players):
+        mask[i, [a.value for a in game._valid_actions[player]]] = True
+    return mask
+
+
+class GymmaEnv(EnvBase):
+    """One game of a Gymnasium multi-agent family (batch size ``[]``); see the module docstring."""
+
+    batch_locked = True
+
+    def __init__(self, family: str, key: str, seed: Optional[int], device: Union[str, torch.device],
+                 game_index: int = 0):
+        gymnasium = _gymnasium(family)
+        check_key(family, key)
+        super().__init__(batch_size=torch.Size([]), device=device)
+        self._game = gymnasium.make(key, disable_env_checker=True).unwrapped  # we call reset/step in order
+        self.family, self.key = family, key
+        self.n_agents = len(self._game.action_space)
+        self.n_actions = int(self._game.action_space[0].n)
+        self.obs_dim = int(self._game.observation_space[0].shape[0])
+        self.state_dim = self.n_agents * self.obs_dim
+        self.episode_limit = _episode_limit(family, self._game)
+        self.stat_keys: tuple[str, ...] = ()
+        make_specs(self, n_agents=self.n_agents, n_actions=self.n_actions, obs_dim=self.obs_dim,
+                   state_dim=self.state_dim)
+        self._t, self._finished, self._seed, self.game_index = 0, True, seed, game_index
+
+    def _observe(self, obs) -> dict:
+        dev = self.device
+        joined = torch.as_tensor(np.stack(obs), dtype=torch.float32, device=dev)
+        mask = torch.as_tensor(_valid_actions(self.family, self._game, self.n_agents, self.n_actions), device=dev)
+        self.full_action_spec[ACTION].update_mask(mask)  # so that rand_action() respects it
+        agents = TensorDict({OBS[1]: joined, MASK[1]: mask}, batch_size=[self.n_agents], device=dev)
+        return {OBS[0]: agents, STATE: joined.flatten()}
+
+    def _reset(self, tensordict: Optional[TensorDictBase] = None, **kwargs) -> TensorDict:
+        seed, self._seed = self._seed, None  # the first reset seeds the game, later ones continue its RNG
+        obs, _ = self._game.reset(seed=seed)
+        self._t, self._finished = 0, False
+        out = self._observe(obs)
+        out.update(reset_flags((1,), self.device))
+        return TensorDict(out, batch_size=self.batch_size, device=self.device)
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDict:
+        if self._finished:
+            raise RuntimeError(f"{self.key}: step() on a finished game (t={self._t}); reset it first")
+        actions = tuple(int(a) for a in tensordict.get(ACTION).reshape(-1).tolist())
+        obs, rewards, done, truncated, _ = self._game.step(actions)
+        self._t += 1
+        ended = bool(done) or bool(truncated) or self._t >= self.episode_limit
+        terminated = ended and (self._t < self.episode_limit or _terminal(self.family, self._game))
+        self._finished = ended
+        out = self._observe(obs)
+        dev = self.device
+        out.update({"reward": torch.tensor([float(np.sum(rewards))], dtype=torch.float32, device=dev),
+                    "done": torch.tensor([ended], device=dev), "terminated": torch.tensor([terminated], device=dev),
+                    "truncated": torch.tensor([ended and not terminated], device=dev)})
+        return TensorDict(out, batch_size=self.batch_size, device=dev)
+
+    def _set_seed(self, seed: Optional[int]) -> None:
+        self._seed = seed  # applied by the next reset (Gymnasium seeds on reset)
+
+    def rng_state(self) -> torch.Tensor:
+        """The game's numpy RNG state (see :func:`~lightning_marl.envs.batching.numpy_rng_state`)."""
+        return numpy_rng_state(self._game.np_random)
+
+    game_rng_state = rng_state
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        set_numpy_rng_state(self._game.np_random, state)
+        self._seed = None
+
+    def set_batch_rng_state(self, states) -> None:
+        self.set_rng_state(states[self.game_index])
+
+    def close(self, *, raise_if_closed: bool = True):
+        self._game.close()
+        return super().close(raise_if_closed=raise_if_closed)
+
+
+class GymmaParallelEnv(SeededGameBatch, ParallelEnv):
+    """Games of a Gymnasium multi-agent family, one worker process each."""
+
+
+class GymmaSerialEnv(SeededGameBatch, SerialEnv):
+    """Games of a Gymnasium multi-agent family, stepped in turn in this process."""
+
+
+def _make_game(family: str, key: str, seed: int, device: str, game_index: int) -> GymmaEnv:
+    return GymmaEnv(family, key, seed, device, game_index)
+
+
+def make_games(family: str, num_envs: int, seed: int, device: str, key: str, parallel: Union[bool, str],
+               start_method: Optional[str]) -> Union[ParallelEnv, SerialEnv]:
+    """``num_envs`` games of ``key`` batched to ``[num_envs]`` (worker processes when ``parallel`` and
+    there are cores for them; see :func:`~lightning_marl.envs.batching.batch_games`)."""
+    probe = GymmaEnv(family, key, seed, device)  # checks the key here, not in a worker
+    probe.close()
+    factories = [functools.partial(_make_game, family, key, seed + i, str(device), i) for i in range(num_envs)]
+    env = batch_games(factories, probe, ("n_agents", "n_actions", "episode_limit", "stat_keys", "obs_dim",
+                                         "state_dim", "key"),
+                      parallel=parallel, device=device, parallel_cls=GymmaParallelEnv, serial_cls=GymmaSerialEnv,
+                      start_method=start_method, use_buffers=False)
+    env.start()  # build the games now: errors surface here, and rng_state() works before any rollout
+    return env
+
+
+def make_lbf(num_envs: int, seed: int, device: str, *, key: str, parallel: Union[bool, str],
+             start_method: Optional[str]) -> Union[ParallelEnv, SerialEnv]:
+    return make_games("lbf", num_envs, seed, device, key, parallel, start_method)
+
+
+def make_rware(num_envs: int, seed: int, device: str, *, key: str, parallel: Union[bool, str],
+               start_method: Optional[str]) -> Union[ParallelEnv, SerialEnv]:
+    return make_games("rware", num_envs, seed, device, key, parallel, start_method)
+
+
+@ENVS.register
+@dataclasses.dataclass
+class LBFConfig(EnvConfig):
+    """Level-Based Foraging (lbforaging 2.0.0), a game chosen by its Gymnasium key."""
+
+    builds = staticmethod(make_lbf)
+    worker_processes = True
+    name: str = "lbf"
+    key: str = spec("Foraging-8x8-2p-2f-coop-v3", "a key lbforaging registers, e.g. Foraging-8x8-2p-3f-v3")
+
+    def check(self) -> None:
+        check_key("lbf", self.key)
+
+
+@ENVS.register
+@dataclasses.dataclass
+class RWAREConfig(EnvConfig):
+    """The multi-robot warehouse (rware 2.0.0), a game chosen by its Gymnasium key."""
+
+    builds = staticmethod(make_rware)
+    worker_processes = True
+    name: str = "rware"
+    key: str = spec("rware-tiny-2ag-v2", "a key rware registers, e.g. rware-tiny-4ag-v2")
+
+    def check(self) -> None:
+        check_key("rware", self.key)
