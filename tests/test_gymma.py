@@ -59,7 +59,7 @@ def test_lbf_masks_and_a_real_terminal(name, key, agents, actions, obs_dim, limi
 @pytest.mark.parametrize("name, key, agents, actions, obs_dim, limit", GAMES)
 def test_seeding_and_rng_state(name, key, agents, actions, obs_dim, limit):
     def starts(seed):
-        env = lm.make_env(name, num_envs=2, key=key, seed=seed)
+        env = lm.make_env(name, num_envs=2, key=key, seed=seed, workers="in_process")
         first = [env.reset()[OBS].clone() for _ in range(3)]
         env.close()
         return first
