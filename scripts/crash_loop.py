@@ -56,10 +56,12 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=at_least(0), default=0, help="seed of the kill moments")
     parser.add_argument("--min-wait", type=float, default=5.0, help="seconds after a (re)start before a kill, at least")
     parser.add_argument("--max-wait", type=float, default=12.0)
+    parser.add_argument("overrides", nargs="*", help="further key=value settings of both runs (e.g. device=cuda "
+                                                     "trainer=gpu for the GPU check)")
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="crash_loop_"))
-    settings = SETTINGS + [f"total_env_steps={args.budget}"]
+    settings = SETTINGS + [f"total_env_steps={args.budget}", *args.overrides]
     start = time.time()
     reference = train(settings + [f"hydra.run.dir={work / 'uninterrupted'}"])
     assert reference.wait() == 0, "the uninterrupted run failed"

@@ -85,3 +85,13 @@ def test_benchmark_measures_every_stage_on_a_small_job():
     figures = {line.split(")")[0] + ")": float(line.split()[-1]) for line in proc.stdout.splitlines()
                if line[:3] in ("(a)", "(b)", "(c)", "(d)")}
     assert set(figures) == {"(a)", "(b)", "(c)", "(d)"} and all(v > 0 for v in figures.values())
+
+
+def test_the_gpu_check_refuses_to_run_without_a_gpu():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible: scripts/gpu_check.sh would run")
+    proc = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
+    assert proc.returncode == 2 and "no CUDA device visible" in proc.stderr and "nothing was run" in proc.stderr
