@@ -3,6 +3,7 @@ its own folder with the logging ``configs/config.yaml`` describes), or a job of 
 (the Hydra task :func:`task`)."""
 from __future__ import annotations
 
+import dataclasses
 import logging.config
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -98,6 +99,8 @@ def task(cfg: DictConfig) -> Any:
     session = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
     plan = None
+    # this sweep's jobs run in parallel on one console (hydra/launcher=joblib): no progress bars
+    quiet = shares_console(hydra_cfg)
     with job_endings(session, session):
         if cfg.resume:
             plan = plan_resume(str(cfg.resume), overrides, warn=log.warning)
@@ -107,11 +110,14 @@ def task(cfg: DictConfig) -> Any:
             plan = plan_resume(str(session), [], warn=log.warning)
             log.info("continuing this job's run from %s (the job was started before and requeued)", plan.ckpt)
         else:
-            if shares_console(hydra_cfg) and cfg.trainer.enable_progress_bar:
+            if quiet and cfg.trainer.enable_progress_bar:
                 cfg.trainer.enable_progress_bar = False
                 log.info("progress bar off: this sweep's jobs run in parallel on one console (hydra/launcher=joblib)")
             typed = to_typed(cfg)
             record_scheduler_job(session)
     if plan is not None:  # a requeued job's record describes its run itself (no resume key)
-        return run_job(plan.typed, plan.cfg if cfg.resume else run_config(plan.cfg), session, plan.run_dir, plan)
+        typed = plan.typed
+        if quiet and typed.trainer.enable_progress_bar:  # (the run's saved config keeps its own setting)
+            typed = dataclasses.replace(typed, trainer=dataclasses.replace(typed.trainer, enable_progress_bar=False))
+        return run_job(typed, plan.cfg if cfg.resume else run_config(plan.cfg), session, plan.run_dir, plan)
     return run_job(typed, cfg, session, session)
