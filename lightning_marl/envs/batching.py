@@ -72,6 +72,34 @@ def set_numpy_rng_state(generator, state: torch.Tensor) -> None:
     generator.bit_generator.state = json.loads(text, object_hook=_array_from_json)
 
 
+class SeededGame:
+    """The checkpoint and seeding hooks of one game (an ``EnvBase``) that is seeded on its first reset
+    and keeps a numpy generator (``_rng()``), at position ``game_index`` of its batch."""
+
+    def _rng(self):
+        raise NotImplementedError
+
+    def _set_seed(self, seed) -> None:
+        self._seed = seed  # applied by the next reset (Gymnasium and PettingZoo seed on reset)
+
+    def rng_state(self) -> torch.Tensor:
+        return numpy_rng_state(self._rng())
+
+    def game_rng_state(self) -> torch.Tensor:
+        return self.rng_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        set_numpy_rng_state(self._rng(), state)
+        self._seed = None
+
+    def set_batch_rng_state(self, states) -> None:
+        self.set_rng_state(states[self.game_index])
+
+    def close(self, *, raise_if_closed: bool = True):
+        self._game.close()
+        return super().close(raise_if_closed=raise_if_closed)
+
+
 def in_worker(factory: Callable[[], EnvBase]) -> EnvBase:
     """Build a game in its worker process, which leaves SIGINT and SIGTERM to the training process:
     Ctrl+C reaches the whole process group and a scheduler signals every process, but the trainer

@@ -27,7 +27,7 @@ from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
 
 from lightning_marl.config.schema import spec
 from lightning_marl.envs.base import EnvConfig
-from lightning_marl.envs.batching import SeededGameBatch, batch_games, numpy_rng_state, set_numpy_rng_state
+from lightning_marl.envs.batching import SeededGame, SeededGameBatch, batch_games
 from lightning_marl.envs.contract import ACTION, MASK, OBS, STATE, make_specs, reset_flags
 from lightning_marl.errors import ConfigError
 from lightning_marl.registry import ENVS
@@ -48,7 +48,7 @@ def _parallel_env(task: str, max_cycles: int):
     return module.parallel_env(continuous_actions=False, max_cycles=max_cycles)
 
 
-class MPEEnv(EnvBase):
+class MPEEnv(SeededGame, EnvBase):
     """One MPE game (batch size ``[]``); see the module docstring."""
 
     batch_locked = True
@@ -105,25 +105,8 @@ class MPEEnv(EnvBase):
                     "truncated": torch.tensor([truncated], device=dev)})
         return TensorDict(out, batch_size=self.batch_size, device=dev)
 
-    def _set_seed(self, seed: Optional[int]) -> None:
-        self._seed = seed  # applied by the next reset (PettingZoo seeds on reset)
-
-    def rng_state(self) -> torch.Tensor:
-        """The game's numpy RNG state (see :func:`~lightning_marl.envs.batching.numpy_rng_state`)."""
-        return numpy_rng_state(self._game.unwrapped.np_random)
-
-    game_rng_state = rng_state
-
-    def set_rng_state(self, state: torch.Tensor) -> None:
-        set_numpy_rng_state(self._game.unwrapped.np_random, state)
-        self._seed = None
-
-    def set_batch_rng_state(self, states) -> None:
-        self.set_rng_state(states[self.game_index])
-
-    def close(self, *, raise_if_closed: bool = True):
-        self._game.close()
-        return super().close(raise_if_closed=raise_if_closed)
+    def _rng(self):
+        return self._game.unwrapped.np_random
 
 
 class MPEParallelEnv(SeededGameBatch, ParallelEnv):
