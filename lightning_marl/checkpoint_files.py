@@ -1,5 +1,10 @@
 """Reading checkpoints safely, choosing the one to resume from, and keeping a run's checkpoint folder tidy.
 
+A run's checkpoint folder holds ``last.ckpt``, periodic ``step<N>.ckpt`` files and, for a DDP run,
+``rank_states/<id>.rank<r>.pt``: the data-module state of rank ``r`` > 0 for the checkpoint whose own
+data-module state (rank 0's) names ``{"world_size": W, "id": <id>}`` (written by
+:mod:`lightning_marl.rank_states`). A checkpoint is usable only with all its rank files.
+
 A checkpoint holds tensors and plain containers only (numbers, strings, lists, dicts): it is loaded
 with ``torch.load(weights_only=True)``, so loading one runs no code, whoever wrote it. Checkpoints
 written before 2026-11-29 hold numpy's RNG state as a numpy array; rebuilding an array from its bytes
@@ -24,8 +29,12 @@ except ImportError:  # numpy 1
     from numpy.core.multiarray import _reconstruct
 
 OLD_RNG_GLOBALS = [_reconstruct, np.ndarray, np.dtype, type(np.dtype("uint32"))]
-REQUIRED_KEYS = ("state_dict", "hyper_parameters", "MARLDataModule", "global_step")
+DATA_STATE = "MARLDataModule"
+REQUIRED_KEYS = ("state_dict", "hyper_parameters", DATA_STATE, "global_step")
 STEP_FILE = re.compile(r"step(\d+)\.ckpt")
+RANK_FOLDER = "rank_states"
+RANK_FILE = re.compile(r"(?P<id>[0-9a-f]+)\.rank(?P<rank>\d+)\.pt")
+RANKS = "ranks"  # the key of the rank reference in the data-module state
 
 
 class CheckpointError(ConfigError):
@@ -66,7 +75,67 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; allowed: a checkpoint written by "
                               "lightning_marl's train.py")
+    absent = [f for f in rank_files(path, state[DATA_STATE]) if not f.is_file()]
+    if absent:
+        raise CheckpointError(f"checkpoint {path} lacks the data of its other ranks ({', '.join(map(str, absent))} "
+                              "missing); allowed: a checkpoint folder moved or copied whole, with its rank_states/")
     return state
+
+
+def rank_reference(data_state: dict[str, Any]) -> dict[str, Any]:
+    """``{"world_size": W, "id": ...}`` of a checkpoint's data-module state (older checkpoints: one rank)."""
+    return data_state.get(RANKS) or {"world_size": 1}
+
+
+def check_world_size(ckpt: Path | str, data_state: dict[str, Any], world: int) -> None:
+    """Refuse to continue a checkpoint of W ranks with another number of ranks."""
+    saved = rank_reference(data_state)["world_size"]
+    if saved != world:
+        raise CheckpointError(f"checkpoint {ckpt} holds the data (replay, games, RNG states) of {saved} rank(s) and "
+                              f"this run has {world}; allowed: resume with {saved} rank(s) (trainer.devices x "
+                              f"trainer.num_nodes = {saved})")
+
+
+def rank_file(folder: Path, ident: str, rank: int) -> Path:
+    return Path(folder) / RANK_FOLDER / f"{ident}.rank{rank}.pt"
+
+
+def rank_files(ckpt: Path, data_state: dict[str, Any]) -> list[Path]:
+    """The files holding ranks 1..W-1's data-module states of the checkpoint ``ckpt``."""
+    ref = rank_reference(data_state)
+    return [rank_file(Path(ckpt).parent, ref["id"], r) for r in range(1, ref["world_size"])]
+
+
+def load_rank_state(ckpt: Path | str, data_state: dict[str, Any], rank: int) -> dict[str, Any]:
+    """Rank ``rank``'s data-module state of the checkpoint ``ckpt`` (whose own is ``data_state``, rank 0's)."""
+    if rank == 0:
+        return data_state
+    file = rank_file(Path(ckpt).parent, rank_reference(data_state)["id"], rank)
+    try:
+        with safe_loading():
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001 - as in load_checkpoint
+        raise CheckpointError(f"rank {rank}'s data of checkpoint {ckpt} ({file}) is not readable ({type(err).__name__}"
+                              f"); allowed: a checkpoint folder moved or copied whole, with its rank_states/") from None
+
+
+def prune_rank_files(folder: Path, rank: Optional[int] = None) -> None:
+    """Remove the rank files (of ``rank``, or of every rank) that no checkpoint in ``folder`` names."""
+    files = [f for f in (Path(folder) / RANK_FOLDER).glob("*.pt")
+             if (m := RANK_FILE.fullmatch(f.name)) and (rank is None or int(m.group("rank")) == rank)]
+    if not files:
+        return
+    named = set()
+    for ckpt in [Path(folder) / "last.ckpt", *periodic_checkpoints(Path(folder))]:
+        try:
+            with safe_loading():
+                state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+            named.add(rank_reference(state[DATA_STATE]).get("id"))
+        except Exception:  # noqa: BLE001 - absent, being replaced or unreadable: it names nothing usable
+            continue
+    for f in files:
+        if RANK_FILE.fullmatch(f.name).group("id") not in named:
+            f.unlink(missing_ok=True)
 
 
 def periodic_checkpoints(folder: Path) -> list[Path]:
@@ -107,12 +176,13 @@ def architecture_differences(saved: dict[str, Any], now: dict[str, Any]) -> list
 
 
 def tidy(folder: Path, keep_all: bool) -> None:
-    """Remove what crashes leave in a checkpoint folder: unfinished temporary files, and (unless
-    ``keep_all``) every periodic checkpoint but the newest."""
+    """Remove what crashes leave in a checkpoint folder: unfinished temporary files, (unless
+    ``keep_all``) every periodic checkpoint but the newest, and rank files no checkpoint names."""
     if not folder.is_dir():
         return
-    for tmp in folder.glob(".*.tmp"):
+    for tmp in [*folder.glob(".*.tmp"), *(folder / RANK_FOLDER).glob(".*.tmp")]:
         tmp.unlink(missing_ok=True)
     if not keep_all:
         for old in periodic_checkpoints(folder)[1:]:
             old.unlink(missing_ok=True)
+    prune_rank_files(folder)

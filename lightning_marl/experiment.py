@@ -23,8 +23,10 @@ from lightning_marl.callbacks.signals import StopOnSignal
 from lightning_marl.callbacks.target_update import TargetNetworkUpdate
 from lightning_marl.callbacks.train_metrics import TrainMetrics
 from lightning_marl.checkpoint_files import (
+    DATA_STATE,
     CheckpointError,
     architecture_differences,
+    check_world_size,
     load_checkpoint,
     safe_loading,
     tidy,
@@ -105,7 +107,7 @@ def run(cfg: TrainConfig, run_dir: str | os.PathLike, ckpt_path: Optional[str | 
     resumed_step = resumed_env_steps = None
     if ckpt_path is not None:
         saved = saved if saved is not None else load_checkpoint(ckpt_path)
-        resumed_step, resumed_env_steps = int(saved["global_step"]), int(saved["MARLDataModule"]["env_steps"])
+        resumed_step, resumed_env_steps = int(saved["global_step"]), int(saved[DATA_STATE]["env_steps"])
     run_dir.mkdir(parents=True, exist_ok=True)
     tidy(run_dir / "checkpoints", cfg.checkpoint.keep_all)  # what an earlier crash left behind
     if cfg.threads is not None:
@@ -126,6 +128,8 @@ def run(cfg: TrainConfig, run_dir: str | os.PathLike, ckpt_path: Optional[str | 
         default_root_dir=str(run_dir), use_distributed_sampler=False, num_sanity_val_steps=0,
         enable_model_summary=False, plugins=[AtomicCheckpointIO()],
         **plain(cfg.trainer))
+    if ckpt_path is not None:  # (before the other ranks start)
+        check_world_size(ckpt_path, saved[DATA_STATE], trainer.world_size)
     if trainer.is_global_zero:
         log.info("run folder: %s", run_dir)
         if ckpt_path is not None:

@@ -14,6 +14,7 @@ from lightning_marl.errors import ConfigError
 
 _MADE: dict[str, str] = {}
 SWEEP_DIR_ENV = "LIGHTNING_MARL_SWEEP_DIR"
+SESSION_DIR_ENV = "LIGHTNING_MARL_SESSION_DIR"
 
 
 def unique_dir(path: str) -> str:
@@ -51,14 +52,37 @@ def find_checkpoint(resume: str) -> tuple[Path, Path]:
 
 def session_dir(resume: Optional[str], new_run_dir: str) -> str:
     """This session's folder (its log and composed config): a new run's own folder, or for
-    ``resume=`` a ``resumed/<time>`` folder inside the resumed run's folder (so one run stays one folder)."""
-    if not resume:
-        return unique_dir(new_run_dir)
-    try:
-        run_folder, _ = find_checkpoint(str(resume))
-    except ConfigError:  # refused by the resume plan before anything is written
-        return unique_dir(new_run_dir)
-    return unique_dir(str(run_folder / "resumed" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")))
+    ``resume=`` a ``resumed/<time>`` folder inside the resumed run's folder (so one run stays one folder).
+
+    A DDP rank that Lightning's launcher started (the same command again, ``LOCAL_RANK`` > 0) takes
+    the folder of the process that started it, handed over in the environment."""
+    inherited = os.environ.get(SESSION_DIR_ENV)
+    if inherited and int(os.environ.get("LOCAL_RANK") or 0) > 0:
+        return inherited
+    folder = new_run_dir
+    if resume:
+        try:
+            run_folder, _ = find_checkpoint(str(resume))
+            folder = str(run_folder / "resumed" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
+        except ConfigError:  # refused by the resume plan before anything is written
+            pass
+    made = unique_dir(folder)
+    os.environ[SESSION_DIR_ENV] = made
+    return made
+
+
+def started_elsewhere() -> bool:
+    """Whether this process is one of several that torchrun or SLURM started with the same command."""
+    return bool(os.environ.get("TORCHELASTIC_RUN_ID")) or int(os.environ.get("SLURM_NTASKS") or 1) > 1
+
+
+def check_shared_folder(num_nodes: int, overrides_run_dir: bool) -> None:
+    """Processes started separately (several nodes, torchrun, srun) each name the run folder: they
+    agree only on one given explicitly (the default holds the start time and a suffix per process)."""
+    if (num_nodes > 1 or started_elsewhere()) and not overrides_run_dir:
+        raise ConfigError("hydra.run.dir is not set: a run whose processes start separately (trainer.num_nodes > 1, "
+                          "torchrun, srun) needs one folder for all of them; allowed: hydra.run.dir=<folder>, the "
+                          "same in every process's command")
 
 
 def sweep_dir(path: str) -> str:

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_marl.cli.compose import compose_checked
 from lightning_marl.cli.exits import job_endings, log
-from lightning_marl.cli.folders import register_resolvers
+from lightning_marl.cli.folders import check_shared_folder, register_resolvers
 from lightning_marl.cli.overrides import is_hydra, parse
 from lightning_marl.cli.requeue import record_scheduler_job, requeued, shares_console
 from lightning_marl.cli.resume import ResumePlan, plan_resume, run_config, write_config
@@ -77,14 +77,17 @@ def single(overrides: Sequence[str]) -> float:
     """``train.py key=value ...`` (no multirun): compose and validate once (or plan the resume), and
     only then make the session folder and train. Raises ConfigError before anything is written."""
     resume = next((o.value() for o in parse(overrides) if o.key_or_group == "resume"), None)
+    own_folder = any(o.key_or_group == "hydra.run.dir" for o in parse(overrides))
     if resume:
         warnings: list[str] = []  # said once the session's log exists
         plan = plan_resume(str(resume), overrides, warn=warnings.append)
+        check_shared_folder(plan.typed.trainer.num_nodes, own_folder)
         session = start_session(plan.cfg, overrides)
         for text in warnings:
             log.warning(text)
         return run_job(plan.typed, plan.cfg, session, plan.run_dir, plan)
     cfg, typed = compose_checked(overrides)
+    check_shared_folder(typed.trainer.num_nodes, own_folder)
     session = start_session(cfg, overrides)
     return run_job(typed, cfg, session, session)
 

@@ -11,7 +11,13 @@ from typing import Any, Callable, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_marl.checkpoint_files import CheckpointError, architecture_differences, choose_checkpoint
+from lightning_marl.checkpoint_files import (
+    DATA_STATE,
+    CheckpointError,
+    architecture_differences,
+    check_world_size,
+    choose_checkpoint,
+)
 from lightning_marl.cli.folders import find_checkpoint
 from lightning_marl.cli.overrides import GROUPS, is_hydra, parse, raw
 from lightning_marl.config.migrate import saved_config
@@ -56,6 +62,7 @@ def plan_resume(resume: str, overrides: Sequence[str], warn: Optional[Callable[[
     if differences:
         raise CheckpointError(f"resume={resume}: its checkpoint {ckpt} was trained with another architecture "
                               f"({'; '.join(differences)}); allowed: overrides that keep the agent and mixer")
+    check_world_size(ckpt, state[DATA_STATE], typed.trainer.devices * typed.trainer.num_nodes)
     return ResumePlan(cfg, typed, run_dir, ckpt, state)
 
 

@@ -24,6 +24,8 @@ import torch
 from tensordict import TensorDict
 from torch.utils.data import DataLoader, IterableDataset
 
+from lightning_marl import rank_states
+from lightning_marl.checkpoint_files import RANKS
 from lightning_marl.config.schema import TrainConfig
 from lightning_marl.data.collection import InProcessCollection, WorkerCollection
 from lightning_marl.data.collector import mark_timeouts_terminal
@@ -184,7 +186,8 @@ class MARLDataModule(L.LightningDataModule):
     # -- checkpointing -----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Counters, the round position, the replay contents (switchable), the games' and the
-        global RNG states: with these a run stopped between two updates continues exactly."""
+        global RNG states: with these a run stopped between two updates continues exactly. Under DDP
+        every rank's (:mod:`lightning_marl.rank_states`; the trainer saves rank 0's)."""
         state = {"env": self.source.record(), "seed": self.seed,
                  "env_steps": self.env_steps, "episodes": self.episodes, "rounds": self.rounds,
                  "pending_updates": self.pending_updates, "last_stats": dict(self.last_stats),
@@ -192,6 +195,8 @@ class MARLDataModule(L.LightningDataModule):
         if self.keep_replay_in_checkpoint and self.replay is not None:
             state["replay"] = self.replay.state_dict()
         state.update(self._env_rng_states() if self.collection is not None else self._env_rng)
+        callback = self.trainer.checkpoint_callback if self.trainer is not None else None
+        state[RANKS] = rank_states.save(self.trainer, state, getattr(callback, "dirpath", None))
         return state
 
     def _env_rng_states(self) -> dict[str, Any]:
@@ -208,7 +213,10 @@ class MARLDataModule(L.LightningDataModule):
                 if isinstance(part, (InProcessCollection, GreedyEvaluator))]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Called by Lightning after :meth:`setup`, so games and replay exist already."""
+        """Called by Lightning after :meth:`setup`, so games and replay exist already. ``state`` is
+        rank 0's: another rank reads its own from the checkpoint's folder."""
+        if self.trainer is not None:
+            state = rank_states.restore(self.trainer, self.trainer.ckpt_path, state)
         self.env_steps, self.episodes, self.rounds = state["env_steps"], state["episodes"], state["rounds"]
         self.pending_updates, self.last_stats = state["pending_updates"], dict(state["last_stats"])
         self._start_steps, self._start_time = self.env_steps, time.perf_counter()
