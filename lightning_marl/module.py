@@ -15,6 +15,7 @@ from lightning_marl.models.agent import RNNAgent
 from lightning_marl.models.central import CentralInfo, Source
 from lightning_marl.models.mixers.base import NEG_INF, MixerConfig
 from lightning_marl.models.policy import RecurrentPolicy
+from lightning_marl.models.reward_standardizer import RewardStandardizer
 from lightning_marl.targets import td_lambda_targets
 
 
@@ -82,6 +83,7 @@ class MARLModule(L.LightningModule):
                                     target_agent=self.target_agent, target_mixer=self.target_mixer)
         self.epsilon = float(learner_cfg.epsilon_start)
         self.reward_shaping_factor = 1.0 if env_info.get("shaped_reward") else 0.0
+        self.reward_standardizer = RewardStandardizer() if learner_cfg.standardise_rewards else None
         self.last_grad_norm = torch.zeros(())
 
     @classmethod
@@ -115,6 +117,9 @@ class MARLModule(L.LightningModule):
         reward = batch["reward"][:, :-1]
         if "shaped_reward" in batch.keys() and self.reward_shaping_factor:
             reward = reward + self.reward_shaping_factor * batch["shaped_reward"][:, :-1]
+        if self.reward_standardizer is not None:
+            self.reward_standardizer.update(reward[:, : int(filled.sum(1).max())])
+            reward = self.reward_standardizer(reward)
         call = self.calls  # the modules, or their torch.compile'd versions (learner.compile)
         q, hidden = call["agent"](obs, actions, avail)
         z = self.central(state, hidden)

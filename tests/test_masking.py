@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from lightning_marl.config.schema import AgentConfig
@@ -101,3 +102,27 @@ def test_cnn_torso_agent_unrolls_like_its_step_loop_and_trains_its_filters():
         assert torch.allclose(q_t, q_fast[:, t], atol=1e-5)
     first_conv = agent.torso.net[0].weight
     assert torch.autograd.grad(q_fast.sum(), first_conv)[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_feed_forward_agent_sees_only_the_current_step(activation):
+    """agent.recurrent=false: Q_i(o_i) is EPyMARL's / BenchMARL's two-hidden-layer network (no GRU);
+    changing an earlier observation changes nothing later, the unroll equals step-by-step acting."""
+    torch.manual_seed(6)
+    agent = RNNAgent.from_config(AgentConfig(recurrent=False, activation=activation, last_action=False), 4, 2, 3)
+    assert not hasattr(agent, "rnn")
+    obs = torch.randn(2, 5, 2, 4)
+    actions = torch.randint(0, 3, (2, 5, 2))
+    q, _ = agent(obs, actions)
+    changed = obs.clone()
+    changed[:, 0] += 1.0
+    q_changed, _ = agent(changed, actions)
+    assert not torch.allclose(q_changed[:, 0], q[:, 0]) and torch.equal(q_changed[:, 1:], q[:, 1:])
+    hidden = agent.initial_state(2)
+    for t in range(5):
+        q_t, hidden = agent.step(obs[:, t], None, hidden)
+        assert torch.allclose(q_t, q[:, t], atol=1e-6)
+    x = agent.inputs(obs[:, 0], None)
+    act = torch.relu if activation == "relu" else torch.tanh
+    expected = agent.fc_out(act(agent.fc_mid(act(agent.fc_in(x)))))
+    assert torch.allclose(q[:, 0], expected, atol=1e-6)

@@ -96,6 +96,11 @@ class TDWeighting(StrEnum):
     optimistic = "optimistic"
 
 
+class Activation(StrEnum):
+    relu = "relu"
+    tanh = "tanh"
+
+
 class Torso(StrEnum):
     mlp = "mlp"
     cnn = "cnn"
@@ -121,8 +126,11 @@ class WandbMode(StrEnum):
 
 @dataclass
 class AgentConfig(Frozen):
-    """The recurrent agent shared by all agents: fc -> ReLU -> GRU -> fc."""
-    hidden_dim: int = spec(64, "GRU hidden size", ge=1)
+    """The agent network shared by all agents: fc -> activation -> GRU -> fc, or with ``recurrent: false``
+    fc -> activation -> fc -> activation -> fc (EPyMARL's feed-forward agent, BenchMARL's MLP)."""
+    hidden_dim: int = spec(64, "hidden size (the GRU's, or each hidden layer's)", ge=1)
+    recurrent: bool = spec(True, "a GRU layer; false: a feed-forward layer (no memory of earlier steps)")
+    activation: Activation = spec(Activation.relu, "after the hidden layers (fc_in; and the feed-forward layer)")
     agent_id: bool = spec(True, "one-hot agent id in the input")
     last_action: bool = spec(True, "one-hot last action in the input")
     dueling: bool = spec(False, "V_i + A_i heads (DuelMIX turns them on through mixer.dueling_agent)")
@@ -150,6 +158,8 @@ class LearnerConfig(Frozen):
     intervention_anneal_steps: int = spec(0, "QFIX lambda_D 0 -> 1 over this many env steps (0 = off)", ge=0)
     shaping_anneal_steps: int = spec(0, "shaped-reward factor 1 -> 0 over this many env steps (envs with a "
                                         "shaped reward, e.g. Overcooked; 0 = no shaping)", ge=0)
+    standardise_rewards: bool = spec(False, "EPyMARL's standardise_rewards: TD targets use (r - mean) / std, the "
+                                            "running moments of the sampled batches' rewards")
     compile: Optional[str] = spec(None, "null, or a torch.compile backend (inductor, eager, aot_eager, ...)")
 
 
@@ -180,6 +190,8 @@ class EvalConfig(Frozen):
     interval_env_steps: int = spec(2000, "greedy evaluation every this many env steps (0 = only at the end)", ge=0)
     episodes: int = spec(32, "greedy episodes per evaluation", ge=1)
     num_envs: int = spec(8, "evaluation games played at once", ge=1)
+    epsilon: float = spec(0.0, "exploration of the test episodes (0: greedy; EPyMARL's benchmark paper: 0.05 on RWARE)",
+                          ge=0.0, le=1.0)
     env: Dict[str, Any] = spec(help="env options that differ in the evaluation games, e.g. eval.env.random_init=false "
                                     "(add keys with +eval.env.<option>=...)", factory=dict)
 

@@ -92,7 +92,8 @@ class MARLDataModule(L.LightningDataModule):
     def __init__(self, cfg: TrainConfig):
         super().__init__()
         self.data, self.seed, self.total_env_steps = cfg.data, cfg.seed, cfg.total_env_steps
-        self.eval_num_envs, self.keep_replay_in_checkpoint = cfg.eval.num_envs, cfg.checkpoint.replay
+        self.eval_num_envs, self.eval_epsilon = cfg.eval.num_envs, cfg.eval.epsilon
+        self.keep_replay_in_checkpoint = cfg.checkpoint.replay
         env_cfg = env_config(cfg.env)
         # e.g. train on random starts, test on the fixed one (keys checked against the env's schema)
         self.source = EnvSource(env_cfg, dataclasses.replace(env_cfg, **dict(cfg.eval.env)), cfg.device,
@@ -127,7 +128,7 @@ class MARLDataModule(L.LightningDataModule):
         else:
             self.collection = InProcessCollection(self.source.make(d.num_envs, base), info["episode_limit"])
         self.evaluator = GreedyEvaluator(self.source.make(self.eval_num_envs, base + 50_000, evaluation=True),
-                                         info["episode_limit"])
+                                         info["episode_limit"], self.eval_epsilon, seed=base + 50_000)
         self.replay = EpisodeReplay(d.buffer_size, d.batch_size, d.prioritized, d.priority_alpha, d.priority_beta,
                                     d.priority_beta_anneal_steps or self.total_env_steps)
 
@@ -200,11 +201,14 @@ class MARLDataModule(L.LightningDataModule):
         return state
 
     def _env_rng_states(self) -> dict[str, Any]:
-        """The RNG states of the training games (in-process only) and of the evaluation games."""
+        """The RNG states of the training games (in-process only), of the evaluation games and of the
+        evaluation's exploration (``eval.epsilon``)."""
         states = {}
         for name, part in self._seeded_parts():
             if (rng := rng_state(part.env)) is not None:
                 states[name] = rng
+        if self.evaluator is not None:
+            states["eval_policy_rng"] = self.evaluator.rng_state()
         return states
 
     def _seeded_parts(self):
@@ -224,6 +228,8 @@ class MARLDataModule(L.LightningDataModule):
             self.replay.load_state_dict(state["replay"])
         for name, part in self._seeded_parts():
             set_rng_state(part.env, state.get(name))
+        if "eval_policy_rng" in state:
+            self.evaluator.set_rng_state(state["eval_policy_rng"])
         self._pending_rng = state["rng"]
 
     def restore_rng_states(self) -> None:

@@ -11,10 +11,13 @@ from lightning_marl.models.policy import RecurrentPolicy
 
 
 class GreedyEvaluator:
-    """Plays rounds of greedy episodes on ``env`` (a batch of games) and averages their stats."""
+    """Plays rounds of greedy (or ``epsilon``-greedy: ``eval.epsilon``) episodes on ``env`` (a batch of
+    games) and averages their stats. Its exploration draws from a generator of its own (``seed``;
+    :meth:`rng_state` for checkpoints), so that evaluating never changes what training draws."""
 
-    def __init__(self, env, episode_limit: int):
-        self.env, self.episode_limit = env, episode_limit
+    def __init__(self, env, episode_limit: int, epsilon: float, seed: int = 0):
+        self.env, self.episode_limit, self.epsilon = env, episode_limit, epsilon
+        self.generator = torch.Generator(device=getattr(env, "device", None) or "cpu").manual_seed(seed)
 
     @torch.no_grad()
     def evaluate(self, agent: torch.nn.Module, episodes: int,
@@ -23,7 +26,7 @@ class GreedyEvaluator:
         a :class:`~lightning_marl.errors.DivergenceError` if its Q values are not finite.
         ``start_value``: a value of each played episode (``[B]`` from the padded episodes), averaged
         as ``q_tot_start`` (the learner's value of the greedy start)."""
-        policy = RecurrentPolicy(agent, 0.0, require_finite=True)
+        policy = RecurrentPolicy(agent, self.epsilon, generator=self.generator, require_finite=True)
         totals: dict[str, list] = {}
         done = 0
         while done < episodes:
@@ -35,6 +38,12 @@ class GreedyEvaluator:
                 totals.setdefault(key, []).append(value[:take])
             done += take
         return {key: float(torch.cat(v).mean()) for key, v in totals.items()}
+
+    def rng_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
 
     def close(self) -> None:
         self.env.close(raise_if_closed=False)

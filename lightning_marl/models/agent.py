@@ -1,4 +1,5 @@
-"""The recurrent agent shared by all agents, and masked epsilon-greedy action selection."""
+"""The agent network shared by all agents (recurrent or feed-forward), and masked epsilon-greedy action
+selection."""
 from __future__ import annotations
 
 import math
@@ -12,7 +13,7 @@ from lightning_marl.config.schema import AgentConfig
 from lightning_marl.models.mixers.base import NEG_INF
 
 TORSOS = ("mlp", "cnn")
-
+ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh}
 
 
 class GridTorso(nn.Module):
@@ -33,7 +34,10 @@ class GridTorso(nn.Module):
 
 
 class RNNAgent(nn.Module):
-    """One GRU network shared by all agents: ``Q_i(tau_i, .)`` over A actions.
+    """One GRU network shared by all agents: ``Q_i(tau_i, .)`` over A actions; with ``recurrent=False``
+    a feed-forward network ``Q_i(o_i, .)`` whose middle layer is ``Linear(H, H)`` and the activation
+    instead of the GRU (EPyMARL's ``use_rnn: False``; BenchMARL's MLP of two hidden layers), the
+    "hidden state" then being that layer's output at the current step.
 
     Input per agent and step: observation, one-hot agent id and one-hot last action (each
     switchable). With ``torso="cnn"`` the observation is a flattened ``(C, W, H)`` grid
@@ -53,12 +57,14 @@ class RNNAgent(nn.Module):
         also where the config does not ask for them (a mixer that needs them)."""
         return cls(obs_dim, n_agents, n_actions, hidden_dim=cfg.hidden_dim, agent_id=cfg.agent_id,
                    last_action=cfg.last_action, dueling=cfg.dueling or dueling, torso=str(cfg.torso),
-                   obs_grid_shape=obs_grid_shape)
+                   obs_grid_shape=obs_grid_shape, recurrent=cfg.recurrent, activation=str(cfg.activation))
 
     def __init__(self, obs_dim: int, n_agents: int, n_actions: int, *, hidden_dim: int, agent_id: bool,
-                 last_action: bool, dueling: bool, torso: str, obs_grid_shape: Optional[Sequence[int]]):
+                 last_action: bool, dueling: bool, torso: str, obs_grid_shape: Optional[Sequence[int]],
+                 recurrent: bool, activation: str):
         super().__init__()
         self.n_agents, self.n_actions, self.hidden_dim = n_agents, n_actions, hidden_dim
+        self.recurrent, self.act = recurrent, ACTIVATIONS[activation]
         self.agent_id, self.last_action, self.dueling = agent_id, last_action, dueling
         # agent.torso is the config's (a cnn only for envs with grid observations)
         assert torso in TORSOS and (torso != "cnn" or math.prod(obs_grid_shape) == obs_dim), (torso, obs_grid_shape)
@@ -66,7 +72,10 @@ class RNNAgent(nn.Module):
         in_dim = ((self.torso.out_dim if self.torso is not None else obs_dim)
                   + (n_agents if agent_id else 0) + (n_actions if last_action else 0))
         self.fc_in = nn.Linear(in_dim, hidden_dim)
-        self.rnn = nn.GRU(hidden_dim, hidden_dim, batch_first=True)
+        if recurrent:
+            self.rnn = nn.GRU(hidden_dim, hidden_dim, batch_first=True)
+        else:
+            self.fc_mid = nn.Linear(hidden_dim, hidden_dim)
         self.fc_out = nn.Linear(hidden_dim, n_actions + (1 if dueling else 0))
 
     def inputs(self, obs: torch.Tensor, last_action: Optional[torch.Tensor]) -> torch.Tensor:
@@ -104,7 +113,10 @@ class RNNAgent(nn.Module):
         """
         b, t, n = obs.shape[:3]
         last = torch.cat([torch.full_like(actions[:, :1], -1), actions[:, :-1]], dim=1)
-        x = F.relu(self.fc_in(self.inputs(obs, last)))
+        x = self.act(self.fc_in(self.inputs(obs, last)))
+        if not self.recurrent:
+            h = self.act(self.fc_mid(x))
+            return self._head(self.fc_out(h), action_mask), h
         x = x.permute(0, 2, 1, 3).reshape(b * n, t, self.hidden_dim)
         h, _ = self.rnn(x)
         # the output layer runs on the contiguous [B*N, T, H] states (on a permuted view it is a slow bmm)
@@ -116,7 +128,10 @@ class RNNAgent(nn.Module):
              action_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One step: obs ``[B,N,obs]``, hidden ``[B,N,H]`` -> (Q ``[B,N,A]``, new hidden)."""
         b, n = obs.shape[:2]
-        x = F.relu(self.fc_in(self.inputs(obs, last_action)))
+        x = self.act(self.fc_in(self.inputs(obs, last_action)))
+        if not self.recurrent:
+            h = self.act(self.fc_mid(x))
+            return self._head(self.fc_out(h), action_mask), h
         _, h = self.rnn(x.reshape(b * n, 1, self.hidden_dim), hidden.reshape(1, b * n, self.hidden_dim))
         h = h.reshape(b, n, self.hidden_dim)
         return self._head(self.fc_out(h), action_mask), h
@@ -126,13 +141,14 @@ def stepwise_unroll(agent: RNNAgent, obs: torch.Tensor, actions: torch.Tensor,
                     action_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference implementation of :meth:`RNNAgent.forward`: a per-time-step GRUCell loop (as in
     PyMARL) with the same weights. Kept for the equality test and the unroll benchmark."""
+    assert agent.recurrent
     b, t, n = obs.shape[:3]
     rnn = agent.rnn
     h = obs.new_zeros(b * n, agent.hidden_dim)
     last = None
     qs, hs = [], []
     for step in range(t):
-        x = F.relu(agent.fc_in(agent.inputs(obs[:, step], last))).reshape(b * n, -1)
+        x = agent.act(agent.fc_in(agent.inputs(obs[:, step], last))).reshape(b * n, -1)
         h = torch.gru_cell(x, h, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
         hidden = h.view(b, n, -1)
         qs.append(agent._head(agent.fc_out(hidden), None if action_mask is None else action_mask[:, step]))

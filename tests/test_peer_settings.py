@@ -1,0 +1,49 @@
+"""The settings the peers' presets need: EPyMARL's reward standardisation, feed-forward agents (also in
+tests/test_masking.py) and epsilon in the test episodes."""
+import torch
+
+import lightning_marl as lm
+from lightning_marl.config.schema import AgentConfig
+from lightning_marl.data.evaluator import GreedyEvaluator
+from lightning_marl.models.agent import RNNAgent
+from lightning_marl.models.reward_standardizer import RewardStandardizer
+
+
+def test_running_moments_are_those_of_every_reward_seen():
+    torch.manual_seed(0)
+    batches = [torch.randn(4, 7) * 3 + 2, torch.randn(6, 5) - 1, torch.randn(2, 9) * 0.5]
+    norm = RewardStandardizer(initial_count=1e-12)  # (EPyMARL's 1e-4 prior weighs as 1e-4 of a sample)
+    for b in batches:
+        norm.update(b)
+    everything = torch.cat([b.flatten() for b in batches])
+    assert torch.allclose(norm.mean, everything.mean(), atol=1e-5)
+    # the law of total variance over the batches, with each batch's unbiased variance (as EPyMARL merges them)
+    mu, total = everything.mean(), everything.numel()
+    within = sum(b.numel() * b.var() for b in batches)
+    between = sum(b.numel() * (b.mean() - mu) ** 2 for b in batches)
+    assert torch.allclose(norm.var, (within + between) / total, rtol=1e-5)
+    assert float(norm.count) == everything.numel() + 1e-12
+    r = torch.tensor([1.0, 2.0])
+    assert torch.allclose(norm(r), (r - norm.mean) / norm.var.sqrt())
+
+
+def test_standardised_targets_are_used_and_the_moments_are_checkpointed(tmp_path):
+    cfg = lm.load_config(["env=matrix", "env.game=climbing", "mixer=vdn", "learner.standardise_rewards=true",
+                          "total_env_steps=256", "data.num_envs=16", "data.batch_size=16", "data.warmup_episodes=16",
+                          "eval.episodes=8", "eval.num_envs=8", "trainer.enable_progress_bar=false"])
+    lm.run(cfg, tmp_path)
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    updates = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    # one-step games: each update standardises 16 rewards (every game ends after one step)
+    assert float(state["reward_standardizer.count"]) == updates * 16 + 1e-4
+    assert float(state["reward_standardizer.mean"]) < 0  # climbing's payoffs are mostly negative
+
+
+def test_eval_epsilon_explores_in_the_test_episodes():
+    env = lm.make_env("matrix", num_envs=64, game="additive", seed=0)
+    obs_dim = env.observation_spec["agents", "observation"].shape[-1]
+    agent = RNNAgent.from_config(AgentConfig(), obs_dim, 2, 3)
+    greedy = GreedyEvaluator(env, 1, 0.0).evaluate(agent, 256)["return"]
+    randomised = GreedyEvaluator(env, 1, 1.0).evaluate(agent, 2048)["return"]
+    assert greedy in (0, 1, 2, 3, 4, 5)  # one joint action, always the same: its payoff
+    assert abs(randomised - 21 / 9) < 0.2  # the mean payoff of uniformly random joint actions
