@@ -68,3 +68,34 @@ def test_reference_presets_take_any_mixer(preset):
     for mixer in ("qmix", "qplex", "duelmix", "qplusfix_sum"):
         cfg = compose([f"experiment={preset}", f"mixer={mixer}"])
         assert cfg.mixer.name == mixer and cfg.data.batch_size == 128
+
+
+def peer_rows():
+    """(presets, key, value) of the tables under docs/reference.md's "The peers' presets"."""
+    text = TABLE.read_text().split("## The peers' presets", 1)[1]
+    out = []
+    for section in text.split("\n### ")[1:]:
+        presets = re.findall(r"(\w+/\w+)", section.splitlines()[0])
+        for line in section.splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            match = re.fullmatch(r"`([\w.]+)`", cells[0]) if len(cells) == 4 else None
+            if match:
+                out += [(preset, match.group(1), yaml.safe_load(cells[1])) for preset in presets]
+    return out
+
+
+PEER_ROWS = peer_rows()
+
+
+def test_every_peer_preset_has_its_table():
+    assert {p for p, _, _ in PEER_ROWS} == {n for n in experiment_names() if n.split("/")[0] in ("epymarl", "benchmarl")}
+    assert len(PEER_ROWS) > 40
+
+
+@pytest.mark.parametrize("preset", sorted({p for p, _, _ in PEER_ROWS}))
+def test_each_peer_preset_has_the_peers_values_and_takes_any_mixer(preset):
+    cfg = compose([f"experiment={preset}"])
+    wrong = {k: (value(cfg, k), v) for p, k, v in PEER_ROWS if p == preset and value(cfg, k) != v}
+    assert not wrong, f"{preset}: key: (preset, peer) {wrong}"
+    for mixer in ("qmix", "vdn", "qplex", "duelmix", "qfix_sum", "qplusfix_sum", "qplusfix_mono"):
+        validate(compose([f"experiment={preset}", f"mixer={mixer}"]))
