@@ -401,3 +401,55 @@ def test_the_code_version_is_dirty_for_uncommitted_training_code_only(tmp_path):
     assert code_version(tmp_path) == head
     (tmp_path / "lightning_marl/models/agent.py").write_text("x = 2\n")
     assert code_version(tmp_path) == head + "+dirty"
+
+
+FAKE_EPYMARL = '''
+import json, sys
+from pathlib import Path
+args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
+if args.get("fail") == args["seed"]:
+    sys.exit(1)
+out = Path(args["local_results_path"]) / "sacred" / "gymma" / "1"
+out.mkdir(parents=True)
+t_max, seed = int(args["t_max"]), int(args["seed"])
+steps = list(range(0, t_max + 1, t_max // 4))
+(out / "metrics.json").write_text(json.dumps({
+    "test_return_mean": {"steps": steps, "values": [seed + i / 4 for i in range(len(steps))]},
+    "return_mean": {"steps": steps[1:], "values": [0.5] * (len(steps) - 1)}}))
+(out / "config.json").write_text(json.dumps({"seed": seed, "horizon": args["horizon"], "mixer": sys.argv[1]}))
+'''
+
+
+def test_a_peers_runs_are_run_read_and_reported_beside_this_trainers(tmp_path):
+    """``peer:``: another framework's runs of the same grid, its command filled from this trainer's config
+    of the run, its results read into the same records and the same report table."""
+    (tmp_path / "fake_epymarl.py").write_text(FAKE_EPYMARL)
+    spec = write_spec(tmp_path, seeds=(0, 1))
+    spec.write_text(spec.read_text().replace("mixers: [vdn, qmix]", "mixers: [qmix]").replace(
+        "pairs: [[qmix, vdn]]", f"""pairs: [[qmix, qmix fake]]
+peer:
+  name: fake
+  mixers: [qmix]
+  command: [{sys.executable}, {tmp_path / 'fake_epymarl.py'}, "--config={{mixer}}", "seed={{seed}}",
+            "t_max={{total_env_steps}}", "horizon={{env.horizon}}", "local_results_path={{folder}}/results", "fail=1"]
+  reader: epymarl
+  env: {{OMP_NUM_THREADS: "1"}}"""))
+    runs = plan(load_spec(spec))
+    peer_runs = [r for r in runs if r.peer is not None]
+    assert [r.label for r in peer_runs] == ["qmix fake", "qmix fake"] and len(runs) == 4
+    assert command(peer_runs[0])[2:7] == ["--config=qmix", "seed=0", "t_max=240", "horizon=10",
+                                          f"local_results_path={peer_runs[0].folder}/results"]
+    done = study("run", str(spec), "--jobs", "2", cwd=tmp_path)
+    assert done.returncode != 0 and "FAILED reference/box_pushing_4x4 qmix fake seed 1" in done.stdout
+    first = peer_runs[0].archive
+    assert (first / "finished.json").is_file() and (first / "peer_config.json").is_file()
+    import pandas as pd
+
+    metrics = pd.read_csv(first / "metrics.csv")
+    assert metrics["env_steps"].tolist() == [0, 60, 120, 180, 240] and metrics["test/return_mean"].iloc[-1] == 1.0
+    assert not (peer_runs[1].folder / "finished.json").exists()
+    report = study("report", str(spec), cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-2000:]
+    text = (tmp_path / "runs" / "report.md").read_text()
+    assert "| qmix fake | 1 | 1 [1, 1] |" in text and "| qmix | 2 |" in text and "| qmix > qmix fake |" in text
+    assert "Runs labelled `fake` are fake's own" in text and "peak memory MiB" in text

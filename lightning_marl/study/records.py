@@ -21,7 +21,8 @@ from typing import Optional
 from lightning_marl.study.spec import Run
 
 FINISHED, CLAIM = "finished.json", ".claim"
-ARCHIVED = (FINISHED, "metrics.csv", ".hydra/config.yaml")  # what a finished run leaves in the archive
+ARCHIVED = (FINISHED, "metrics.csv")  # what a finished run leaves in the archive, and its config:
+CONFIGS = (".hydra/config.yaml", "peer_config.json")  # this trainer's, or a peer framework's (.peers)
 
 
 def record(run: Run) -> Path:
@@ -48,10 +49,10 @@ def reused_from(run: Run) -> Optional[str]:
 
 
 def copy_record(source: Path, target: Path, missing_ok: bool = False) -> None:
-    """Copy the record files (:data:`ARCHIVED`) from the folder ``source`` into ``target``
-    (``missing_ok``: those that ``source`` holds)."""
-    for name in ARCHIVED:
-        if missing_ok and not (source / name).is_file():
+    """Copy the record files (:data:`ARCHIVED` and the config of :data:`CONFIGS` it has) from the folder
+    ``source`` into ``target`` (``missing_ok``: those that ``source`` holds)."""
+    for name in ARCHIVED + CONFIGS:
+        if (missing_ok or name in CONFIGS) and not (source / name).is_file():
             continue
         (target / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / name, target / name)

@@ -32,9 +32,9 @@ def read_curve(run: Run, metric: str) -> Optional[pd.Series]:
 
 def collect(spec: StudySpec, runs: list[Run]) -> dict:
     """{(preset, label): {"final": [...], "auc": [...], "settled": [...], "fell_back": n, "curves": [...],
-    "extra": {metric: [...]}, "wall": [...], "mixer_parameters": n}}."""
+    "extra": {metric: [...]}, "wall": [...], "memory": [...], "mixer_parameters": n}}."""
     out: dict = defaultdict(lambda: {"final": [], "auc": [], "settled": [], "fell_back": 0, "curves": [],
-                                     "extra": defaultdict(list), "wall": []})
+                                     "extra": defaultdict(list), "wall": [], "memory": []})
     for run in runs:
         if not is_finished(run):
             continue
@@ -50,6 +50,7 @@ def collect(spec: StudySpec, runs: list[Run]) -> dict:
         cell["fell_back"] += agg.fell_back(curve.to_numpy(), spec.tolerance)
         cell["curves"].append(curve)
         cell["wall"].append(finished_record(run).get("wall_s", float("nan")))
+        cell["memory"].append(finished_record(run).get("peak_rss_mb", float("nan")))
         for metric in spec.metrics:
             extra = read_curve(run, metric)
             if extra is not None and not extra.empty:
@@ -94,6 +95,13 @@ def provenance(spec: StudySpec, runs: list[Run], spec_path: Optional[str]) -> li
                 if spec.variants != {"": []} else "")
              + f"seeds {', '.join(map(str, spec.seeds))}"
              + (f"; on every run: {' '.join(spec.overrides)}" if spec.overrides else "") + ".", ""]
+    if spec.peer is not None:
+        peer = spec.peer
+        lines += [f"Runs labelled `{peer.name}` are {peer.name}'s own ({', '.join(peer.mixers)}; "
+                  f"read by `lightning_marl/study/peers.py: read_{peer.reader}`; each run's config is its "
+                  "`peer_config.json` in the archive), started as", "", "```bash",
+                  " ".join(peer.command), "```", "",
+                  "with `{key}` the setting of this trainer's run of the same preset, mixer and seed.", ""]
     hosts = Counter((rec.get("host", "?"), rec.get("machine", "not recorded")) for rec in records.values())
     lines += ["Machines (runs): " + "; ".join(f"{host}: {desc} ({n})" for (host, desc), n in hosts.items()) + "."
               if hosts else "Machines: no finished run yet.", ""]
@@ -163,6 +171,11 @@ def _fmt_steps(triple) -> str:
     return f"{steps(value)} [{steps(low)}, {steps(high)}]"
 
 
+def _median(values: list[float]) -> str:
+    known = [v for v in values if v == v]  # runs finished before memory was recorded have none
+    return f"{np.median(known):.0f}" if known else "-"
+
+
 def _grid(curves: list[pd.Series]) -> np.ndarray:
     """Common env-step grid of a configuration's curves: the shortest run's evaluation steps."""
     return min((c.index.to_numpy() for c in curves), key=len)
@@ -187,7 +200,8 @@ def write_report(spec: StudySpec, runs: list[Run], out_dir: Path, spec_path: Opt
              f"({agg.REPS} resamples, rliable). Settled at: the env step from which every later evaluation stays "
              f"within {spec.tolerance:g} of the run's final score (stability; IQM over seeds); fell back: runs "
              f"that end more than {spec.tolerance:g} below the best score they reached. Wall s: the training time "
-             "of a run's sessions that the runner saw end.", ""]
+             "of a run's sessions that the runner saw end; peak memory: the resident memory of the run's processes "
+             "together, sampled every second.", ""]
     if reused:
         lines[-1:-1] = [f"{len(reused)} of the finished runs are shared with other studies (the same config and seed, "
                         "trained once; `reused_from` in their finished.json): "
@@ -204,8 +218,8 @@ def write_report(spec: StudySpec, runs: list[Run], out_dir: Path, spec_path: Opt
         settled_ci = agg.iqm_with_interval(settled)
         extra_columns = "".join(f"IQM final {m} | " for m in spec.metrics)
         header = (f"| configuration | seeds | IQM final | IQM AUC | IQM settled at (env steps) | fell back | "
-                  f"{extra_columns}mixer parameters | wall s (median) |")
-        lines += [f"## {preset}", "", header, "|" + "---|" * (8 + len(spec.metrics))]
+                  f"{extra_columns}mixer parameters | wall s (median) | peak memory MiB (median) |")
+        lines += [f"## {preset}", "", header, "|" + "---|" * (9 + len(spec.metrics))]
         for lbl in labels:
             cell = cells[(preset, lbl)]
             extras = [f"{agg.iqm(np.array(cell['extra'][m])[:, None]):.3g}" if cell["extra"][m] else "-"
@@ -214,7 +228,8 @@ def write_report(spec: StudySpec, runs: list[Run], out_dir: Path, spec_path: Opt
             lines.append(f"| {lbl} | {len(cell['final'])} | {_fmt(final_ci[lbl])} | {_fmt(auc_ci[lbl])} | "
                          f"{_fmt_steps(settled_ci[lbl])} | {cell['fell_back']} of {len(cell['final'])} | "
                          + " | ".join(extras) + (" | " if extras else "")
-                         + f"{'-' if params is None else f'{params:,}'} | {np.median(cell['wall']):.0f} |")
+                         + f"{'-' if params is None else f'{params:,}'} | {np.median(cell['wall']):.0f} | "
+                         + f"{_median(cell['memory'])} |")
         lines.append("")
         pairs = [(x, y) for x, y in spec.pairs if x in finals and y in finals]
         if pairs:

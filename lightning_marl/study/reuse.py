@@ -103,14 +103,17 @@ class Twins(dict):
 
 def twins(runs: Sequence[Run], others: Iterable[Run]) -> Twins:
     """For each of ``runs``, the runs among ``others`` (other studies') with the same planned config
-    (another study's run that no longer composes, e.g. its preset was removed, is nobody's twin)."""
+    (another study's run that no longer composes, e.g. its preset was removed, is nobody's twin).
+    A peer framework's runs are nobody's twins (their config is the peer's)."""
     by_identity: dict[str, list[Run]] = {}
     for other in others:
+        if other.peer is not None:
+            continue
         try:
             by_identity.setdefault(planned(other.argv), []).append(other)
         except Exception:  # noqa: BLE001 - Hydra's composition errors
             continue
-    return Twins({run: by_identity.get(planned(run.argv), []) for run in runs})
+    return Twins({run: by_identity.get(planned(run.argv), []) if run.peer is None else [] for run in runs})
 
 
 def finished_twin(run: Run, candidates: Sequence[Run]) -> Optional[Run]:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from lightning_marl.study import peers
 from lightning_marl.study.records import CLAIM, FINISHED, archive, claim, claimed, is_finished, record
 from lightning_marl.study.spec import Run
 
@@ -27,7 +28,10 @@ RUNNER_OVERRIDES = ("trainer.enable_progress_bar=false",)  # runs share the runn
 
 
 def command(run: Run) -> list[str]:
-    """``train.py`` for a new run, or ``resume=`` for one that left a checkpoint."""
+    """``train.py`` for a new run, or ``resume=`` for one that left a checkpoint; a peer's own command
+    for a peer framework's run."""
+    if run.peer is not None:
+        return peers.command(run)
     base = [sys.executable, "-m", "lightning_marl.cli", *RUNNER_OVERRIDES]
     if (run.folder / "checkpoints" / "last.ckpt").is_file() and (run.folder / ".hydra" / "config.yaml").is_file():
         return base + [f"resume={run.folder}"]
@@ -36,7 +40,9 @@ def command(run: Run) -> list[str]:
 
 def clear_unresumable(run: Run) -> None:
     """A run stopped before its first checkpoint starts over: its earlier metrics and config go, so
-    that the new attempt does not append to them."""
+    that the new attempt does not append to them. A peer framework's run always starts over."""
+    if run.peer is not None:
+        return peers.start_over(run, keep=(CLAIM, LOG, SESSIONS))
     if (run.folder / "checkpoints" / "last.ckpt").is_file():
         return
     for name in ("metrics.csv", "hparams.yaml", "train.log", SESSIONS, ".wall_s"):
@@ -93,6 +99,26 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores{memory}, torch {torch.__version__}{gpu}"
 
 
+def tree_rss_mb(pid: int) -> float:
+    """The resident memory of process ``pid`` and its descendants now, in MiB (Linux /proc; 0 elsewhere)."""
+    parents: dict[int, int] = {}
+    rss: dict[int, float] = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+            parents[int(status.parent.name)] = int(fields["PPid"])
+            rss[int(status.parent.name)] = float(fields.get("VmRSS", "0 kB").split()[0]) / 1024
+        except (OSError, KeyError, ValueError):
+            continue
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [p for p, pp in parents.items() if pp == parent and p not in tree]
+        tree.update(children)
+        frontier += children
+    return sum(rss.get(p, 0.0) for p in tree)
+
+
 def start(run: Run) -> subprocess.Popen:
     clear_unresumable(run)
     code = code_version()
@@ -101,8 +127,10 @@ def start(run: Run) -> subprocess.Popen:
     log = open(run.folder / LOG, "a")
     log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} code {code}: {' '.join(command(run))}\n")
     log.flush()
-    proc = subprocess.Popen(command(run), stdout=log, stderr=subprocess.STDOUT)
+    env = {**os.environ, **run.peer.env} if run.peer is not None else None
+    proc = subprocess.Popen(command(run), stdout=log, stderr=subprocess.STDOUT, env=env)
     proc.started = time.time()  # type: ignore[attr-defined]
+    proc.peak_rss = 0.0  # type: ignore[attr-defined]  # MiB, the run's processes together (sampled)
     proc.log = log  # type: ignore[attr-defined]
     return proc
 
@@ -112,6 +140,13 @@ def finish(run: Run, proc: subprocess.Popen) -> bool:
     time adds up every session of the run that this runner saw end (a killed runner's is lost)."""
     proc.log.close()  # type: ignore[attr-defined]
     ok = proc.returncode == 0
+    if ok and run.peer is not None:
+        try:
+            peers.record_results(run)
+        except (OSError, KeyError, ValueError) as err:
+            ok = False
+            with open(run.folder / LOG, "a") as log:
+                log.write(f"# the results of {run.peer.name} could not be read: {err}\n")
     spent = run.folder / ".wall_s"
     before = float(spent.read_text()) if spent.is_file() else 0.0
     wall = before + time.time() - proc.started  # type: ignore[attr-defined]
@@ -120,6 +155,7 @@ def finish(run: Run, proc: subprocess.Popen) -> bool:
         versions = (run.folder / SESSIONS).read_text().split() if (run.folder / SESSIONS).is_file() else []
         (run.folder / FINISHED).write_text(json.dumps({
             "host": socket.gethostname(), "machine": machine(), "wall_s": round(wall, 1),
+            "peak_rss_mb": round(proc.peak_rss, 1),  # type: ignore[attr-defined]
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": list(run.argv),
             "code": list(dict.fromkeys(versions))}))
         archive(run)
@@ -209,6 +245,7 @@ def run_all(runs: Sequence[Run], jobs: int = 1, limit: Optional[int] = None, say
             for item in list(active):
                 run, proc = item
                 if proc.poll() is None:
+                    proc.peak_rss = max(proc.peak_rss, tree_rss_mb(proc.pid))  # type: ignore[attr-defined]
                     continue
                 active.remove(item)
                 ok = finish(run, proc)

@@ -18,6 +18,18 @@ ordinary ``train.py`` run in a folder of its own. The spec is a YAML file with t
     pairs: [[duelmix, qmix]]                   # probability of improvement of the first over the second
     reuse: [studies/central_info.yaml]         # other studies whose finished runs stand in for the
                                                # same runs here (same config and seed; see .reuse)
+    peer:                                      # another framework's runs of the same grid, side by side
+      name: epymarl                            # their label: "<mixer> epymarl"
+      mixers: [qmix, vdn]                      # the mixers it runs (of this study's)
+      command: [~/peers/epymarl/.venv/bin/python, ~/peers/epymarl/src/main.py, "--config={mixer}", ...,
+                "env_args.key=lbforaging:{env.key}", "seed={seed}", "t_max={total_env_steps}",
+                "local_results_path={folder}/results"]
+      reader: epymarl                          # how its results become metrics.csv (.peers.READERS)
+      env: {OMP_NUM_THREADS: "1"}              # added to its environment
+
+A peer's command names the run's seed, mixer and folder as ``{seed}``, ``{mixer}``, ``{folder}`` and any
+setting of this trainer's config of the same run (preset, mixer, seed, ``overrides``) as ``{key}``
+(``{env.key}``, ``{total_env_steps}``): the task and the budget are the preset's, written once.
 
 The archive (committed; the report is a page in ``docs/results/<name>/``) is what makes a study
 outlive its run folders: a run whose record is in the archive counts as finished. A configuration's
@@ -40,6 +52,17 @@ from omegaconf import OmegaConf
 
 from lightning_marl.errors import ConfigError
 
+PEER_READERS = ("epymarl", "benchmarl")  # the frameworks whose results .peers reads
+
+
+@dataclass
+class PeerSpec:
+    name: str
+    mixers: List[str]
+    command: List[str]
+    reader: str
+    env: Dict[str, str] = field(default_factory=dict)
+
 
 @dataclass
 class StudySpec:
@@ -57,6 +80,7 @@ class StudySpec:
     tolerance: float = 0.5
     pairs: List[List[str]] = field(default_factory=list)
     reuse: List[str] = field(default_factory=list)
+    peer: Optional[PeerSpec] = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +93,8 @@ class Run:
     folder: Path
     argv: tuple
     archive: Optional[Path] = None
+    # a run of that framework (argv: this trainer's same run, whose settings its command names)
+    peer: Optional[PeerSpec] = field(default=None, compare=False)
 
     @property
     def label(self) -> str:
@@ -93,6 +119,15 @@ def load_spec(path: str | Path) -> StudySpec:
                                archive_dir=spec.archive_dir and os.path.expanduser(spec.archive_dir),
                                reuse=[os.path.expanduser(other) for other in spec.reuse])
     labels = {config_label(m, z, v) for m in spec.mixers for z in spec.central_info for v in spec.variants}
+    if spec.peer is not None:
+        peer = spec.peer
+        if peer.reader not in PEER_READERS or not set(peer.mixers) <= set(spec.mixers) or peer.name in spec.variants:
+            raise ConfigError(f"study spec {path}: peer {peer.name} (reader {peer.reader}, mixers {peer.mixers}); "
+                              f"allowed: a reader of {', '.join(PEER_READERS)}, mixers of the study's, a name that is "
+                              "not a variant's")
+        spec = dataclasses.replace(spec, peer=dataclasses.replace(
+            peer, command=[os.path.expanduser(part) for part in peer.command]))
+        labels |= {config_label(m, None, peer.name) for m in peer.mixers}
     for pair in spec.pairs:
         if len(pair) != 2 or not set(pair) <= labels:
             raise ConfigError(f"study spec {path}: pairs entry {pair}; allowed: two of {', '.join(sorted(labels))}")
@@ -121,4 +156,9 @@ def plan(spec: StudySpec) -> list[Run]:
                         if z:
                             argv.append(f"mixer.central_info={z}")
                         runs.append(Run(preset, mixer, z, variant, seed, folder, tuple(argv), archive))
+            for mixer in spec.peer.mixers if spec.peer is not None else ():
+                relative = Path(preset.replace("/", "_")) / f"{mixer}_{spec.peer.name}" / f"s{seed}"
+                argv = [f"experiment={preset}", f"mixer={mixer}", f"seed={seed}", *spec.overrides]
+                runs.append(Run(preset, mixer, None, spec.peer.name, seed, Path(spec.runs_dir) / relative, tuple(argv),
+                                Path(spec.archive_dir) / relative if spec.archive_dir else None, spec.peer))
     return runs
