@@ -4,6 +4,7 @@
 # 1. the default job on one GPU, with its wall time;
 # 2. Box Pushing with 4096 games stepped on the GPU: env-only agent-steps/s (1 to 4096 games), then
 #    collection and end-to-end with 4096 games;
+#    VMAS (balance) the same way: env-only up to 4096 games, then collection and end-to-end with 4096;
 # 3. a 2-GPU DDP run where two GPUs exist;
 # 4. resume on the GPU: a run killed (SIGKILL) and resumed twice must end bitwise equal to the same run
 #    uninterrupted (scripts/crash_loop.py), or the check says where it differs.
@@ -27,6 +28,11 @@ echo "wall: $(echo "$(date +%s.%N) - $start" | bc) s (whole process, setup exclu
 echo "== 2. Box Pushing on the GPU: env-only, then 4096 games collecting and training"
 "$PY" scripts/benchmark.py env=box_pushing device=cuda --env-only 1 64 1024 4096 --seconds 4
 "$PY" scripts/benchmark.py env=box_pushing device=cuda trainer=gpu data.num_envs=4096 data.batch_size=512 \
+    data.buffer_size=20000 data.warmup_episodes=4096 eval.num_envs=512 --seconds 5 --budget 2000000
+
+echo "== 2b. VMAS (balance) on the GPU: env-only, then 4096 games collecting and training"
+"$PY" scripts/benchmark.py env=vmas device=cuda --env-only 1 64 1024 4096 --seconds 4
+"$PY" scripts/benchmark.py env=vmas device=cuda trainer=gpu data.num_envs=4096 data.batch_size=512 \
     data.buffer_size=20000 data.warmup_episodes=4096 eval.num_envs=512 --seconds 5 --budget 2000000
 
 if [ "$GPUS" -ge 2 ]; then
