@@ -1,7 +1,8 @@
 """DDP with 2 CPU ranks (gloo): every rank's data state (replay, RNG states, counters) is checkpointed
 and restored to that rank, so a run stopped by SIGTERM and killed by SIGKILL at random points ends
 bitwise equal to the same run uninterrupted, on each rank; two node processes on localhost
-(``trainer.num_nodes=2``) run the same training as one node with two processes."""
+(``trainer.num_nodes=2``) run the same training as one node with two processes; a job whose tasks start
+as ``srun`` starts them, and a 2-task submitit job requeued after SIGUSR2, continue their run in its folder."""
 import os
 import random
 import signal
@@ -208,4 +209,26 @@ def test_a_slurm_job_stopped_before_its_time_limit_continues_in_its_folder(refer
     # the job again (requeued, or resubmitted), continuing its run
     for task in srun([f"resume={run_dir}", f"hydra.run.dir={run_dir}/resumed/requeued"], free_port()):
         finish(task)
+    assert_same_run(reference, run_dir)
+
+
+def test_a_2_task_submitit_job_requeued_continues_in_its_folder(reference, tmp_path):
+    """``hydra.launcher.tasks_per_node=2`` under submitit's local executor: each task is one rank. SIGUSR2 to both
+    tasks (as SLURM, and submitit's controller before its time limit, send it) stops them after the same update with
+    the checkpoint and both ranks' files; submitit requeues the job, whose two tasks continue the run in its folder."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    proc = start(["-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2", f"hydra.sweep.dir={sweep}",
+                  *SETTINGS, *ONE_NODE])
+    run_dir = sweep / "box_pushing_qmix_s3_0"
+    wait_for_update(proc, run_dir, random.Random(11).randint(3, 9))
+    tasks = subprocess.run(["pgrep", "-f", f"submitit.core._submit {sweep}"], capture_output=True, text=True)
+    assert len(tasks.stdout.split()) == 2, tasks.stdout  # the job's two tasks, no rank started by Lightning
+    for pid in tasks.stdout.split():
+        os.kill(int(pid), signal.SIGUSR2)
+    finish(proc)
+    log = (run_dir / "train.log").read_text()
+    assert "stopped by SIGUSR2" in log and "Requeued job" in log
+    assert log.count("continuing this job's run from") == 2  # each rank, in the same job folder
+    assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2  # one job: both tasks finished
     assert_same_run(reference, run_dir)

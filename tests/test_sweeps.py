@@ -3,6 +3,7 @@ stand-in) run every job of a sweep to its end in a folder of its own, inside one
 job stopped by the scheduler's signal and requeued continues from its checkpoint."""
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -92,6 +93,58 @@ def test_a_requeued_job_continues_from_its_checkpoint(tmp_path):
     assert metrics.dropna(subset=["test/return_mean"])["env_steps"].max() >= 3000
     train = metrics.dropna(subset=["loss"])["step"]
     assert train.is_monotonic_increasing and train.is_unique  # one stream, the stopped part not repeated
+
+
+RANK_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK")
+
+
+def job_environment(monkeypatch, **variables: str) -> None:
+    """This process as a task of a submitit job (the variables submitit's executor sets), with no rank variables
+    and no SLURM ones but those given; all of them restored after the test."""
+    for name in (*RANK_VARIABLES, *(k for k in os.environ if k.startswith(("SLURM_", "SUBMITIT_")))):
+        monkeypatch.setenv(name, "")  # (recorded, so that the test's own exports are undone too)
+        monkeypatch.delenv(name)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_each_task_of_a_local_submitit_job_is_one_rank(monkeypatch):
+    """Submitit's local executor gives its tasks their ranks in its own variables only: they are exported as
+    torch.distributed's (which Lightning reads, taking the tasks as its ranks); a job whose tasks are not the
+    run's ranks is refused. tests/test_ddp_resume.py runs such a job, stopped by SIGUSR2 and requeued."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from lightning_marl.cli.requeue import submitit_ranks
+    from lightning_marl.config.schema import TrainerConfig
+
+    job_environment(monkeypatch, SUBMITIT_EXECUTOR="local", SUBMITIT_LOCAL_JOB_ID="4242", SUBMITIT_LOCAL_NTASKS="2",
+                    SUBMITIT_LOCAL_JOB_NUM_NODES="1", SUBMITIT_LOCAL_NODEID="0", SUBMITIT_LOCAL_GLOBALID="1",
+                    SUBMITIT_LOCAL_LOCALID="1", MASTER_PORT="29517")
+    with pytest.raises(ConfigError) as refused:
+        submitit_ranks(TrainerConfig(strategy="ddp"))
+    assert str(refused.value) == ("trainer.devices=1 is not this submitit job's number of tasks per node (2; each task "
+                                  "is one rank); allowed: trainer.devices=2, or hydra.launcher.tasks_per_node=1")
+    assert "RANK" not in os.environ
+    submitit_ranks(TrainerConfig(devices=2, strategy="ddp"))
+    assert {k: os.environ.get(k) for k in RANK_VARIABLES} == {
+        "MASTER_ADDR": socket.gethostname(), "MASTER_PORT": "29517", "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "2", "NODE_RANK": "0"}
+
+
+def test_the_tasks_of_a_slurm_job_keep_slurms_ranks(monkeypatch):
+    """Under SLURM, Lightning reads each task's rank from SLURM's variables: nothing is exported; the run's ranks
+    must still be the job's tasks (``hydra.launcher.tasks_per_node`` and ``hydra.launcher.nodes``)."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from lightning_marl.cli.requeue import submitit_ranks
+    from lightning_marl.config.schema import TrainerConfig
+
+    job_environment(monkeypatch, SUBMITIT_EXECUTOR="slurm", SLURM_JOB_ID="4242", SLURM_JOB_NAME="train",
+                    SLURM_NTASKS="4", SLURM_NTASKS_PER_NODE="2", SLURM_JOB_NUM_NODES="2", SLURM_NODEID="1",
+                    SLURM_PROCID="3", SLURM_LOCALID="1", SLURM_JOB_NODELIST="node[1-2]")
+    submitit_ranks(TrainerConfig(devices=2, num_nodes=2, strategy="ddp"))
+    assert not any(k in os.environ for k in RANK_VARIABLES)
+    with pytest.raises(ConfigError, match=r"^trainer.num_nodes=1 is not this submitit job's number of nodes \(2\); "
+                                          r"allowed: trainer.num_nodes=2, or hydra.launcher.nodes=1$"):
+        submitit_ranks(TrainerConfig(devices=2, strategy="ddp"))
 
 
 def test_a_launcher_whose_plugin_is_missing_is_refused_with_its_install_line(monkeypatch):

@@ -14,7 +14,7 @@ from lightning_marl.cli.compose import compose_checked
 from lightning_marl.cli.exits import job_endings, log
 from lightning_marl.cli.folders import check_shared_folder, register_resolvers
 from lightning_marl.cli.overrides import is_hydra, parse
-from lightning_marl.cli.requeue import record_scheduler_job, requeued, shares_console
+from lightning_marl.cli.requeue import record_scheduler_job, requeued, shares_console, submitit_ranks
 from lightning_marl.cli.resume import ResumePlan, plan_resume, run_config, write_config
 from lightning_marl.config import CONFIG_MODULE
 from lightning_marl.config.schema import TrainConfig
@@ -117,6 +117,8 @@ def task(cfg: DictConfig) -> Any:
                 cfg.trainer.enable_progress_bar = False
                 log.info("progress bar off: this sweep's jobs run in parallel on one console (hydra/launcher=joblib)")
             typed = to_typed(cfg)
+        submitit_ranks((plan.typed if plan is not None else typed).trainer)  # each task of the job one rank
+        if plan is None:
             record_scheduler_job(session)
     if plan is not None:  # a requeued job's record describes its run itself (no resume key)
         typed = plan.typed

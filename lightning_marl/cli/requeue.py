@@ -1,12 +1,12 @@
 """Cluster jobs (submitit, SLURM): a requeued job continues its own run in its own folder; a sweep
-never trains over another job's run."""
+never trains over another job's run; each task of a job is one DDP rank."""
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
 
-from lightning_marl.errors import ConfigError
+from lightning_marl.errors import ConfigError, refuse
 
 SCHEDULER_JOB_FILE = "scheduler_job.json"
 
@@ -36,6 +36,38 @@ def record_scheduler_job(session: Path) -> None:
 
     if os.environ.get("SUBMITIT_EXECUTOR"):
         (session / SCHEDULER_JOB_FILE).write_text(json.dumps({"job_id": str(HydraConfig.get().job.id)}))
+
+
+def submitit_ranks(trainer) -> None:
+    """Under submitit, every task of a job is one DDP rank (``hydra.launcher.tasks_per_node`` tasks on
+    each of ``hydra.launcher.nodes`` nodes), so ``trainer`` (the run's TrainerConfig) must ask for as
+    many ranks per node and nodes; anything else is refused (exit 2) before Lightning starts.
+
+    Under SLURM, Lightning reads each task's rank from SLURM's variables. Submitit's local executor
+    tells its tasks their ranks only in its own variables (``SUBMITIT_LOCAL_*``), which Lightning
+    does not read: it would take every task for a rank 0 and start another rank of its own in each.
+    There, the ranks submitit reports are exported as torch.distributed's variables (MASTER_ADDR,
+    MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK; NODE_RANK for Lightning) before Lightning starts, and
+    Lightning takes the tasks as processes started for it. ``CUDA_VISIBLE_DEVICES`` is kept: each rank
+    takes the GPU of its local rank among those the job sees (``hydra.launcher.gpus_per_node``)."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return
+    import submitit
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    job = submitit.JobEnvironment()
+    per_node = job.num_tasks // job.num_nodes
+    if trainer.devices != per_node:
+        raise refuse("trainer.devices", trainer.devices, f"trainer.devices={per_node}, or "
+                     f"hydra.launcher.tasks_per_node={trainer.devices}",
+                     f"is not this submitit job's number of tasks per node ({per_node}; each task is one rank)")
+    if trainer.num_nodes != job.num_nodes:
+        raise refuse("trainer.num_nodes", trainer.num_nodes, f"trainer.num_nodes={job.num_nodes}, or "
+                     f"hydra.launcher.nodes={trainer.num_nodes}", f"is not this submitit job's number of nodes "
+                     f"({job.num_nodes})")
+    if job.num_tasks > 1 and not SLURMEnvironment.detect():
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+        os.environ["NODE_RANK"] = str(job.node)
 
 
 def shares_console(hydra_cfg) -> bool:
