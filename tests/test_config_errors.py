@@ -59,9 +59,10 @@ REFUSED = [
     (["mixer.name=qmix"], "mixer.name=qmix cannot change the schema; allowed: the config group choice instead: mixer=qmix"),
     # group choices
     (["mixer=qmax"], "mixer=qmax is not an option; allowed: duelmix, qfix_lin, qfix_mono, qfix_sum, qmix, qplex"),
-    (["env=atari"], "env=atari is not an option; allowed: box_pushing, lbf, matrix, mpe, overcooked, rware, smaclite, smacv2"),
+    (["env=atari"], "env=atari is not an option; allowed: box_pushing, lbf, matrix, mpe, overcooked, rware, smaclite, smacv2, "
+                   "vmas"),
     (["trainer=tpu"], "trainer=tpu is not an option; allowed: cpu, gpu, ddp"),
-    (["experiment=nope"], "experiment=nope is not an option; allowed: box_pushing_10x10"),
+    (["experiment=nope"], "experiment=nope is not an option; allowed: benchmarl/vmas, box_pushing_10x10"),
     # one case per kind of field: enum, optional int, float range, string choices, mapping, optional enum
     (["learner.td_weighting=pessimistic"], "learner.td_weighting=pessimistic has the wrong type; allowed: none or optimistic"),
     (["mixer.central_info=oracle"], "mixer.central_info=oracle has the wrong type; allowed: state, history, history_state"),
