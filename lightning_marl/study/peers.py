@@ -52,13 +52,14 @@ def start_over(run: Run, keep: tuple[str, ...]) -> None:
     for path in run.folder.iterdir() if run.folder.is_dir() else ():
         if path.name in keep:
             continue
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
 def read_epymarl(folder: Path) -> tuple[pd.DataFrame, dict]:
     """EPyMARL's sacred files (``<results>/sacred/.../<id>/metrics.json`` and ``config.json``): its test
     returns (``test_return_mean``, at the env steps sacred recorded) and its training returns."""
-    found = sorted(folder.rglob("metrics.json"))
+    base = folder / "results" if (folder / "results").is_dir() else folder  # (not a link to its source)
+    found = sorted(base.rglob("metrics.json"))
     if len(found) != 1:
         raise FileNotFoundError(f"{folder}: {len(found)} sacred metrics.json files; expected 1")
     metrics = json.loads(found[0].read_text())
@@ -75,9 +76,10 @@ def read_epymarl(folder: Path) -> tuple[pd.DataFrame, dict]:
 
 
 def read_benchmarl(folder: Path) -> tuple[pd.DataFrame, dict]:
-    """BenchMARL's csv logger (``<save_folder>/<experiment>/<experiment>/scalars/*.csv``, columns step and
-    value, the step being its collection iteration) and its ``config.pkl``-free json dump: the evaluation
-    return (``eval_reward_episode_reward_mean``) against frames (``counters_total_frames``)."""
+    """BenchMARL's csv logger (``<save_folder>/<experiment>/<experiment>/scalars/*.csv``, rows of iteration
+    and value, no header) and its Hydra config (``.hydra/config.yaml`` of its run folder): the evaluation
+    return (``eval_reward_episode_reward_mean``: the episode's summed reward, averaged over the agents)
+    against frames (``counters_total_frames`` of the same iteration)."""
     scalars = sorted(folder.rglob("scalars"))
     if len(scalars) != 1:
         raise FileNotFoundError(f"{folder}: {len(scalars)} BenchMARL scalars folders; expected 1")
@@ -87,8 +89,12 @@ def read_benchmarl(folder: Path) -> tuple[pd.DataFrame, dict]:
     frames = read["counters_total_frames"].rename(columns={"value": "env_steps"})
     test = read["eval_reward_episode_reward_mean"].rename(columns={"value": "test/return_mean"})
     frame = test.merge(frames, on="step", how="left")[["env_steps", "test/return_mean"]]
-    configs = sorted(folder.rglob("config.json"))
-    return frame.sort_values("env_steps"), json.loads(configs[0].read_text()) if configs else {}
+    config = folder / ".hydra" / "config.yaml"
+    if config.is_file():
+        import yaml
+
+        return frame.sort_values("env_steps"), yaml.safe_load(config.read_text())
+    return frame.sort_values("env_steps"), {}
 
 
 READERS: dict[str, Callable[[Path], tuple[pd.DataFrame, dict]]] = {"epymarl": read_epymarl,

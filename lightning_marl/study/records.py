@@ -22,7 +22,7 @@ from lightning_marl.study.spec import Run
 
 FINISHED, CLAIM = "finished.json", ".claim"
 ARCHIVED = (FINISHED, "metrics.csv")  # what a finished run leaves in the archive, and its config:
-CONFIGS = (".hydra/config.yaml", "peer_config.json")  # this trainer's, or a peer framework's (.peers)
+CONFIG, PEER_CONFIG = ".hydra/config.yaml", "peer_config.json"  # this trainer's, or a peer framework's (.peers)
 
 
 def record(run: Run) -> Path:
@@ -48,11 +48,11 @@ def reused_from(run: Run) -> Optional[str]:
     return finished_record(run).get("reused_from")
 
 
-def copy_record(source: Path, target: Path, missing_ok: bool = False) -> None:
-    """Copy the record files (:data:`ARCHIVED` and the config of :data:`CONFIGS` it has) from the folder
-    ``source`` into ``target`` (``missing_ok``: those that ``source`` holds)."""
-    for name in ARCHIVED + CONFIGS:
-        if (missing_ok or name in CONFIGS) and not (source / name).is_file():
+def copy_record(source: Path, target: Path, missing_ok: bool = False, peer: bool = False) -> None:
+    """Copy the record files (:data:`ARCHIVED` and the config: this trainer's, or with ``peer`` the peer
+    framework's) from the folder ``source`` into ``target`` (``missing_ok``: those that ``source`` holds)."""
+    for name in ARCHIVED + ((PEER_CONFIG,) if peer else (CONFIG,)):
+        if missing_ok and not (source / name).is_file():
             continue
         (target / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / name, target / name)
@@ -61,7 +61,7 @@ def copy_record(source: Path, target: Path, missing_ok: bool = False) -> None:
 def archive(run: Run) -> None:
     """Copy the finished run's metrics, config and record into the study's archive."""
     if run.archive is not None:
-        copy_record(run.folder, run.archive)
+        copy_record(run.folder, run.archive, peer=run.peer is not None)
 
 
 def _alive(pid: int) -> bool:

@@ -70,7 +70,7 @@ def mixer_parameters(run: Run) -> Optional[int]:
     from lightning_marl.module import MARLModule
 
     path = record(run) / ".hydra" / "config.yaml"
-    if not path.is_file():
+    if run.peer is not None or not path.is_file():
         return None
     saved = migrate_config(OmegaConf.to_container(OmegaConf.load(path)))
     env = make_env(env_config(saved["env"]), 1, 0, workers=EnvWorkers.in_process)

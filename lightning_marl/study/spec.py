@@ -11,6 +11,7 @@ ordinary ``train.py`` run in a folder of its own. The spec is a YAML file with t
                                                # e.g. {detach: [mixer.detach_advantage=true]}
     seeds: [0, 1, 2, 3, 4]
     overrides: []                              # added to every run
+    mixer_overrides: {qmix: [mixer.hypernet_layers=1]}   # added to every run of that mixer (the peer's too)
     metric: test/return_mean                   # the score: its final value and its area under the curve
     metrics: [test/big_box_mean]               # also reported (final values)
     tolerance: 0.5                             # score units: a run has settled once every later
@@ -75,6 +76,7 @@ class StudySpec:
     central_info: List[Optional[str]] = field(default_factory=lambda: [None])
     variants: Dict[str, List[str]] = field(default_factory=lambda: {"": []})
     overrides: List[str] = field(default_factory=list)
+    mixer_overrides: Dict[str, List[str]] = field(default_factory=dict)
     metric: str = "test/return_mean"
     metrics: List[str] = field(default_factory=list)
     tolerance: float = 0.5
@@ -133,6 +135,10 @@ def load_spec(path: str | Path) -> StudySpec:
             raise ConfigError(f"study spec {path}: pairs entry {pair}; allowed: two of {', '.join(sorted(labels))}")
     if not spec.tolerance > 0:
         raise ConfigError(f"study spec {path}: tolerance={spec.tolerance} is out of range; allowed: a number > 0")
+    if not set(spec.mixer_overrides) <= set(spec.mixers):
+        unknown = sorted(set(spec.mixer_overrides) - set(spec.mixers))
+        raise ConfigError(f"study spec {path}: mixer_overrides for {unknown}; allowed: mixers of the study "
+                          f"({', '.join(spec.mixers)})")
     for other in spec.reuse:
         if not Path(other).is_file():
             raise ConfigError(f"study spec {path}: reuse entry {other} does not exist; allowed: paths of other "
@@ -152,13 +158,15 @@ def plan(spec: StudySpec) -> list[Run]:
                         relative = Path(preset.replace("/", "_")) / label / f"s{seed}"
                         folder = Path(spec.runs_dir) / relative
                         archive = Path(spec.archive_dir) / relative if spec.archive_dir else None
-                        argv = [f"experiment={preset}", f"mixer={mixer}", f"seed={seed}", *spec.overrides, *extra]
+                        argv = [f"experiment={preset}", f"mixer={mixer}", f"seed={seed}", *spec.overrides,
+                                *spec.mixer_overrides.get(mixer, []), *extra]
                         if z:
                             argv.append(f"mixer.central_info={z}")
                         runs.append(Run(preset, mixer, z, variant, seed, folder, tuple(argv), archive))
             for mixer in spec.peer.mixers if spec.peer is not None else ():
                 relative = Path(preset.replace("/", "_")) / f"{mixer}_{spec.peer.name}" / f"s{seed}"
-                argv = [f"experiment={preset}", f"mixer={mixer}", f"seed={seed}", *spec.overrides]
+                argv = [f"experiment={preset}", f"mixer={mixer}", f"seed={seed}", *spec.overrides,
+                        *spec.mixer_overrides.get(mixer, [])]
                 runs.append(Run(preset, mixer, None, spec.peer.name, seed, Path(spec.runs_dir) / relative, tuple(argv),
                                 Path(spec.archive_dir) / relative if spec.archive_dir else None, spec.peer))
     return runs
