@@ -14,7 +14,19 @@ def td_lambda_targets(reward: torch.Tensor, terminated: torch.Tensor, filled: to
     of the episode, and ``G_t = r_t + gamma (1 - term_t) Q̄_{t+1}`` at its last step: a terminated
     episode does not bootstrap; a truncated one (time limit) bootstraps from ``Q̄`` of its final
     observation. Entries where ``filled`` is False are meaningless (the loss masks them).
+
+    With ``lambda = 0`` (1-step targets) this is ``r_t + gamma (1 - term_t) Q̄_{t+1}`` for every t at
+    once; otherwise a loop backwards over the T steps (:func:`lambda_returns`).
     """
+    if td_lambda == 0.0:
+        not_term = 1.0 - terminated.to(reward.dtype)
+        return reward + gamma * not_term * target_q[:, 1: reward.shape[1] + 1]
+    return lambda_returns(reward, terminated, filled, target_q, gamma, td_lambda)
+
+
+def lambda_returns(reward: torch.Tensor, terminated: torch.Tensor, filled: torch.Tensor,
+                   target_q: torch.Tensor, gamma: float, td_lambda: float) -> torch.Tensor:
+    """The recursion of :func:`td_lambda_targets`, one step at a time from the last (any lambda)."""
     steps = reward.shape[1]
     not_term = 1.0 - terminated.to(reward.dtype)
     cont = torch.cat([filled[:, 1:], torch.zeros_like(filled[:, :1])], dim=1)

@@ -67,3 +67,17 @@ def test_optimistic_weighting_keeps_underestimates_and_scales_down_overestimates
     assert td_weights(q_tot, targets, LearnerConfig(td_weighting="none")) == 1.0
     weights = td_weights(q_tot, targets, LearnerConfig(td_weighting="optimistic", optimistic_alpha=0.25))
     assert weights.tolist() == [[1.0, 0.25, 0.25]]  # under: 1; over or equal: alpha
+
+
+def test_one_step_targets_at_once_equal_the_recursion_bitwise():
+    """lambda = 0 takes the vectorized path; on random padded episodes (terminated, truncated, padding)
+    it gives bitwise the recursion's values wherever the episode has steps."""
+    from lightning_marl.targets import lambda_returns
+
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 9, (64,), generator=gen)
+    filled = torch.arange(8)[None] < lengths[:, None]
+    term = (torch.arange(8)[None] == lengths[:, None] - 1) & (torch.rand(64, 1, generator=gen) < 0.5)
+    r, q = torch.randn(64, 8, generator=gen), torch.randn(64, 9, generator=gen)
+    fast, slow = td_lambda_targets(r, term, filled, q, 0.99, 0.0), lambda_returns(r, term, filled, q, 0.99, 0.0)
+    assert torch.equal(fast[filled], slow[filled])
