@@ -95,3 +95,21 @@ def test_the_gpu_check_refuses_to_run_without_a_gpu():
     proc = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
     assert proc.returncode == 2 and "no CUDA device visible" in proc.stderr and "nothing was run" in proc.stderr
+
+
+def test_qfix_collapse_finds_the_fall_and_whether_w_was_at_its_bound_before_it():
+    import importlib.util
+
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location("qfix_collapse", ROOT / "scripts" / "qfix_collapse.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = [{"env_steps": s, "test/return_mean": r, "test/q_tot_start_mean": q} for s, r, q in
+            [(0, -10, 0), (100, 9.4, 9), (200, 9.5, 10), (300, -10, 14), (400, -10, 15)]]
+    rows += [{"env_steps": s, module.NEAR: v, module.W_MEAN: -v} for s, v in [(150, 0.2), (250, 0.7), (350, 0.9)]]
+    r = module.analyse(pd.DataFrame(rows), tolerance=0.5, at_bound=0.5)
+    assert (r["best"], r["best_at"], r["collapse_at"], r["q_start"], r["return_at"]) == (9.5, 200, 300, 14, -10)
+    assert r["near_bound_max"] == 0.7 and r["at_bound"]  # 0.9 comes after the collapse: not counted
+    steady = module.analyse(pd.DataFrame(rows[:3] + rows[5:6]), tolerance=0.5, at_bound=0.5)
+    assert steady["collapse_at"] is None and not steady["at_bound"]

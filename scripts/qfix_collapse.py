@@ -1,0 +1,93 @@
+"""Issue 29's question of the QFIX stability study, per run: did the run fall back after its best greedy
+return, and was the fixing weight w at its lower bound before it did?
+
+    python scripts/qfix_collapse.py studies/qfix_stability_qplusfix.yaml --out docs/results/qfix_stability_qplusfix
+
+For every finished run of the study (its archived ``metrics.csv``): the best greedy return and where, whether
+it fell back (a later evaluation more than ``tolerance`` below the best; the first such evaluation is the
+collapse), and, from the diagnostics logged up to the collapse (or the whole run), the largest share of
+taken non-greedy steps whose w is within 0.1 of its lower bound, the smallest mean w on them, the taken
+action's credit, the share of steps whose TD target exceeds the greedy joint action's value, and Q_tot at the
+start of the greedy test episodes beside their return at the collapse. "w at its bound" means a share of at
+least ``--at-bound`` (0.5) at some logged update before the collapse. Writes ``collapse.md`` into ``--out``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lightning_marl.arguments import OneLineParser
+from lightning_marl.study.records import is_finished, record
+from lightning_marl.study.spec import load_spec, plan
+
+NEAR = "diag/mixer/w_nongreedy_near_bound"
+W_MEAN = "diag/mixer/w_nongreedy_mean"
+CREDIT = "diag/mixer/credit_nongreedy_mean"
+ABOVE = "diag/share_above_greedy"
+RETURN, START = "test/return_mean", "test/q_tot_start_mean"
+
+
+def analyse(metrics: pd.DataFrame, tolerance: float, at_bound: float) -> dict:
+    """The run's row: best, collapse and the diagnostics before it (see the module docstring)."""
+    tests = metrics.dropna(subset=[RETURN]).drop_duplicates("env_steps", keep="last").sort_values("env_steps")
+    steps, returns = tests["env_steps"].to_numpy(), tests[RETURN].to_numpy()
+    best = int(np.argmax(returns))
+    after = np.nonzero(returns[best:] < returns[best] - tolerance)[0]
+    collapse = best + int(after[0]) if len(after) else None
+    until = steps[collapse] if collapse is not None else np.inf
+    diag = metrics[metrics["env_steps"] <= until]
+
+    def column(name, how):
+        values = diag[name].dropna() if name in diag else pd.Series(dtype=float)
+        return float(getattr(values, how)()) if len(values) else float("nan")
+
+    near = column(NEAR, "max")
+    at = collapse if collapse is not None else len(returns) - 1
+    return {"best": returns[best], "best_at": steps[best], "final": returns[-1],
+            "collapse_at": steps[collapse] if collapse is not None else None,
+            "near_bound_max": near, "w_min": column(W_MEAN, "min"), "credit_min": column(CREDIT, "min"),
+            "above_greedy_max": column(ABOVE, "max"),
+            "q_start": float(tests[START].iloc[at]) if START in tests else float("nan"), "return_at": returns[at],
+            "at_bound": bool(near >= at_bound)}
+
+
+def main(argv=None) -> None:
+    parser = OneLineParser(description=__doc__)
+    parser.add_argument("spec")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--tolerance", type=float, default=None, help="score units (default: the spec's)")
+    parser.add_argument("--at-bound", type=float, default=0.5)
+    args = parser.parse_args(argv)
+    spec = load_spec(args.spec)
+    tolerance = spec.tolerance if args.tolerance is None else args.tolerance
+    rows, collapses, bound_first = [], 0, 0
+    for run in plan(spec):
+        if not is_finished(run):
+            continue
+        r = analyse(pd.read_csv(record(run) / "metrics.csv"), tolerance, args.at_bound)
+        fell = r["collapse_at"] is not None
+        collapses += fell
+        bound_first += fell and r["at_bound"]
+        fell_at = f"{r['collapse_at'] / 1e3:.0f}k" if fell else "-"
+        rows.append(f"| {run.label} | {run.seed} | {r['best']:.1f} at {r['best_at'] / 1e3:.0f}k | {r['final']:.1f} | "
+                    f"{fell_at} | {r['near_bound_max']:.2f} | "
+                    f"{r['w_min']:.2f} | {r['credit_min']:.2f} | {r['above_greedy_max']:.3f} | "
+                    f"{r['q_start']:.1f} / {r['return_at']:.1f} | {'yes' if r['at_bound'] else 'no'} |")
+    lines = [f"# {spec.name}: falling back, and w at its bound", "",
+             f"`python scripts/qfix_collapse.py {args.spec} --out {args.out}` (tolerance {tolerance:g}, 'at bound': "
+             f"a share >= {args.at_bound:g} of taken non-greedy steps with w within 0.1 of its lower bound). "
+             f"{len(rows)} finished runs; {collapses} fell back; of those, {bound_first} had w at its bound before "
+             "the collapse. Diagnostics are read up to the collapse (or over the whole run when it did not fall back).",
+             "", "| configuration | seed | best return | final | fell back at | max share w near bound | min mean w "
+             "(non-greedy) | min credit (non-greedy) | max share target > greedy | Q_tot start / return at collapse "
+             "(or end) | w at bound before |", "|" + "---|" * 11, *rows, ""]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "collapse.md").write_text("\n".join(lines))
+    print(f"{out / 'collapse.md'}: {len(rows)} runs, {collapses} fell back, {bound_first} with w at its bound first")
+
+
+if __name__ == "__main__":
+    main()
