@@ -10,7 +10,10 @@ from typing import Callable, Sequence, Union
 
 import numpy as np
 import torch
+from tensordict import TensorDict
 from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
+
+from lightning_marl.envs.contract import reset_flags
 
 
 class GameBatch:
@@ -73,8 +76,18 @@ def set_numpy_rng_state(generator, state: torch.Tensor) -> None:
 
 
 class SeededGame:
-    """The checkpoint and seeding hooks of one game (an ``EnvBase``) that is seeded on its first reset
-    and keeps a numpy generator (``_rng()``), at position ``game_index`` of its batch."""
+    """The reset, checkpoint and seeding hooks of one game (an ``EnvBase`` wrapping a Gymnasium or
+    PettingZoo game ``_game``) that is seeded on its first reset and keeps a numpy generator (``_rng()``),
+    at position ``game_index`` of its batch. The game class gives ``_observe(obs)``: the contract's
+    observation keys of the game's observations."""
+
+    def _reset(self, tensordict=None, **kwargs) -> TensorDict:
+        seed, self._seed = self._seed, None  # the first reset seeds the game, later ones continue its RNG
+        obs, _ = self._game.reset(seed=seed)
+        self._t, self._finished = 0, False
+        out = self._observe(obs)
+        out.update(reset_flags((1,), self.device))
+        return TensorDict(out, batch_size=self.batch_size, device=self.device)
 
     def _rng(self):
         raise NotImplementedError

@@ -28,7 +28,7 @@ from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
 from lightning_marl.config.schema import spec
 from lightning_marl.envs.base import EnvConfig
 from lightning_marl.envs.batching import SeededGame, SeededGameBatch, batch_games
-from lightning_marl.envs.contract import ACTION, MASK, OBS, STATE, make_specs, reset_flags
+from lightning_marl.envs.contract import ACTION, MASK, OBS, STATE, make_specs
 from lightning_marl.errors import ConfigError
 from lightning_marl.registry import ENVS
 
@@ -78,14 +78,6 @@ class MPEEnv(SeededGame, EnvBase):
         agents = TensorDict({OBS[1]: torch.as_tensor(padded, device=dev), MASK[1]: self._mask.clone()},
                             batch_size=[self.n_agents], device=dev)
         return {OBS[0]: agents, STATE: torch.as_tensor(self._game.state(), dtype=torch.float32, device=dev)}
-
-    def _reset(self, tensordict: Optional[TensorDictBase] = None, **kwargs) -> TensorDict:
-        seed, self._seed = self._seed, None  # the first reset seeds the game, later ones continue its RNG
-        obs, _ = self._game.reset(seed=seed)
-        self._t, self._finished = 0, False
-        out = self._observe(obs)
-        out.update(reset_flags((1,), self.device))
-        return TensorDict(out, batch_size=self.batch_size, device=self.device)
 
     def _step(self, tensordict: TensorDictBase) -> TensorDict:
         if self._finished:

@@ -55,13 +55,9 @@ TEAM_REWARDS = ("mean", "sum")
 INSTALL = "pip install 'lightning_marl[vmas]'"
 
 
-def check_task(task: str) -> None:
+def _vmas_env(task: str, num_envs: int, seed: Optional[int], device, scenario: dict[str, Any]):
     if task not in TASKS:
         raise ConfigError(f"env.task={task} is not a VMAS task here; allowed: {', '.join(TASKS)}")
-
-
-def _vmas_env(task: str, num_envs: int, seed: Optional[int], device, scenario: dict[str, Any]):
-    check_task(task)
     try:
         from torchrl.envs.libs.vmas import VmasEnv
     except ImportError as err:  # pragma: no cover - torchrl is a dependency
@@ -84,8 +80,8 @@ class VMASEnv(EnvBase):
 
     batch_locked = True
 
-    def __init__(self, task: str, num_envs: int, max_steps: int, team_reward: str, seed: Optional[int], device,
-                 scenario: Optional[dict[str, Any]] = None):
+    def __init__(self, task: str, num_envs: int, max_steps: Optional[int], team_reward: str, seed: Optional[int],
+                 device, scenario: Optional[dict[str, Any]] = None):
         inner = _vmas_env(task, num_envs, seed, device, dict(scenario or {}))
         super().__init__(batch_size=torch.Size([num_envs]), device=inner.device)
         groups = inner.group_map
@@ -98,7 +94,7 @@ class VMASEnv(EnvBase):
         self.n_agents, self.obs_dim = int(obs_shape[-2]), int(obs_shape[-1])
         self.n_actions = int(inner.full_action_spec[ACTION].space.n)
         self.state_dim = self.n_agents * self.obs_dim
-        self.episode_limit = max_steps
+        self.episode_limit = max_steps or TASKS[task][0]  # (None: BenchMARL's for the task)
         self.stat_keys: tuple[str, ...] = ()
         make_specs(self, n_agents=self.n_agents, n_actions=self.n_actions, obs_dim=self.obs_dim,
                    state_dim=self.state_dim)
@@ -163,8 +159,7 @@ class VMASEnv(EnvBase):
 def make_env(num_envs: int, seed: int, device: str, *, task: str, max_steps: Optional[int], team_reward: str,
              scenario: dict[str, Any]) -> VMASEnv:
     """``num_envs`` games of ``task`` in one VMAS object on ``device``."""
-    check_task(task)
-    return VMASEnv(task, num_envs, max_steps or TASKS[task][0], team_reward, seed, device, scenario)
+    return VMASEnv(task, num_envs, max_steps, team_reward, seed, device, scenario)
 
 
 @ENVS.register
