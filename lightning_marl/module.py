@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from lightning_marl.config.schema import AgentConfig, LearnerConfig, TDWeighting, plain
 from lightning_marl.data.priority import WEIGHT_KEY
@@ -103,9 +104,13 @@ class MARLModule(L.LightningModule):
     @torch.no_grad()
     def update_targets(self, tau: float = 1.0) -> None:
         """Hard copy (tau = 1) or Polyak average of the online agent and mixer into the targets."""
+        # torch's EMA of a list of tensors: one multi-tensor lerp, target += tau (online - target),
+        # the same values as a lerp per tensor at a fraction of the per-update overhead
+        polyak = get_ema_multi_avg_fn(1.0 - tau)
         for online, target in ((self.agent, self.target_agent), (self.mixer, self.target_mixer)):
-            for p, tp in zip(online.parameters(), target.parameters()):
-                tp.lerp_(p, tau)
+            targets = list(target.parameters())
+            if targets:  # VDN's mixer has none
+                polyak(targets, list(online.parameters()), None)
             for b, tb in zip(online.buffers(), target.buffers()):
                 tb.copy_(b)
 
@@ -214,14 +219,15 @@ class MARLModule(L.LightningModule):
                               "allowed: finite values (lower learner.lr, check the rewards)")
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.learner_cfg.grad_clip)
+        # foreach: one multi-tensor op for all parameters instead of one per tensor (the same values)
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.learner_cfg.grad_clip, foreach=True)
         if not torch.isfinite(norm):
             self.diverged(f"the gradient norm is {float(norm)}")
         self.last_grad_norm = norm.detach()  # before clipping; logged with the update's stats
 
     def configure_optimizers(self):
         params = list(self.agent.parameters()) + list(self.mixer.parameters())
-        return torch.optim.Adam(params, lr=self.learner_cfg.lr)
+        return torch.optim.Adam(params, lr=self.learner_cfg.lr, foreach=True)  # multi-tensor also on the CPU
 
     # -- checkpoint extras -------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

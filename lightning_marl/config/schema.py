@@ -115,7 +115,7 @@ class StartMethod(StrEnum):
 class EnvWorkers(StrEnum):
     auto = "auto"              # worker processes only with more CPU cores than games
     processes = "processes"    # one worker process per game (TorchRL ParallelEnv)
-    in_process = "in_process"  # all games stepped in the training process (TorchRL SerialEnv)
+    in_process = "in_process"  # all games stepped in the training process (SerialEnv; LBF, RWARE, MPE: LoopedGames)
 
 
 class WandbMode(StrEnum):

@@ -24,13 +24,12 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
-from tensordict import TensorDict, TensorDictBase
-from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
+from torchrl.envs import EnvBase, ParallelEnv
 
 from lightning_marl.config.schema import spec
 from lightning_marl.envs.base import EnvConfig
-from lightning_marl.envs.batching import SeededGame, SeededGameBatch, batch_games
-from lightning_marl.envs.contract import ACTION, MASK, OBS, STATE, make_specs
+from lightning_marl.envs.batching import LoopedGames, SeededGame, SeededGameBatch, batch_games
+from lightning_marl.envs.contract import make_specs
 from lightning_marl.errors import ConfigError
 from lightning_marl.registry import ENVS
 
@@ -104,29 +103,19 @@ class GymmaEnv(SeededGame, EnvBase):
                    state_dim=self.state_dim)
         self._t, self._finished, self._seed, self.game_index = 0, True, seed, game_index
 
-    def _observe(self, obs) -> dict:
-        dev = self.device
-        joined = torch.as_tensor(np.stack(obs), dtype=torch.float32, device=dev)
-        mask = torch.as_tensor(_valid_actions(self.family, self._game, self.n_agents, self.n_actions), device=dev)
-        self.full_action_spec[ACTION].update_mask(mask)  # so that rand_action() respects it
-        agents = TensorDict({OBS[1]: joined, MASK[1]: mask}, batch_size=[self.n_agents], device=dev)
-        return {OBS[0]: agents, STATE: joined.flatten()}
+    @property
+    def label(self) -> str:
+        return self.key
 
-    def _step(self, tensordict: TensorDictBase) -> TensorDict:
-        if self._finished:
-            raise RuntimeError(f"{self.key}: step() on a finished game (t={self._t}); reset it first")
-        actions = tuple(int(a) for a in tensordict.get(ACTION).reshape(-1).tolist())
-        obs, rewards, done, truncated, _ = self._game.step(actions)
-        self._t += 1
+    def _arrays(self, obs) -> tuple:
+        joined = np.stack(obs).astype(np.float32, copy=False)
+        return joined, _valid_actions(self.family, self._game, self.n_agents, self.n_actions), joined.reshape(-1)
+
+    def _advance(self, actions: list) -> tuple:
+        obs, rewards, done, truncated, _ = self._game.step(tuple(int(a) for a in actions))
         ended = bool(done) or bool(truncated) or self._t >= self.episode_limit
         terminated = ended and (self._t < self.episode_limit or _terminal(self.family, self._game))
-        self._finished = ended
-        out = self._observe(obs)
-        dev = self.device
-        out.update({"reward": torch.tensor([float(np.sum(rewards))], dtype=torch.float32, device=dev),
-                    "done": torch.tensor([ended], device=dev), "terminated": torch.tensor([terminated], device=dev),
-                    "truncated": torch.tensor([ended and not terminated], device=dev)})
-        return TensorDict(out, batch_size=self.batch_size, device=dev)
+        return obs, float(np.sum(rewards)), terminated, ended and not terminated
 
     def _rng(self):
         return self._game.np_random
@@ -136,7 +125,7 @@ class GymmaParallelEnv(SeededGameBatch, ParallelEnv):
     """Games of a Gymnasium multi-agent family, one worker process each."""
 
 
-class GymmaSerialEnv(SeededGameBatch, SerialEnv):
+class GymmaLoopedGames(LoopedGames):
     """Games of a Gymnasium multi-agent family, stepped in turn in this process."""
 
 
@@ -145,7 +134,7 @@ def _make_game(family: str, key: str, seed: int, device: str, game_index: int) -
 
 
 def make_games(family: str, num_envs: int, seed: int, device: str, key: str, parallel: Union[bool, str],
-               start_method: Optional[str]) -> Union[ParallelEnv, SerialEnv]:
+               start_method: Optional[str]) -> Union[ParallelEnv, LoopedGames]:
     """``num_envs`` games of ``key`` batched to ``[num_envs]`` (worker processes when ``parallel`` and
     there are cores for them; see :func:`~lightning_marl.envs.batching.batch_games`)."""
     probe = GymmaEnv(family, key, seed, device)  # checks the key here, not in a worker
@@ -153,19 +142,19 @@ def make_games(family: str, num_envs: int, seed: int, device: str, key: str, par
     factories = [functools.partial(_make_game, family, key, seed + i, str(device), i) for i in range(num_envs)]
     env = batch_games(factories, probe, ("n_agents", "n_actions", "episode_limit", "stat_keys", "obs_dim",
                                          "state_dim", "key"),
-                      parallel=parallel, device=device, parallel_cls=GymmaParallelEnv, serial_cls=GymmaSerialEnv,
+                      parallel=parallel, device=device, parallel_cls=GymmaParallelEnv, serial_cls=GymmaLoopedGames,
                       start_method=start_method, use_buffers=False)
     env.start()  # build the games now: errors surface here, and rng_state() works before any rollout
     return env
 
 
 def make_lbf(num_envs: int, seed: int, device: str, *, key: str, parallel: Union[bool, str],
-             start_method: Optional[str]) -> Union[ParallelEnv, SerialEnv]:
+             start_method: Optional[str]) -> Union[ParallelEnv, LoopedGames]:
     return make_games("lbf", num_envs, seed, device, key, parallel, start_method)
 
 
 def make_rware(num_envs: int, seed: int, device: str, *, key: str, parallel: Union[bool, str],
-               start_method: Optional[str]) -> Union[ParallelEnv, SerialEnv]:
+               start_method: Optional[str]) -> Union[ParallelEnv, LoopedGames]:
     return make_games("rware", num_envs, seed, device, key, parallel, start_method)
 
 

@@ -22,13 +22,12 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
-from tensordict import TensorDict, TensorDictBase
-from torchrl.envs import EnvBase, ParallelEnv, SerialEnv
+from torchrl.envs import EnvBase, ParallelEnv
 
 from lightning_marl.config.schema import spec
 from lightning_marl.envs.base import EnvConfig
-from lightning_marl.envs.batching import SeededGame, SeededGameBatch, batch_games
-from lightning_marl.envs.contract import ACTION, MASK, OBS, STATE, make_specs
+from lightning_marl.envs.batching import LoopedGames, SeededGame, SeededGameBatch, batch_games
+from lightning_marl.envs.contract import ACTION, make_specs
 from lightning_marl.errors import ConfigError
 from lightning_marl.registry import ENVS
 
@@ -52,6 +51,7 @@ class MPEEnv(SeededGame, EnvBase):
     """One MPE game (batch size ``[]``); see the module docstring."""
 
     batch_locked = True
+    masks_change = False  # every action an agent has is always available
 
     def __init__(self, task: str, max_cycles: int, seed: Optional[int], device: Union[str, torch.device],
                  game_index: int = 0):
@@ -64,38 +64,28 @@ class MPEEnv(SeededGame, EnvBase):
         self.state_dim = int(self._game.state_space.shape[0])
         self.episode_limit = max_cycles
         self.stat_keys: tuple[str, ...] = ()
-        self._mask = torch.tensor([[b < n for b in range(self.n_actions)] for n in self._actions], device=self.device)
+        self._mask = np.asarray([[b < n for b in range(self.n_actions)] for n in self._actions])
         make_specs(self, n_agents=self.n_agents, n_actions=self.n_actions, obs_dim=self.obs_dim,
                    state_dim=self.state_dim)
-        self.full_action_spec[ACTION].update_mask(self._mask.clone())
+        self.full_action_spec[ACTION].update_mask(torch.as_tensor(self._mask, device=self.device))
         self._t, self._finished, self._seed, self.game_index = 0, True, seed, game_index
 
-    def _observe(self, obs: dict) -> dict:
-        dev = self.device
+    @property
+    def label(self) -> str:
+        return f"MPE {self.task}"
+
+    def _arrays(self, obs: dict) -> tuple:
         padded = np.zeros((self.n_agents, self.obs_dim), dtype=np.float32)
         for i, name in enumerate(self.agent_names):
             padded[i, : self._obs_dims[i]] = obs[name]
-        agents = TensorDict({OBS[1]: torch.as_tensor(padded, device=dev), MASK[1]: self._mask.clone()},
-                            batch_size=[self.n_agents], device=dev)
-        return {OBS[0]: agents, STATE: torch.as_tensor(self._game.state(), dtype=torch.float32, device=dev)}
+        return padded, self._mask, np.asarray(self._game.state(), dtype=np.float32)
 
-    def _step(self, tensordict: TensorDictBase) -> TensorDict:
-        if self._finished:
-            raise RuntimeError(f"MPE {self.task}: step() on a finished game (t={self._t}); reset it first")
-        chosen = tensordict.get(ACTION).reshape(-1).tolist()
+    def _advance(self, actions: list) -> tuple:
         obs, rewards, terminations, truncations, _ = self._game.step(
-            {name: int(a) for name, a in zip(self.agent_names, chosen)})
-        self._t += 1
+            {name: int(a) for name, a in zip(self.agent_names, actions)})
         terminated = any(terminations.values())
         truncated = not terminated and (any(truncations.values()) or self._t >= self.episode_limit)
-        self._finished = terminated or truncated
-        out = self._observe(obs)
-        dev = self.device
-        out.update({"reward": torch.tensor([float(sum(rewards.values()))], dtype=torch.float32, device=dev),
-                    "done": torch.tensor([self._finished], device=dev),
-                    "terminated": torch.tensor([terminated], device=dev),
-                    "truncated": torch.tensor([truncated], device=dev)})
-        return TensorDict(out, batch_size=self.batch_size, device=dev)
+        return obs, float(sum(rewards.values())), terminated, truncated
 
     def _rng(self):
         return self._game.unwrapped.np_random
@@ -105,7 +95,7 @@ class MPEParallelEnv(SeededGameBatch, ParallelEnv):
     """MPE games, one worker process each."""
 
 
-class MPESerialEnv(SeededGameBatch, SerialEnv):
+class MPELoopedGames(LoopedGames):
     """MPE games, stepped in turn in this process."""
 
 
@@ -114,7 +104,7 @@ def _make_game(task: str, max_cycles: int, seed: int, device: str, game_index: i
 
 
 def make_env(num_envs: int, seed: int, device: str, *, task: str, max_cycles: int, parallel: Union[bool, str],
-             start_method: Optional[str]) -> Union[ParallelEnv, SerialEnv]:
+             start_method: Optional[str]) -> Union[ParallelEnv, LoopedGames]:
     """``num_envs`` games of ``task`` batched to ``[num_envs]`` (see
     :func:`~lightning_marl.envs.batching.batch_games`)."""
     probe = MPEEnv(task, max_cycles, seed, device)  # checks the task here, not in a worker
@@ -122,7 +112,7 @@ def make_env(num_envs: int, seed: int, device: str, *, task: str, max_cycles: in
     factories = [functools.partial(_make_game, task, max_cycles, seed + i, str(device), i) for i in range(num_envs)]
     env = batch_games(factories, probe, ("n_agents", "n_actions", "episode_limit", "stat_keys", "obs_dim",
                                          "state_dim", "task"),
-                      parallel=parallel, device=device, parallel_cls=MPEParallelEnv, serial_cls=MPESerialEnv,
+                      parallel=parallel, device=device, parallel_cls=MPEParallelEnv, serial_cls=MPELoopedGames,
                       start_method=start_method, use_buffers=False)
     env.start()
     return env
