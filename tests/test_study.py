@@ -453,3 +453,19 @@ peer:
     text = (tmp_path / "runs" / "report.md").read_text()
     assert "| qmix fake | 1 | 1 [1, 1] |" in text and "| qmix | 2 |" in text and "| qmix > qmix fake |" in text
     assert "Runs labelled `fake` are fake's own" in text and "peak memory MiB" in text
+
+
+def test_first_configurations_run_first_and_alone_with_first_only(tmp_path):
+    from lightning_marl.study.spec import load_spec, plan
+
+    spec = write_spec(tmp_path, seeds=(0, 1, 2))
+    before = [(run.label, run.seed) for run in plan(load_spec(spec))]
+    assert before[:2] == [("vdn", 0), ("qmix", 0)]  # whole seeds first
+    spec.write_text(spec.read_text() + "first: [qmix]\n")
+    after = [(run.label, run.seed) for run in plan(load_spec(spec))]
+    assert after == [("qmix", 0), ("qmix", 1), ("qmix", 2), ("vdn", 0), ("vdn", 1), ("vdn", 2)]
+    proc = study("status", str(spec), "--first-only", cwd=tmp_path)
+    assert proc.returncode == 0 and "0 of 3 runs" in proc.stdout and "vdn" not in proc.stdout
+    spec.write_text(spec.read_text().replace("first: [qmix]", "first: [qmix, nobody]"))
+    proc = study("status", str(spec), cwd=tmp_path)
+    assert proc.returncode == 2 and "first entries ['nobody']" in proc.stderr and "Traceback" not in proc.stderr

@@ -34,6 +34,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("spec")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (run)")
     parser.add_argument("--limit", type=int, default=None, help="start at most this many runs (run)")
+    parser.add_argument("--first-only", action="store_true",
+                        help="only the runs of the spec's `first` configurations (run, status)")
     parser.add_argument("--out", default=None, help="report folder (report; default: the study's runs_dir)")
     args = parser.parse_args(argv)
     try:
@@ -43,6 +45,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             raise ConfigError(f"spec={args.spec} does not exist; allowed: a study spec YAML file")
         spec = load_spec(args.spec)
         runs = plan(spec)
+        if args.first_only:
+            if not spec.first:
+                raise ConfigError(f"--first-only: study spec {args.spec} names no `first` configurations; allowed: "
+                                  "a spec with first: [<label>, ...]")
+            runs = [run for run in runs if run.label in spec.first]
         if args.action == "run":
             todo = [run for run in runs if not is_finished(run)]
             for run in todo:  # every run's command line is checked before the first one starts

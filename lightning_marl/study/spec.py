@@ -17,6 +17,8 @@ ordinary ``train.py`` run in a folder of its own. The spec is a YAML file with t
     tolerance: 0.5                             # score units: a run has settled once every later
                                                # evaluation stays this close to its final score
     pairs: [[duelmix, qmix]]                   # probability of improvement of the first over the second
+    first: [qmix, qmix epymarl]                # these configurations' runs (every seed) before the rest
+                                               # (``run --first-only``: only them)
     reuse: [studies/central_info.yaml]         # other studies whose finished runs stand in for the
                                                # same runs here (same config and seed; see .reuse)
     peer:                                      # another framework's runs of the same grid, side by side
@@ -81,6 +83,7 @@ class StudySpec:
     metrics: List[str] = field(default_factory=list)
     tolerance: float = 0.5
     pairs: List[List[str]] = field(default_factory=list)
+    first: List[str] = field(default_factory=list)
     reuse: List[str] = field(default_factory=list)
     peer: Optional[PeerSpec] = None
 
@@ -130,6 +133,9 @@ def load_spec(path: str | Path) -> StudySpec:
         spec = dataclasses.replace(spec, peer=dataclasses.replace(
             peer, command=[os.path.expanduser(part) for part in peer.command]))
         labels |= {config_label(m, None, peer.name) for m in peer.mixers}
+    if not set(spec.first) <= labels:
+        raise ConfigError(f"study spec {path}: first entries {sorted(set(spec.first) - labels)}; allowed: "
+                          f"configurations of the study ({', '.join(sorted(labels))})")
     for pair in spec.pairs:
         if len(pair) != 2 or not set(pair) <= labels:
             raise ConfigError(f"study spec {path}: pairs entry {pair}; allowed: two of {', '.join(sorted(labels))}")
@@ -147,7 +153,8 @@ def load_spec(path: str | Path) -> StudySpec:
 
 
 def plan(spec: StudySpec) -> list[Run]:
-    """Every run of the grid, in an order that finishes whole seeds of the grid first."""
+    """Every run of the grid: the ``first`` configurations' runs, then the others, each part in an order
+    that finishes whole seeds first."""
     runs = []
     for seed in spec.seeds:
         for preset in spec.presets:
@@ -169,4 +176,4 @@ def plan(spec: StudySpec) -> list[Run]:
                         *spec.mixer_overrides.get(mixer, [])]
                 runs.append(Run(preset, mixer, None, spec.peer.name, seed, Path(spec.runs_dir) / relative, tuple(argv),
                                 Path(spec.archive_dir) / relative if spec.archive_dir else None, spec.peer))
-    return runs
+    return sorted(runs, key=lambda run: run.label not in spec.first)  # stable: the order above within each part
