@@ -93,3 +93,36 @@ def test_a_game_that_ends_early_stops_while_the_others_play_on():
         assert env.games[0]._t == 1 and env.games[1]._t == 50  # game 0 was not stepped after its end
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("name, options", [
+    pytest.param("lbf", {"key": "Foraging-5x5-2p-1f-v3"},  # small: some games end early, some play to the limit
+                 marks=pytest.mark.skipif(importlib.util.find_spec("lbforaging") is None, reason="lbforaging")),
+    FAMILIES[1]])
+def test_play_is_torchrls_rollout_bitwise(name, options):
+    from lightning_marl.data.collector import acting
+    from lightning_marl.models.agent import RNNAgent
+    from lightning_marl.models.policy import RecurrentPolicy
+
+    envs = [lm.make_env(name, num_envs=6, seed=3, workers="in_process", **options) for _ in range(2)]
+    torch.manual_seed(0)
+    agent = RNNAgent(envs[0].obs_dim, envs[0].n_agents, envs[0].n_actions, hidden_dim=16, agent_id=True,
+                     last_action=True, dueling=False, torso="mlp", obs_grid_shape=None, recurrent=True,
+                     activation="relu")
+    policies = [RecurrentPolicy(agent, 0.7, generator=torch.Generator().manual_seed(5)) for _ in range(2)]
+    try:
+        ended_early = False
+        for _ in range(3):  # rounds: games continue their RNG from round to round
+            fast = envs[0].play(acting(policies[0]), envs[0].episode_limit)
+            slow = envs[1].rollout(envs[1].episode_limit, policy=policies[1], auto_reset=True,
+                                   break_when_any_done=False, break_when_all_done=True)
+            assert fast.batch_size == slow.batch_size
+            for key in fast.keys(True, True):
+                assert fast[key].dtype == slow[key].dtype and torch.equal(fast[key], slow[key]), key
+            done = fast["next", "done"].squeeze(-1)
+            ended_early |= bool((done.float().argmax(1) < done.shape[1] - 1).any())
+        assert ended_early or name == "mpe"  # the rows of games that ended repeat their last step's
+        assert torch.equal(policies[0].generator.get_state(), policies[1].generator.get_state())
+    finally:
+        for env in envs:
+            env.close()

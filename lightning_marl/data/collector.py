@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 from tensordict import TensorDict, TensorDictBase
 
+from lightning_marl.envs.batching import LoopedGames
 from lightning_marl.envs.contract import ACTION, MASK, OBS, SHAPED_REWARD
 from lightning_marl.models.policy import RecurrentPolicy
 
@@ -86,7 +87,26 @@ def mark_timeouts_terminal(episodes: TensorDict) -> None:
 
 def collect_episodes(env, policy: RecurrentPolicy, length: int) -> tuple[TensorDict, dict]:
     """Play one episode in each of the env's games with ``policy`` (its recurrent state starts
-    afresh: the round starts from ``env.reset()``); returns padded episodes and their stats."""
-    rollout = env.rollout(length, policy=policy, auto_reset=True, break_when_any_done=False,
-                          break_when_all_done=True)
+    afresh: the round starts from ``env.reset()``); returns padded episodes and their stats. Games
+    batched by :class:`~lightning_marl.envs.batching.LoopedGames` play the same round through its
+    :meth:`~lightning_marl.envs.batching.LoopedGames.play`, the others through TorchRL's ``rollout``."""
+    if isinstance(env, LoopedGames):
+        rollout = env.play(acting(policy), length)
+    else:
+        rollout = env.rollout(length, policy=policy, auto_reset=True, break_when_any_done=False,
+                              break_when_all_done=True)
     return episodes_from_rollout(rollout, length, getattr(env, "stat_keys", ()))
+
+
+def acting(policy: RecurrentPolicy):
+    """``policy`` as ``act(observations, masks) -> actions`` for one episode of a batch of games: it keeps
+    the agents' recurrent state and last actions from call to call (a fresh one per episode)."""
+    state = {"hidden": None, "prev": None}
+
+    def act(obs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        action, state["hidden"], _ = policy.act(obs.to(policy.device), mask.to(policy.device), state["hidden"],
+                                                state["prev"])
+        state["prev"] = action
+        return action
+
+    return act

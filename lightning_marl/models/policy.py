@@ -73,25 +73,33 @@ class RecurrentPolicy(TensorDictModuleBase):
         obs = td.get(OBS).to(self.device, non_blocking=True)
         mask = td.get(MASK).to(self.device, non_blocking=True)
         hidden, prev = td.get(HIDDEN, None), td.get(PREV_ACTION, None)
-        if hidden is None:  # the episode's first step
-            hidden, prev = self.agent.initial_state(obs.shape[0], device=self.device), None
-        else:
+        if hidden is not None:
             hidden, prev = hidden.to(self.device), prev.to(self.device)
             init = td.get(IS_INIT, None)
             if init is not None:  # games whose episode starts at this step
                 init = init.to(self.device).reshape(init.shape[0], 1)
                 hidden = torch.where(init[..., None], 0.0, hidden)
                 prev = torch.where(init, -1, prev)
-        q, hidden = self.agent.step(obs, prev, hidden, mask)
-        if self.require_finite and not torch.isfinite(q).all():
-            raise DivergenceError("the agent's Q values are not finite: no greedy evaluation of a diverged agent")
-        action = epsilon_greedy(q, mask, float(self.epsilon), generator=self.generator)
+        action, hidden, q = self.act(obs, mask, hidden, prev)
         out = td.device
         written = ((ACTION, action), (HIDDEN, hidden), (PREV_ACTION, action)) + (
             ((ACTION_VALUE, q),) if self.action_values else ())
         for key, value in written:
             td.set(key, value.to(out, non_blocking=True) if out is not None else value.cpu())
         return td
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, mask: torch.Tensor, hidden: Optional[torch.Tensor],
+            prev: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step of a batch of games on the policy's device: observations ``[B,N,O]``, masks
+        ``[B,N,A]``, the state after the last step (``hidden`` ``[B,N,H]``, ``prev`` ``[B,N]``; ``None``
+        at the episode's first step) -> (actions ``[B,N]``, new hidden, Q values ``[B,N,A]``)."""
+        if hidden is None:  # the episode's first step
+            hidden, prev = self.agent.initial_state(obs.shape[0], device=self.device), None
+        q, hidden = self.agent.step(obs, prev, hidden, mask)
+        if self.require_finite and not torch.isfinite(q).all():
+            raise DivergenceError("the agent's Q values are not finite: no greedy evaluation of a diverged agent")
+        return epsilon_greedy(q, mask, float(self.epsilon), generator=self.generator), hidden, q
 
     def set_epsilon(self, epsilon: float) -> "RecurrentPolicy":
         self.epsilon.fill_(float(epsilon))
