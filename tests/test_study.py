@@ -455,7 +455,8 @@ peer:
     assert "Runs labelled `fake` are fake's own" in text and "peak memory MiB" in text
 
 
-def test_first_configurations_run_first_and_alone_with_first_only(tmp_path):
+def test_first_configurations_run_first_and_alone_with_first_only(tmp_path, capsys):
+    from lightning_marl.study import main
     from lightning_marl.study.spec import load_spec, plan
 
     spec = write_spec(tmp_path, seeds=(0, 1, 2))
@@ -464,8 +465,11 @@ def test_first_configurations_run_first_and_alone_with_first_only(tmp_path):
     spec.write_text(spec.read_text() + "first: [qmix]\n")
     after = [(run.label, run.seed) for run in plan(load_spec(spec))]
     assert after == [("qmix", 0), ("qmix", 1), ("qmix", 2), ("vdn", 0), ("vdn", 1), ("vdn", 2)]
-    proc = study("status", str(spec), "--first-only", cwd=tmp_path)
-    assert proc.returncode == 0 and "0 of 3 runs" in proc.stdout and "vdn" not in proc.stdout
+    main(["status", str(spec), "--first-only"])
+    out = capsys.readouterr().out
+    assert "0 of 3 runs" in out and "vdn" not in out
     spec.write_text(spec.read_text().replace("first: [qmix]", "first: [qmix, nobody]"))
-    proc = study("status", str(spec), cwd=tmp_path)
-    assert proc.returncode == 2 and "first entries ['nobody']" in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(SystemExit) as stop:
+        main(["status", str(spec)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "first entries ['nobody']" in err and "Traceback" not in err
