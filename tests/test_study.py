@@ -473,3 +473,23 @@ def test_first_configurations_run_first_and_alone_with_first_only(tmp_path, caps
         main(["status", str(spec)])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and "first entries ['nobody']" in err and "Traceback" not in err
+
+
+def test_a_runs_wall_time_is_kept_while_it_trains_and_adds_up_over_sessions(tmp_path):
+    """A session killed together with its runner (a session's end) still counts: the runner writes the run's
+    wall time to its folder while it trains, and the next session adds to it."""
+    import subprocess as sp
+    import time
+
+    from lightning_marl.study.runner import WALL, track
+
+    run = plan(load_spec(write_spec(tmp_path, seeds=(0,))))[0]
+    run.folder.mkdir(parents=True)
+    proc = sp.Popen([sys.executable, "-c", "import time; time.sleep(2)"])
+    proc.started, proc.wall_before, proc.peak_rss = time.time() - 30.0, 100.0, 0.0
+    try:
+        wall = track(run, proc)
+        assert 130.0 <= wall < 135.0 and float((run.folder / WALL).read_text()) == round(wall, 1)
+        assert proc.peak_rss > 0  # the process's memory, sampled
+    finally:
+        proc.wait()

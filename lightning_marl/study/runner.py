@@ -23,7 +23,7 @@ from lightning_marl.study import peers
 from lightning_marl.study.records import CLAIM, FINISHED, archive, claim, claimed, is_finished, record
 from lightning_marl.study.spec import Run
 
-LOG, SESSIONS = "study.log", ".code"
+LOG, SESSIONS, WALL = "study.log", ".code", ".wall_s"  # WALL: seconds trained over all sessions
 RUNNER_OVERRIDES = ("trainer.enable_progress_bar=false",)  # runs share the runner's log: no progress bar
 
 
@@ -45,7 +45,7 @@ def clear_unresumable(run: Run) -> None:
         return peers.start_over(run, keep=(CLAIM, LOG, SESSIONS))
     if (run.folder / "checkpoints" / "last.ckpt").is_file():
         return
-    for name in ("metrics.csv", "hparams.yaml", "train.log", SESSIONS, ".wall_s"):
+    for name in ("metrics.csv", "hparams.yaml", "train.log", SESSIONS, WALL):
         (run.folder / name).unlink(missing_ok=True)
     for name in (".hydra", "checkpoints", "resumed"):
         shutil.rmtree(run.folder / name, ignore_errors=True)
@@ -128,16 +128,27 @@ def start(run: Run) -> subprocess.Popen:
     log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} code {code}: {' '.join(command(run))}\n")
     log.flush()
     env = {**os.environ, **run.peer.env} if run.peer is not None else None
+    spent = run.folder / WALL  # the earlier sessions' wall time (kept up to date while a run trains)
     proc = subprocess.Popen(command(run), stdout=log, stderr=subprocess.STDOUT, env=env)
     proc.started = time.time()  # type: ignore[attr-defined]
+    proc.wall_before = float(spent.read_text()) if spent.is_file() else 0.0  # type: ignore[attr-defined]
     proc.peak_rss = 0.0  # type: ignore[attr-defined]  # MiB, the run's processes together (sampled)
     proc.log = log  # type: ignore[attr-defined]
     return proc
 
 
+def track(run: Run, proc: subprocess.Popen) -> float:
+    """Note a training run's peak memory so far and write its wall time (every session of the run, this
+    one up to now) to its folder, so that a session killed with its runner still counts; the wall time."""
+    proc.peak_rss = max(proc.peak_rss, tree_rss_mb(proc.pid))  # type: ignore[attr-defined]
+    wall = proc.wall_before + time.time() - proc.started  # type: ignore[attr-defined]
+    (run.folder / WALL).write_text(f"{wall:.1f}")
+    return wall
+
+
 def finish(run: Run, proc: subprocess.Popen) -> bool:
     """Record how the run's process ended; a finished run gets its record and is archived. The wall
-    time adds up every session of the run that this runner saw end (a killed runner's is lost)."""
+    time adds up every session of the run (:func:`track` keeps it while the run trains)."""
     proc.log.close()  # type: ignore[attr-defined]
     ok = proc.returncode == 0
     if ok and run.peer is not None:
@@ -147,10 +158,8 @@ def finish(run: Run, proc: subprocess.Popen) -> bool:
             ok = False
             with open(run.folder / LOG, "a") as log:
                 log.write(f"# the results of {run.peer.name} could not be read: {err}\n")
-    spent = run.folder / ".wall_s"
-    before = float(spent.read_text()) if spent.is_file() else 0.0
-    wall = before + time.time() - proc.started  # type: ignore[attr-defined]
-    spent.write_text(f"{wall:.1f}")
+    wall = proc.wall_before + time.time() - proc.started  # type: ignore[attr-defined]
+    (run.folder / WALL).write_text(f"{wall:.1f}")
     if ok:
         versions = (run.folder / SESSIONS).read_text().split() if (run.folder / SESSIONS).is_file() else []
         (run.folder / FINISHED).write_text(json.dumps({
@@ -245,7 +254,7 @@ def run_all(runs: Sequence[Run], jobs: int = 1, limit: Optional[int] = None, say
             for item in list(active):
                 run, proc = item
                 if proc.poll() is None:
-                    proc.peak_rss = max(proc.peak_rss, tree_rss_mb(proc.pid))  # type: ignore[attr-defined]
+                    track(run, proc)
                     continue
                 active.remove(item)
                 ok = finish(run, proc)
