@@ -150,7 +150,7 @@ class SeededGame:
         return super().close(raise_if_closed=raise_if_closed)
 
 
-class LoopedGames(EnvBase):
+class LoopedGames(GameBatch, EnvBase):
     """``num_envs`` :class:`SeededGame` games batched to ``[num_envs]`` in this process, stepped in a
     loop at the numpy level (:meth:`SeededGame.step_arrays`), their outputs joined into one tensor per
     key.
@@ -188,26 +188,30 @@ class LoopedGames(EnvBase):
         flags = None if tensordict is None else tensordict.get(key, None)
         return [True] * len(self.games) if flags is None else flags.reshape(-1).tolist()
 
-    def _joined(self, rewards: list) -> TensorDict:
+    def _current(self, k: int) -> torch.Tensor:
+        """Entry ``k`` of every game's last output (0 observations, 1 action mask, 2 state), joined."""
+        return torch.as_tensor(np.stack([out[k] for out in self._outputs]), device=self.device)
+
+    def _joined(self, rewards: Optional[list]) -> TensorDict:
+        """Every game's last output as the batch's tensordict (with ``rewards``, after a step)."""
         dev, outs = self.device, self._outputs
-        obs = torch.as_tensor(np.stack([o[0] for o in outs]), device=dev)
-        mask = torch.as_tensor(np.stack([o[1] for o in outs]), device=dev)
+        obs, mask = self._current(0), self._current(1)
         if self.games[0].masks_change:
             self._action_leaf.update_mask(mask)
         terminated = torch.tensor([[o[3]] for o in outs], device=dev)
         truncated = torch.tensor([[o[4]] for o in outs], device=dev)
         agents = TensorDict({OBS[1]: obs, MASK[1]: mask}, batch_size=obs.shape[:2], device=dev)
-        return TensorDict({OBS[0]: agents, STATE: torch.as_tensor(np.stack([o[2] for o in outs]), device=dev),
-                           "reward": torch.tensor(rewards, dtype=torch.float32, device=dev).unsqueeze(-1),
-                           "done": terminated | truncated, "terminated": terminated, "truncated": truncated},
-                          batch_size=self.batch_size, device=dev)
+        fields = {OBS[0]: agents, STATE: self._current(2), "done": terminated | truncated, "terminated": terminated,
+                  "truncated": truncated}
+        if rewards is not None:
+            fields["reward"] = torch.tensor(rewards, dtype=torch.float32, device=dev).unsqueeze(-1)
+        return TensorDict(fields, batch_size=self.batch_size, device=dev)
 
     def _reset(self, tensordict=None, **kwargs) -> TensorDict:
         for i, (game, flag) in enumerate(zip(self.games, self._flags(tensordict, "_reset"))):
             if flag:
                 self._outputs[i] = (*game.reset_arrays(), False, False)
-        out = self._joined([0.0] * len(self.games))
-        return out.exclude("reward")
+        return self._joined(None)
 
     def _step(self, tensordict: TensorDictBase) -> TensorDict:
         actions = tensordict.get(ACTION).tolist()
@@ -236,9 +240,7 @@ class LoopedGames(EnvBase):
         rows: list = [None] * len(games)  # each game's (obs, mask, state, action, next obs, mask, state,
         steps, playing = [], [True] * len(games)  # reward, terminated, truncated) of its last step
         for _ in range(max_steps):
-            obs = torch.as_tensor(np.stack([out[0] for out in self._outputs]), device=dev)
-            mask = torch.as_tensor(np.stack([out[1] for out in self._outputs]), device=dev)
-            actions = act(obs, mask).cpu().numpy()
+            actions = act(self._current(0), self._current(1)).cpu().numpy()
             for i, game in enumerate(games):
                 if playing[i]:
                     before = self._outputs[i]
@@ -268,9 +270,6 @@ class LoopedGames(EnvBase):
 
     def rng_state(self) -> list:
         return [game.rng_state() for game in self.games]
-
-    def get_rng_state(self) -> list:
-        return self.rng_state()
 
     def set_rng_state(self, states) -> None:
         for game, state in zip(self.games, states):

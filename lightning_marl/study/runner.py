@@ -141,6 +141,11 @@ def track(run: Run, proc: subprocess.Popen) -> float:
     """Note a training run's peak memory so far and write its wall time (every session of the run, this
     one up to now) to its folder, so that a session killed with its runner still counts; the wall time."""
     proc.peak_rss = max(proc.peak_rss, tree_rss_mb(proc.pid))  # type: ignore[attr-defined]
+    return record_wall(run, proc)
+
+
+def record_wall(run: Run, proc: subprocess.Popen) -> float:
+    """Write the run's wall time (its earlier sessions' and this one's up to now) to its folder."""
     wall = proc.wall_before + time.time() - proc.started  # type: ignore[attr-defined]
     (run.folder / WALL).write_text(f"{wall:.1f}")
     return wall
@@ -158,8 +163,7 @@ def finish(run: Run, proc: subprocess.Popen) -> bool:
             ok = False
             with open(run.folder / LOG, "a") as log:
                 log.write(f"# the results of {run.peer.name} could not be read: {err}\n")
-    wall = proc.wall_before + time.time() - proc.started  # type: ignore[attr-defined]
-    (run.folder / WALL).write_text(f"{wall:.1f}")
+    wall = record_wall(run, proc)
     if ok:
         versions = (run.folder / SESSIONS).read_text().split() if (run.folder / SESSIONS).is_file() else []
         (run.folder / FINISHED).write_text(json.dumps({
