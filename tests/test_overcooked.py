@@ -208,6 +208,25 @@ def test_batch_of_two_behaves_like_two_single_games(parallel):
 
 
 @needs_overcooked
+@pytest.mark.parametrize("parallel, threads", [(False, 1), (True, 2)])
+def test_a_batch_leaves_the_runs_torch_threads_as_they_were(parallel, threads):
+    """The run's ``threads`` setting stands: TorchRL's batched ``close`` raises the thread count by the
+    number of games and its ``ParallelEnv`` start lowers it by the number of workers."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        env = make_env(num_envs=2, horizon=5, workers="processes" if parallel else "in_process")
+        try:
+            env.rollout(3)
+            during = torch.get_num_threads()
+        finally:
+            env.close()
+        assert (during, torch.get_num_threads()) == (threads, threads)
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_overcooked
 def test_partial_steps_freeze_finished_games():
     env = SerialEnv(2, [functools.partial(game, horizon=3), functools.partial(game, horizon=5)])
     try:

@@ -25,11 +25,16 @@ class GameBatch:
     True there, and calling a name the games lack kills them. So the checkpoint hooks live here:
     ``rng_state()`` / ``set_rng_state()`` (no game randomness to save by default; a family with
     seeded games overrides them), and ``close()`` of a batch that never started, or was closed
-    already, is a no-op (the data module may build a batch only to read its specs).
+    already, is a no-op (the data module may build a batch only to read its specs), and leaves this
+    process's torch threads as they were: TorchRL's batched ``close`` raises them by the number of games
+    (undoing what its ``ParallelEnv`` start takes away, and a ``SerialEnv`` never took), which turned
+    the run's ``threads: 1`` into 2 once the data module had closed its probe batch.
     """
 
     def close(self, *, raise_if_closed: bool = False) -> None:
+        threads = torch.get_num_threads()
         super().close(raise_if_closed=raise_if_closed)
+        torch.set_num_threads(threads)
 
     def rng_state(self):
         return torch.empty(0)
@@ -314,7 +319,8 @@ def batch_games(factories: Sequence[Callable[[], EnvBase]], probe: EnvBase, attr
     if parallel and num_envs > 1:
         kwargs = {} if use_buffers is None else {"use_buffers": use_buffers}
         factories = [functools.partial(in_worker, factory) for factory in factories]
-        env = parallel_cls(num_envs, factories, device=device, mp_start_method=start_method, **kwargs)
+        env = parallel_cls(num_envs, factories, device=device, mp_start_method=start_method,
+                           num_threads=torch.get_num_threads(), **kwargs)  # the run's `threads` stands
     else:
         env = serial_cls(num_envs, list(factories), device=device)
     for name in attributes:
