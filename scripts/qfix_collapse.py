@@ -9,7 +9,10 @@ collapse), and, from the diagnostics logged up to the collapse (or the whole run
 taken non-greedy steps whose w is within 0.1 of its lower bound, the smallest mean w on them, the taken
 action's credit, the share of steps whose TD target exceeds the greedy joint action's value, and Q_tot at the
 start of the greedy test episodes beside their return at the collapse. "w at its bound" means a share of at
-least ``--at-bound`` (0.5) at some logged update before the collapse. Writes ``collapse.md`` into ``--out``.
+least ``--at-bound`` (0.5) at some logged update before the collapse. And the other reading the data offered:
+how far the greedy value Q_tot at the start of the test episodes stood above the return those episodes got, at
+the evaluation before the collapse (or the last one, when the run did not fall back) and at the end: an
+overestimated greedy value. Writes ``collapse.md`` into ``--out``.
 """
 from __future__ import annotations
 
@@ -45,11 +48,14 @@ def analyse(metrics: pd.DataFrame, tolerance: float, at_bound: float) -> dict:
 
     near = column(NEAR, "max")
     at = collapse if collapse is not None else len(returns) - 1
+    starts = tests[START].to_numpy() if START in tests else np.full(len(returns), np.nan)
+    before = collapse - 1 if collapse is not None else len(returns) - 1
     return {"best": returns[best], "best_at": steps[best], "final": returns[-1],
             "collapse_at": steps[collapse] if collapse is not None else None,
             "near_bound_max": near, "w_min": column(W_MEAN, "min"), "credit_min": column(CREDIT, "min"),
             "above_greedy_max": column(ABOVE, "max"),
-            "q_start": float(tests[START].iloc[at]) if START in tests else float("nan"), "return_at": returns[at],
+            "q_start": float(starts[at]), "return_at": returns[at],
+            "over_before": float(starts[before] - returns[before]), "over_end": float(starts[-1] - returns[-1]),
             "at_bound": bool(near >= at_bound)}
 
 
@@ -62,7 +68,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     spec = load_spec(args.spec)
     tolerance = spec.tolerance if args.tolerance is None else args.tolerance
-    rows, collapses, bound_first = [], 0, 0
+    rows, collapses, bound_first, over_first = [], 0, 0, 0
     for run in plan(spec):
         if not is_finished(run):
             continue
@@ -70,23 +76,29 @@ def main(argv=None) -> None:
         fell = r["collapse_at"] is not None
         collapses += fell
         bound_first += fell and r["at_bound"]
+        over_first += fell and r["over_before"] > 0
         fell_at = f"{r['collapse_at'] / 1e3:.0f}k" if fell else "-"
         rows.append(f"| {run.label} | {run.seed} | {r['best']:.1f} at {r['best_at'] / 1e3:.0f}k | {r['final']:.1f} | "
                     f"{fell_at} | {r['near_bound_max']:.2f} | "
                     f"{r['w_min']:.2f} | {r['credit_min']:.2f} | {r['above_greedy_max']:.3f} | "
-                    f"{r['q_start']:.1f} / {r['return_at']:.1f} | {'yes' if r['at_bound'] else 'no'} |")
+                    f"{r['q_start']:.1f} / {r['return_at']:.1f} | {'yes' if r['at_bound'] else 'no'} | "
+                    f"{r['over_before']:+.1f} | {r['over_end']:+.1f} |")
     lines = [f"# {spec.name}: falling back, and w at its bound", "",
              f"`python scripts/qfix_collapse.py {args.spec} --out {args.out}` (tolerance {tolerance:g}, 'at bound': "
              f"a share >= {args.at_bound:g} of taken non-greedy steps with w within 0.1 of its lower bound). "
              f"{len(rows)} finished runs; {collapses} fell back; of those, {bound_first} had w at its bound before "
-             "the collapse. Diagnostics are read up to the collapse (or over the whole run when it did not fall back).",
+             f"the collapse, and {over_first} had the greedy value Q_tot at the start of the test episodes above "
+             "their return at the evaluation before the collapse. Diagnostics are read up to the collapse (or over "
+             "the whole run when it did not fall back).",
              "", "| configuration | seed | best return | final | fell back at | max share w near bound | min mean w "
              "(non-greedy) | min credit (non-greedy) | max share target > greedy | Q_tot start / return at collapse "
-             "(or end) | w at bound before |", "|" + "---|" * 11, *rows, ""]
+             "(or end) | w at bound before | Q_tot start - return before the fall (or at the end) | "
+             "Q_tot start - return at the end |", "|" + "---|" * 13, *rows, ""]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "collapse.md").write_text("\n".join(lines))
-    print(f"{out / 'collapse.md'}: {len(rows)} runs, {collapses} fell back, {bound_first} with w at its bound first")
+    print(f"{out / 'collapse.md'}: {len(rows)} runs, {collapses} fell back, {bound_first} with w at its bound first, "
+          f"{over_first} with the greedy value above the return first")
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def test_the_gpu_check_refuses_to_run_without_a_gpu():
     assert proc.returncode == 2 and "no CUDA device visible" in proc.stderr and "nothing was run" in proc.stderr
 
 
-def test_qfix_collapse_finds_the_fall_and_whether_w_was_at_its_bound_before_it():
+def test_qfix_collapse_finds_the_fall_whether_w_was_at_its_bound_and_the_greedy_value_above_the_return_before_it():
     import importlib.util
 
     import pandas as pd
@@ -111,5 +111,7 @@ def test_qfix_collapse_finds_the_fall_and_whether_w_was_at_its_bound_before_it()
     r = module.analyse(pd.DataFrame(rows), tolerance=0.5, at_bound=0.5)
     assert (r["best"], r["best_at"], r["collapse_at"], r["q_start"], r["return_at"]) == (9.5, 200, 300, 14, -10)
     assert r["near_bound_max"] == 0.7 and r["at_bound"]  # 0.9 comes after the collapse: not counted
+    assert (r["over_before"], r["over_end"]) == (0.5, 25)  # Q_tot start - return at 200 (before the fall), at 400
     steady = module.analyse(pd.DataFrame(rows[:3] + rows[5:6]), tolerance=0.5, at_bound=0.5)
     assert steady["collapse_at"] is None and not steady["at_bound"]
+    assert steady["over_before"] == steady["over_end"] == 0.5  # no fall: the last evaluation
