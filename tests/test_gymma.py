@@ -56,6 +56,29 @@ def test_lbf_masks_and_a_real_terminal(name, key, agents, actions, obs_dim, limi
     game.close()
 
 
+@pytest.mark.parametrize("name, key, agents, actions, obs_dim, limit", GAMES[:1])
+def test_lbf_without_valid_action_masks_offers_every_action_and_an_invalid_one_does_nothing(
+        name, key, agents, actions, obs_dim, limit):
+    """EPyMARL's gymma wrapper offers every action (its LBF preset does the same): an action LBF does not
+    allow plays as NONE."""
+    masked = lm.make_env(name, num_envs=2, key=key, seed=4, workers="in_process")
+    unmasked = lm.make_env(name, num_envs=2, key=key, seed=4, workers="in_process", valid_actions=False)
+    try:
+        td, free = masked.reset(), unmasked.reset()
+        assert free[MASK].all() and not td[MASK].all() and torch.equal(td[OBS], free[OBS])
+        invalid = (~td[MASK]).float().argmax(-1)  # per player an action LBF does not allow now
+        assert not td[MASK].gather(-1, invalid.unsqueeze(-1)).any()
+        after_none = masked.step(td.set(ACTION, torch.zeros_like(invalid)))["next"]
+        after_invalid = unmasked.step(free.set(ACTION, invalid))["next"]
+        assert torch.equal(after_none[OBS], after_invalid[OBS])
+        assert torch.equal(after_none["reward"], after_invalid["reward"])
+    finally:
+        masked.close()
+        unmasked.close()
+    assert lm.load_config(["experiment=epymarl/lbf"]).env.valid_actions is False
+    assert lm.load_config(["env=lbf"]).env.valid_actions is True
+
+
 @pytest.mark.parametrize("name, key, agents, actions, obs_dim, limit", GAMES)
 def test_seeding_and_rng_state(name, key, agents, actions, obs_dim, limit):
     def starts(seed):

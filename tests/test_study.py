@@ -87,6 +87,16 @@ def test_settled_at_and_fell_back_on_known_curves():
     assert agg.fell_back([0, 10, 10, 4], tolerance=0.5) and not agg.fell_back([0, 4, 10, 9.8], tolerance=0.5)
 
 
+def test_runs_are_scored_up_to_their_common_horizon():
+    """A peer whose loop tests last at 450,012 of a 500k budget and a run tested at 450,040 and 500,000:
+    both are scored at ~450k (2% slack for the round an evaluation waits for), not one of them at 500k."""
+    horizon = agg.common_horizon([450_012, 500_000, 500_100])
+    assert horizon == pytest.approx(459_012.24)
+    steps, values = agg.up_to(np.array([0, 450_040, 500_000]), np.array([0.0, 0.3, 0.4]), horizon)
+    assert steps.tolist() == [0, 450_040] and values[-1] == 0.3
+    assert agg.common_horizon([500_000, 500_064]) > 500_064  # runs of one budget: nothing left out
+
+
 def write_spec(tmp_path, seeds=(0, 1)) -> Path:
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"""
@@ -412,7 +422,7 @@ if args.get("fail") == args["seed"]:
 out = Path(args["local_results_path"]) / "sacred" / "gymma" / "1"
 out.mkdir(parents=True)
 t_max, seed = int(args["t_max"]), int(args["seed"])
-steps = list(range(0, t_max + 1, t_max // 4))
+steps = list(range(0, t_max, t_max // 4))  # as EPyMARL's loop: its last test one interval short of t_max
 (out / "metrics.json").write_text(json.dumps({
     "test_return_mean": {"steps": steps, "values": [seed + i / 4 for i in range(len(steps))]},
     "return_mean": {"steps": steps[1:], "values": [0.5] * (len(steps) - 1)}}))
@@ -446,12 +456,14 @@ peer:
     import pandas as pd
 
     metrics = pd.read_csv(first / "metrics.csv")
-    assert metrics["env_steps"].tolist() == [0, 60, 120, 180, 240] and metrics["test/return_mean"].iloc[-1] == 1.0
+    assert metrics["env_steps"].tolist() == [0, 60, 120, 180] and metrics["test/return_mean"].iloc[-1] == 0.75
     assert not (peer_runs[1].folder / "finished.json").exists()
     report = study("report", str(spec), cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-2000:]
     text = (tmp_path / "runs" / "report.md").read_text()
-    assert "| qmix fake | 1 | 1 [1, 1] |" in text and "| qmix | 2 |" in text and "| qmix > qmix fake |" in text
+    assert "| qmix fake | 1 | 0.75 [0.75, 0.75] |" in text and "| qmix | 2 |" in text and "| qmix > qmix fake |" in text
+    # this trainer's runs evaluate at 0, 80, 160, 240: scored at 160, not after the peer's last test at 180
+    assert "Scored up to 184 env steps, the common horizon: the later evaluations of qmix (2 of 2) are left out" in text
     assert "Runs labelled `fake` are fake's own" in text and "peak memory MiB" in text
 
 

@@ -9,7 +9,9 @@ One :class:`GymmaEnv` is one game (batch size ``[]``); :func:`make_env` batches 
   EPyMARL builds it for this family (neither game has a global state of its own);
 - the team reward: the sum of the agents' rewards (EPyMARL's common reward);
 - action masks: LBF's valid actions of each player (moving into a wall or a food cell is not one,
-  loading only beside food); RWARE has none, every action is available;
+  loading only beside food), or with ``env.valid_actions=false`` every action, as EPyMARL's gymma
+  wrapper offers them (LBF turns an invalid action into doing nothing); RWARE has none, every action
+  is available;
 - the time limit (LBF's ``max_episode_steps`` 50, RWARE's ``max_steps`` 500): both games report it
   as done; here it is a truncation, which bootstraps, unless the game also ended on its own at that
   step (LBF: every food item collected). ``env.timeout_as_terminal=true`` stores time-outs as
@@ -72,8 +74,8 @@ def _episode_limit(family: str, game) -> int:
     return int(game._max_episode_steps if family == "lbf" else game.max_steps)
 
 
-def _valid_actions(family: str, game, n_agents: int, n_actions: int) -> np.ndarray:
-    if family != "lbf":
+def _valid_actions(family: str, game, n_agents: int, n_actions: int, valid_only: bool) -> np.ndarray:
+    if family != "lbf" or not valid_only:
         return np.ones((n_agents, n_actions), dtype=bool)
     mask = np.zeros((n_agents, n_actions), dtype=bool)
     for i, player in enumerate(game.players):
@@ -87,12 +89,12 @@ class GymmaEnv(SeededGame, EnvBase):
     batch_locked = True
 
     def __init__(self, family: str, key: str, seed: Optional[int], device: Union[str, torch.device],
-                 game_index: int = 0):
+                 game_index: int = 0, valid_actions: bool = True):
         gymnasium = _gymnasium(family)
         check_key(family, key)
         super().__init__(batch_size=torch.Size([]), device=device)
         self._game = gymnasium.make(key, disable_env_checker=True).unwrapped  # we call reset/step in order
-        self.family, self.key = family, key
+        self.family, self.key, self.valid_actions = family, key, valid_actions
         self.n_agents = len(self._game.action_space)
         self.n_actions = int(self._game.action_space[0].n)
         self.obs_dim = int(self._game.observation_space[0].shape[0])
@@ -109,7 +111,8 @@ class GymmaEnv(SeededGame, EnvBase):
 
     def _arrays(self, obs) -> tuple:
         joined = np.stack(obs).astype(np.float32, copy=False)
-        return joined, _valid_actions(self.family, self._game, self.n_agents, self.n_actions), joined.reshape(-1)
+        mask = _valid_actions(self.family, self._game, self.n_agents, self.n_actions, self.valid_actions)
+        return joined, mask, joined.reshape(-1)
 
     def _advance(self, actions: list) -> tuple:
         obs, rewards, done, truncated, _ = self._game.step(tuple(int(a) for a in actions))
@@ -129,17 +132,18 @@ class GymmaLoopedGames(LoopedGames):
     """Games of a Gymnasium multi-agent family, stepped in turn in this process."""
 
 
-def _make_game(family: str, key: str, seed: int, device: str, game_index: int) -> GymmaEnv:
-    return GymmaEnv(family, key, seed, device, game_index)
+def _make_game(family: str, key: str, seed: int, device: str, game_index: int, valid_actions: bool) -> GymmaEnv:
+    return GymmaEnv(family, key, seed, device, game_index, valid_actions)
 
 
 def make_games(family: str, num_envs: int, seed: int, device: str, key: str, parallel: Union[bool, str],
-               start_method: Optional[str]) -> Union[ParallelEnv, LoopedGames]:
+               start_method: Optional[str], valid_actions: bool = True) -> Union[ParallelEnv, LoopedGames]:
     """``num_envs`` games of ``key`` batched to ``[num_envs]`` (worker processes when ``parallel`` and
     there are cores for them; see :func:`~lightning_marl.envs.batching.batch_games`)."""
     probe = GymmaEnv(family, key, seed, device)  # checks the key here, not in a worker
     probe.close()
-    factories = [functools.partial(_make_game, family, key, seed + i, str(device), i) for i in range(num_envs)]
+    factories = [functools.partial(_make_game, family, key, seed + i, str(device), i, valid_actions)
+                 for i in range(num_envs)]
     env = batch_games(factories, probe, ("n_agents", "n_actions", "episode_limit", "stat_keys", "obs_dim",
                                          "state_dim", "key"),
                       parallel=parallel, device=device, parallel_cls=GymmaParallelEnv, serial_cls=GymmaLoopedGames,
@@ -148,9 +152,9 @@ def make_games(family: str, num_envs: int, seed: int, device: str, key: str, par
     return env
 
 
-def make_lbf(num_envs: int, seed: int, device: str, *, key: str, parallel: Union[bool, str],
+def make_lbf(num_envs: int, seed: int, device: str, *, key: str, valid_actions: bool, parallel: Union[bool, str],
              start_method: Optional[str]) -> Union[ParallelEnv, LoopedGames]:
-    return make_games("lbf", num_envs, seed, device, key, parallel, start_method)
+    return make_games("lbf", num_envs, seed, device, key, parallel, start_method, valid_actions)
 
 
 def make_rware(num_envs: int, seed: int, device: str, *, key: str, parallel: Union[bool, str],
@@ -167,6 +171,8 @@ class LBFConfig(EnvConfig):
     worker_processes = True
     name: str = "lbf"
     key: str = spec("Foraging-8x8-2p-2f-coop-v3", "a key lbforaging registers, e.g. Foraging-8x8-2p-3f-v3")
+    valid_actions: bool = spec(True, "true: LBF's valid actions of each player as its action mask; false: every "
+                                     "action available, as EPyMARL's gymma wrapper (an invalid one does nothing)")
 
     def check(self) -> None:
         check_key("lbf", self.key)

@@ -127,3 +127,21 @@ def fell_back(values: np.ndarray, tolerance: float) -> bool:
     """Whether a run ends more than ``tolerance`` below the best score it reached."""
     values = np.asarray(values, dtype=float)
     return bool(values.max() - values[-1] > tolerance)
+
+
+HORIZON_SLACK = 0.02  # an evaluation waits for its round to end: a few env steps past the interval's multiple
+
+
+def common_horizon(last_steps: Sequence[float], slack: float = HORIZON_SLACK) -> float:
+    """The env step up to which every run of a table can be compared: the earliest last evaluation
+    among them, plus ``slack`` of it. Runs of one budget end together; a peer's loop may stop
+    short of the budget (EPyMARL tests last at ~450k of a 500k budget with a 50k interval), and a
+    score taken later on one side than on the other is not the same measurement."""
+    return float(min(last_steps)) * (1.0 + slack)
+
+
+def up_to(steps: np.ndarray, values: np.ndarray, horizon: float) -> tuple[np.ndarray, np.ndarray]:
+    """The evaluations of a curve at or before ``horizon``."""
+    steps, values = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+    keep = steps <= horizon
+    return steps[keep], values[keep]

@@ -32,29 +32,33 @@ def read_curve(run: Run, metric: str) -> Optional[pd.Series]:
 
 def collect(spec: StudySpec, runs: list[Run]) -> dict:
     """{(preset, label): {"final": [...], "auc": [...], "settled": [...], "fell_back": n, "curves": [...],
-    "extra": {metric: [...]}, "wall": [...], "memory": [...], "mixer_parameters": n}}."""
+    "extra": {metric: [...]}, "wall": [...], "memory": [...], "mixer_parameters": n, "cut": n,
+    "horizon": h}}. Scores are taken up to the preset's common horizon (:func:`.aggregate.common_horizon`;
+    ``"cut"`` counts the runs whose later evaluations were left out of them); ``"curves"`` are whole."""
     out: dict = defaultdict(lambda: {"final": [], "auc": [], "settled": [], "fell_back": 0, "curves": [],
-                                     "extra": defaultdict(list), "wall": [], "memory": []})
-    for run in runs:
-        if not is_finished(run):
-            continue
-        curve = read_curve(run, spec.metric)
-        if curve is None or curve.empty:
-            continue
+                                     "extra": defaultdict(list), "wall": [], "memory": [], "cut": 0})
+    curves = {run: read_curve(run, spec.metric) for run in runs if is_finished(run)}
+    curves = {run: curve for run, curve in curves.items() if curve is not None and not curve.empty}
+    horizons = {preset: agg.common_horizon([c.index[-1] for r, c in curves.items() if r.preset == preset])
+                for preset in {r.preset for r in curves}}
+    for run, curve in curves.items():
         cell = out[(run.preset, run.label)]
         if "mixer_parameters" not in cell:  # the same for every seed of a configuration
             cell["mixer_parameters"] = mixer_parameters(run)
-        cell["final"].append(float(curve.iloc[-1]))
-        cell["auc"].append(agg.area_under_curve(curve.index.to_numpy(), curve.to_numpy()))
-        cell["settled"].append(agg.settled_at(curve.index.to_numpy(), curve.to_numpy(), spec.tolerance))
-        cell["fell_back"] += agg.fell_back(curve.to_numpy(), spec.tolerance)
+        steps, values = agg.up_to(curve.index.to_numpy(), curve.to_numpy(), horizons[run.preset])
+        cell["cut"] += len(steps) < len(curve)
+        cell["horizon"] = horizons[run.preset]
+        cell["final"].append(float(values[-1]))
+        cell["auc"].append(agg.area_under_curve(steps, values))
+        cell["settled"].append(agg.settled_at(steps, values, spec.tolerance))
+        cell["fell_back"] += agg.fell_back(values, spec.tolerance)
         cell["curves"].append(curve)
         cell["wall"].append(finished_record(run).get("wall_s", float("nan")))
         cell["memory"].append(finished_record(run).get("peak_rss_mb", float("nan")))
         for metric in spec.metrics:
             extra = read_curve(run, metric)
             if extra is not None and not extra.empty:
-                cell["extra"][metric].append(float(extra.iloc[-1]))
+                cell["extra"][metric].append(float(extra[extra.index <= horizons[run.preset]].iloc[-1]))
     return out
 
 
@@ -196,7 +200,9 @@ def write_report(spec: StudySpec, runs: list[Run], out_dir: Path, spec_path: Opt
     reused = [r for r in runs if reused_from(r)]
     lines = [f"# Study report: {spec.name}", "",
              f"{done} of {total} runs finished. Score: `{spec.metric}` (final = the last greedy evaluation, "
-             "AUC = its mean over the run's env steps). IQM over seeds with stratified bootstrap 95% intervals "
+             "AUC = its mean over the run's env steps, both up to the preset's common horizon: the earliest last "
+             f"evaluation among its runs, +{agg.HORIZON_SLACK:.0%}, so that runs whose loops stop at different "
+             "env steps are scored at the same one). IQM over seeds with stratified bootstrap 95% intervals "
              f"({agg.REPS} resamples, rliable). Settled at: the env step from which every later evaluation stays "
              f"within {spec.tolerance:g} of the run's final score (stability; IQM over seeds); fell back: runs "
              f"that end more than {spec.tolerance:g} below the best score they reached. Wall s: the training time "
@@ -231,6 +237,12 @@ def write_report(spec: StudySpec, runs: list[Run], out_dir: Path, spec_path: Opt
                          + f"{'-' if params is None else f'{params:,}'} | {np.median(cell['wall']):.0f} | "
                          + f"{_median(cell['memory'])} |")
         lines.append("")
+        cut = {lbl: cells[(preset, lbl)]["cut"] for lbl in labels if cells[(preset, lbl)]["cut"]}
+        if cut:
+            lines += [f"Scored up to {cells[(preset, labels[0])]['horizon']:,.0f} env steps, the common horizon: "
+                      "the later evaluations of " + ", ".join(f"{lbl} ({n} of {len(cells[(preset, lbl)]['final'])})"
+                                                              for lbl, n in cut.items())
+                      + " are left out of the scores (the curves show them).", ""]
         pairs = [(x, y) for x, y in spec.pairs if x in finals and y in finals]
         if pairs:
             lines += ["| P(X > Y), final score | value [95% CI] |", "|---|---|"]
