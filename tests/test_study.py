@@ -247,6 +247,9 @@ def test_a_bad_spec_or_run_is_refused_before_anything_starts(tmp_path):
     spec.write_text(spec.read_text().replace("pairs: [[qmix, vdn]]", "pairs: [[qmix, nobody]]"))
     proc = study("status", str(spec), cwd=tmp_path)
     assert proc.returncode == 2 and "pairs entry ['qmix', 'nobody']" in proc.stderr
+    spec.write_text(spec.read_text().replace("pairs: [[qmix, nobody]]", "published: {nobody: '1.0'}"))
+    proc = study("status", str(spec), cwd=tmp_path)
+    assert proc.returncode == 2 and "published entries ['nobody']; allowed: configurations of the study" in proc.stderr
 
 
 def test_a_signal_to_the_runner_stops_its_runs_with_a_checkpoint(tmp_path):
@@ -437,6 +440,7 @@ def test_a_peers_runs_are_run_read_and_reported_beside_this_trainers(tmp_path):
     spec = write_spec(tmp_path, seeds=(0, 1))
     spec.write_text(spec.read_text().replace("mixers: [vdn, qmix]", "mixers: [qmix]").replace(
         "pairs: [[qmix, vdn]]", f"""pairs: [[qmix, qmix fake]]
+published: {{qmix fake: "0.9 (its paper)"}}
 peer:
   name: fake
   mixers: [qmix]
@@ -465,6 +469,7 @@ peer:
     # this trainer's runs evaluate at 0, 80, 160, 240: scored at 160, not after the peer's last test at 180
     assert "Scored up to 184 env steps, the common horizon: the later evaluations of qmix (2 of 2) are left out" in text
     assert "Runs labelled `fake` are fake's own" in text and "peak memory MiB" in text
+    assert "Published values (context: their own budgets and settings, not measured here): qmix fake: 0.9 (its paper)." in text
 
 
 def test_first_configurations_run_first_and_alone_with_first_only(tmp_path, capsys):

@@ -237,6 +237,10 @@ def write_report(spec: StudySpec, runs: list[Run], out_dir: Path, spec_path: Opt
                          + f"{'-' if params is None else f'{params:,}'} | {np.median(cell['wall']):.0f} | "
                          + f"{_median(cell['memory'])} |")
         lines.append("")
+        published = [f"{lbl}: {text}" for lbl, text in spec.published.items()]
+        if published:
+            lines += ["Published values (context: their own budgets and settings, not measured here): "
+                      + "; ".join(published) + ".", ""]
         cut = {lbl: cells[(preset, lbl)]["cut"] for lbl in labels if cells[(preset, lbl)]["cut"]}
         if cut:
             lines += [f"Scored up to {cells[(preset, labels[0])]['horizon']:,.0f} env steps, the common horizon: "

@@ -21,6 +21,9 @@ ordinary ``train.py`` run in a folder of its own. The spec is a YAML file with t
                                                # (``run --first-only``: only them)
     reuse: [studies/central_info.yaml]         # other studies whose finished runs stand in for the
                                                # same runs here (same config and seed; see .reuse)
+    published: {qmix epymarl: "1.00 +- 0.00 (maximum return, 2M env steps; Papoudakis et al. 2021, Table 3)"}
+                                               # a configuration's published value, printed beside
+                                               # the report's table (context: its own budget and settings)
     peer:                                      # another framework's runs of the same grid, side by side
       name: epymarl                            # their label: "<mixer> epymarl"
       mixers: [qmix, vdn]                      # the mixers it runs (of this study's)
@@ -85,6 +88,7 @@ class StudySpec:
     pairs: List[List[str]] = field(default_factory=list)
     first: List[str] = field(default_factory=list)
     reuse: List[str] = field(default_factory=list)
+    published: Dict[str, str] = field(default_factory=dict)
     peer: Optional[PeerSpec] = None
 
 
@@ -133,6 +137,9 @@ def load_spec(path: str | Path) -> StudySpec:
         spec = dataclasses.replace(spec, peer=dataclasses.replace(
             peer, command=[os.path.expanduser(part) for part in peer.command]))
         labels |= {config_label(m, None, peer.name) for m in peer.mixers}
+    if not set(spec.published) <= labels:
+        raise ConfigError(f"study spec {path}: published entries {sorted(set(spec.published) - labels)}; allowed: "
+                          f"configurations of the study ({', '.join(sorted(labels))})")
     if not set(spec.first) <= labels:
         raise ConfigError(f"study spec {path}: first entries {sorted(set(spec.first) - labels)}; allowed: "
                           f"configurations of the study ({', '.join(sorted(labels))})")
