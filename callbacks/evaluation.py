@@ -21,7 +21,9 @@ def describe(metrics: dict[str, float]) -> str:
 
 class GreedyEvaluation(Callback):
     """Runs ``episodes`` greedy episodes (epsilon 0) on the evaluation envs at the start of training,
-    whenever ``interval_env_steps`` env steps have passed since the last evaluation, and at the end.
+    after the updates of the collection round in which ``interval_env_steps`` env steps have passed
+    since the last evaluation (so an evaluation sees what the round's data taught), and at the end
+    when updates were made since the last one.
     Writes ``test/return_mean`` and ``test/<stat>_mean`` (e.g. ``test/battle_won_mean`` = win rate)
     with the env-step count straight to the loggers, so no evaluation row is dropped, and logs a
     line with the results. With ``start_value``, also ``test/q_tot_start_mean``: the learner's Q_tot of
@@ -33,6 +35,7 @@ class GreedyEvaluation(Callback):
         self.interval, self.episodes, self.start_value = interval_env_steps, episodes, start_value
         self.skip_final = skip_final  # a run stopped by a signal ends without the final evaluation
         self.last_eval_step = -1
+        self.last_eval_update = -1
         self.history: list[dict[str, float]] = []
 
     def evaluate(self, trainer, pl_module) -> dict[str, float]:
@@ -46,7 +49,7 @@ class GreedyEvaluation(Callback):
                      for k, v in sorted(stats.items())}
         metrics = {f"test/{k}_mean": v for k, v in stats.items()}
         metrics.update({"env_steps": float(dm.env_steps), "episodes": float(dm.episodes)})
-        self.last_eval_step = dm.env_steps
+        self.last_eval_step, self.last_eval_update = dm.env_steps, trainer.global_step
         self.history.append(metrics)
         if trainer.is_global_zero:
             # the index of the update just done, as training rows use
@@ -65,16 +68,19 @@ class GreedyEvaluation(Callback):
         return trainer.strategy.reduce_boolean_decision(due, all=False) if trainer.world_size > 1 else due
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        steps = trainer.datamodule.env_steps
-        if self._agreed(trainer, self.interval > 0 and steps - self.last_eval_step >= self.interval):
+        dm = trainer.datamodule
+        due = self.interval > 0 and dm.env_steps - self.last_eval_step >= self.interval and dm.pending_updates == 0
+        if self._agreed(trainer, due):
             self.evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self._agreed(trainer, self.last_eval_step != trainer.datamodule.env_steps and not self.skip_final()):
+        if self._agreed(trainer, self.last_eval_update != trainer.global_step and not self.skip_final()):
             self.evaluate(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"last_eval_step": self.last_eval_step, "history": self.history}
+        return {"last_eval_step": self.last_eval_step, "last_eval_update": self.last_eval_update,
+                "history": self.history}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.last_eval_step, self.history = state["last_eval_step"], state["history"]
+        self.last_eval_update = state.get("last_eval_update", -1)  # (checkpoints before 2026-12-05 have none)

@@ -170,6 +170,10 @@ class DataConfig(Frozen):
     buffer_size: int = spec(5000, "replay capacity, in episodes", ge=1)
     batch_size: int = spec(32, "episodes per sampled batch", ge=1)
     updates_per_round: int = spec(1, "gradient updates per collection round", ge=1)
+    round_env_steps: Optional[int] = spec(None, "S: updates_per_round per S env steps instead of per round (a round "
+                                                "of s steps gets updates_per_round * s / S, the remainder carried "
+                                                "over; BenchMARL's optimizer steps per frames collected); null = per "
+                                                "round", ge=1)
     warmup_episodes: int = spec(32, "no update before the replay holds this many episodes", ge=0)
     collector_processes: int = spec(0, "P > 0: P worker processes of TorchRL's collector own the training "
                                        "games and play while the learner trains (0 = in-process, bitwise "
@@ -187,7 +191,8 @@ class DataConfig(Frozen):
 
 @dataclass
 class EvalConfig(Frozen):
-    interval_env_steps: int = spec(2000, "greedy evaluation every this many env steps (0 = only at the end)", ge=0)
+    interval_env_steps: int = spec(2000, "greedy evaluation every this many env steps, after the updates of the "
+                                         "round that passes them (0 = only at the end)", ge=0)
     episodes: int = spec(32, "greedy episodes per evaluation", ge=1)
     num_envs: int = spec(8, "evaluation games played at once", ge=1)
     epsilon: float = spec(0.0, "exploration of the test episodes (0: greedy; EPyMARL's benchmark paper: 0.05 on RWARE)",

@@ -7,8 +7,10 @@ Its interface to the rest of the trainer:
 - it asks the LightningModule for one thing, ``acting_policy()``: a
   :class:`~lightning_marl.models.policy.RecurrentPolicy` over the current agent at the current
   epsilon (:class:`Acting`);
-- callbacks read ``env_steps``, ``episodes``, ``last_stats`` (means over the last round's episodes)
-  and ``env_steps_per_second()``, call ``evaluate(agent, episodes)`` and ``update_priorities``;
+- callbacks read ``env_steps``, ``episodes``, ``last_stats`` (means over the last round's episodes),
+  ``pending_updates`` (the current round's updates still to come) and ``env_steps_per_second()``, call
+  ``evaluate(agent, episodes)`` and ``update_priorities``, and add to ``round_hooks`` what must happen
+  before each collection round, the replay warm-up's included (epsilon: :mod:`callbacks.epsilon`);
   ``budget_spent()`` tells :class:`~callbacks.budget.BudgetStop` when to stop the run.
 """
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from typing import Any, Iterator, Optional, Protocol
+from typing import Any, Callable, Iterator, Optional, Protocol
 
 import lightning as L
 import numpy as np
@@ -67,9 +69,10 @@ class _TrainingStream(IterableDataset):
             if dm.pending_updates == 0:
                 if dm.budget_spent():
                     return
+                steps = dm.env_steps
                 dm.collect_round()
                 ready = len(dm.replay) >= max(dm.data.batch_size, dm.data.warmup_episodes)
-                dm.pending_updates = dm.data.updates_per_round if ready else 0
+                dm.pending_updates = dm.round_updates(dm.env_steps - steps) if ready else 0
                 continue
             dm.pending_updates -= 1
             yield dm.sample()
@@ -99,6 +102,8 @@ class MARLDataModule(L.LightningDataModule):
         self.source = EnvSource(env_cfg, dataclasses.replace(env_cfg, **dict(cfg.eval.env)), cfg.device,
                                 cfg.data.env_workers, cfg.data.start_method)
         self.env_steps = self.episodes = self.rounds = self.pending_updates = 0
+        self.update_credit = 0  # data.round_env_steps: updates_per_round x env steps not yet turned into updates
+        self.round_hooks: list[Callable[[int], None]] = []  # called with env_steps before each round
         self.last_stats: dict[str, float] = {}
         self.collection: Optional[InProcessCollection | WorkerCollection] = None
         self.evaluator: Optional[GreedyEvaluator] = None
@@ -155,6 +160,8 @@ class MARLDataModule(L.LightningDataModule):
 
     def collect_round(self) -> dict[str, float]:
         """Play one round with the module's acting policy and store its episodes in replay."""
+        for hook in self.round_hooks:
+            hook(self.env_steps)
         if isinstance(self.collection, WorkerCollection) and not self.collection.started:
             self.collection.seed = self._base_seed + RESTART_SEED_OFFSET * self.rounds
         episodes, stats = self.collection.next_round(self.trainer.lightning_module.acting_policy())
@@ -166,6 +173,19 @@ class MARLDataModule(L.LightningDataModule):
         self.rounds += 1
         self.last_stats = {k: float(v.mean()) for k, v in stats.items()}
         return self.last_stats
+
+    def round_updates(self, steps: int) -> int:
+        """The updates a round of ``steps`` env steps gets: ``data.updates_per_round``, or with
+        ``data.round_env_steps`` = S that many per S env steps, the remainder carried to the next round
+        (under DDP the ranks' mean steps, so that every rank makes the same number of updates)."""
+        if self.data.round_env_steps is None:
+            return self.data.updates_per_round
+        if self.trainer is not None and self.trainer.world_size > 1:
+            mean = self.trainer.strategy.reduce(torch.tensor(float(steps)), reduce_op="mean")
+            steps = int(round(float(mean)))
+        self.update_credit += self.data.updates_per_round * steps
+        updates, self.update_credit = divmod(self.update_credit, self.data.round_env_steps)
+        return updates
 
     def sample(self) -> TensorDict:
         """A batch of episodes from replay (see :meth:`EpisodeReplay.sample`)."""
@@ -191,7 +211,8 @@ class MARLDataModule(L.LightningDataModule):
         every rank's (:mod:`lightning_marl.rank_states`; the trainer saves rank 0's)."""
         state = {"env": self.source.record(), "seed": self.seed,
                  "env_steps": self.env_steps, "episodes": self.episodes, "rounds": self.rounds,
-                 "pending_updates": self.pending_updates, "last_stats": dict(self.last_stats),
+                 "pending_updates": self.pending_updates, "update_credit": self.update_credit,
+                 "last_stats": dict(self.last_stats),
                  "rng": _global_rng_states()}
         if self.keep_replay_in_checkpoint and self.replay is not None:
             state["replay"] = self.replay.state_dict()
@@ -223,6 +244,7 @@ class MARLDataModule(L.LightningDataModule):
             state = rank_states.restore(self.trainer, self.trainer.ckpt_path, state)
         self.env_steps, self.episodes, self.rounds = state["env_steps"], state["episodes"], state["rounds"]
         self.pending_updates, self.last_stats = state["pending_updates"], dict(state["last_stats"])
+        self.update_credit = state.get("update_credit", 0)  # (checkpoints before 2026-12-05 have none)
         self._start_steps, self._start_time = self.env_steps, time.perf_counter()
         if "replay" in state:
             self.replay.load_state_dict(state["replay"])
