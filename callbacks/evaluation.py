@@ -23,7 +23,7 @@ class GreedyEvaluation(Callback):
     """Runs ``episodes`` greedy episodes (epsilon 0) on the evaluation envs at the start of training,
     after the updates of the collection round in which ``interval_env_steps`` env steps have passed
     since the last evaluation (so an evaluation sees what the round's data taught), and at the end
-    when updates were made since the last one.
+    when updates were made or env steps played since the last one.
     Writes ``test/return_mean`` and ``test/<stat>_mean`` (e.g. ``test/battle_won_mean`` = win rate)
     with the env-step count straight to the loggers, so no evaluation row is dropped, and logs a
     line with the results. With ``start_value``, also ``test/q_tot_start_mean``: the learner's Q_tot of
@@ -74,7 +74,9 @@ class GreedyEvaluation(Callback):
             self.evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self._agreed(trainer, self.last_eval_update != trainer.global_step and not self.skip_final()):
+        moved = self.last_eval_step != trainer.datamodule.env_steps or (
+            self.last_eval_update is not None and self.last_eval_update != trainer.global_step)
+        if self._agreed(trainer, moved and not self.skip_final()):
             self.evaluate(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
@@ -83,4 +85,4 @@ class GreedyEvaluation(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.last_eval_step, self.history = state["last_eval_step"], state["history"]
-        self.last_eval_update = state.get("last_eval_update", -1)  # (checkpoints before 2026-12-05 have none)
+        self.last_eval_update = state.get("last_eval_update")  # None: a checkpoint before 2026-12-05 (env steps only)

@@ -149,7 +149,8 @@ def run(cfg: TrainConfig, run_dir: str | os.PathLike, ckpt_path: Optional[str | 
         if trainer.is_global_zero:
             finish_loggers(loggers)
     tidy(run_dir / "checkpoints", cfg.checkpoint.keep_all)
-    if stop.stopped and datamodule.env_steps < cfg.total_env_steps:  # (a signal after the last update: finished)
+    # a signal after the last round's last update: finished; before it (budget spent, updates to come): not
+    if stop.stopped and (datamodule.env_steps < cfg.total_env_steps or datamodule.pending_updates > 0):
         raise Interrupted(stop.signum, f"stopped by {signal.Signals(stop.signum).name} after update "
                                        f"{trainer.global_step} (env step {datamodule.env_steps}); checkpoint: {last}; "
                                        f"continue with: train.py resume={run_dir}", hand_back=stop.hand_back)

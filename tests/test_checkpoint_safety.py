@@ -152,6 +152,31 @@ def test_a_signal_writes_a_checkpoint_says_how_to_resume_and_the_resumed_run_is_
     assert_same_training_state(final_state(tmp_path / "full"), final_state(run_dir))
 
 
+def test_a_signal_during_the_last_rounds_updates_is_an_interruption_and_resumes_exactly(make_config, tmp_path,
+                                                                                         monkeypatch):
+    """The budget is spent once the last round is collected, but the round's updates are still to come: a run
+    stopped then is not finished (its study run is resumed, not archived short of those updates)."""
+    from lightning_marl.data.datamodule import MARLDataModule
+    from lightning_marl.errors import Interrupted
+
+    overrides = BASE + ["total_env_steps=400", "data.updates_per_round=4"]
+    run(load(overrides), tmp_path / "full")
+    sample, stopped = MARLDataModule.sample, tmp_path / "stopped"
+
+    def signalled(self):
+        if self.env_steps >= 400 and self.pending_updates == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # stops after this update: two of the round's left
+        return sample(self)
+
+    monkeypatch.setattr(MARLDataModule, "sample", signalled)
+    with pytest.raises(Interrupted):
+        run(load(overrides), stopped)
+    monkeypatch.undo()
+    assert load_checkpoint(stopped / "checkpoints" / "last.ckpt")["MARLDataModule"]["pending_updates"] == 2
+    run(load(overrides), stopped, ckpt_path=stopped / "checkpoints" / "last.ckpt")
+    assert_same_training_state(final_state(tmp_path / "full"), final_state(stopped))
+
+
 def test_a_storm_of_sigints_during_checkpoint_writes_never_damages_last_ckpt(tmp_path):
     run_dir = tmp_path / "storm"
     proc = subprocess.Popen([sys.executable, "train.py", *BASE, "total_env_steps=100000", "checkpoint.every_n_updates=1",

@@ -47,7 +47,7 @@ def test_contract_shapes_masks_and_time_limit(name, key, agents, actions, obs_di
 
 @pytest.mark.parametrize("name, key, agents, actions, obs_dim, limit", GAMES[:1])
 def test_lbf_masks_and_a_real_terminal(name, key, agents, actions, obs_dim, limit):
-    game = GymmaEnv("lbf", key, 0, "cpu")
+    game = GymmaEnv("lbf", key, 0, "cpu", 0, True)
     td = game.reset()
     assert not td[MASK].all() and td[MASK][:, 0].all()  # moving into walls or food is not offered; NONE is
     game._game.field[:] = 0  # every food item collected: the game ends on its own
@@ -89,7 +89,7 @@ def test_seeding_and_rng_state(name, key, agents, actions, obs_dim, limit):
 
     a, b, c = starts(5), starts(5), starts(6)
     assert all(torch.equal(x, y) for x, y in zip(a, b)) and not all(torch.equal(x, y) for x, y in zip(a, c))
-    one, two = GymmaEnv(name, key, 1, "cpu"), GymmaEnv(name, key, 99, "cpu")
+    one, two = GymmaEnv(name, key, 1, "cpu", 0, True), GymmaEnv(name, key, 99, "cpu", 0, True)
     one.reset()
     two.reset()
     two.set_rng_state(one.rng_state())  # a resumed game continues the saved one's starts

@@ -26,7 +26,7 @@ KEYS = (OBS, MASK, "state", "reward", "done", "terminated", "truncated")
 def single_games(name: str, options: dict, seed: int, n: int):
     if name == "lbf":
         from lightning_marl.envs.gymma import GymmaEnv
-        return [GymmaEnv("lbf", options["key"], seed + i, "cpu", i) for i in range(n)]
+        return [GymmaEnv("lbf", options["key"], seed + i, "cpu", i, True) for i in range(n)]
     from lightning_marl.envs.mpe import MPEEnv
     return [MPEEnv(options["task"], 25, seed + i, "cpu", i) for i in range(n)]
 

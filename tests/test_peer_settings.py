@@ -84,3 +84,11 @@ def test_evaluations_come_after_the_rounds_updates_and_at_the_end(tmp_path):
     # 8 rounds of 16 env steps, 4 updates each from the first: evaluations at the start, then after the last
     # update (index 4k - 1) of the rounds ending at 32, 64, 96 and 128 env steps (the last one is the final)
     assert updates == [0, 7, 15, 23, 31] and tests["env_steps"].astype(int).tolist() == [0, 32, 64, 96, 128]
+
+
+def test_a_run_that_ends_in_the_warm_up_is_still_evaluated_at_its_end(tmp_path):
+    lm.run(lm.load_config(FAST + ["total_env_steps=48", "data.warmup_episodes=64"]), tmp_path)
+    import pandas as pd
+
+    tests = pd.read_csv(tmp_path / "metrics.csv").dropna(subset=["test/return_mean"])
+    assert tests["env_steps"].astype(int).tolist() == [0, 48]  # no update, but its curve reaches its budget

@@ -95,6 +95,8 @@ def test_runs_are_scored_up_to_their_common_horizon():
     steps, values = agg.up_to(np.array([0, 450_040, 500_000]), np.array([0.0, 0.3, 0.4]), horizon)
     assert steps.tolist() == [0, 450_040] and values[-1] == 0.3
     assert agg.common_horizon([500_000, 500_064]) > 500_064  # runs of one budget: nothing left out
+    steps, values = agg.up_to(np.array([6_000, 120_000]), np.array([0.1, 0.2]), 5_000)  # starts past it
+    assert steps.tolist() == [6_000] and values.tolist() == [0.1]  # its first evaluation, never nothing
 
 
 def write_spec(tmp_path, seeds=(0, 1)) -> Path:

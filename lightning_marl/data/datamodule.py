@@ -181,7 +181,8 @@ class MARLDataModule(L.LightningDataModule):
         if self.data.round_env_steps is None:
             return self.data.updates_per_round
         if self.trainer is not None and self.trainer.world_size > 1:
-            mean = self.trainer.strategy.reduce(torch.tensor(float(steps)), reduce_op="mean")
+            mean = self.trainer.strategy.reduce(torch.tensor(float(steps), device=self.trainer.strategy.root_device),
+                                                reduce_op="mean")
             steps = int(round(float(mean)))
         self.update_credit += self.data.updates_per_round * steps
         updates, self.update_credit = divmod(self.update_credit, self.data.round_env_steps)

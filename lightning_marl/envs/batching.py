@@ -33,8 +33,10 @@ class GameBatch:
 
     def close(self, *, raise_if_closed: bool = False) -> None:
         threads = torch.get_num_threads()
-        super().close(raise_if_closed=raise_if_closed)
-        torch.set_num_threads(threads)
+        try:
+            super().close(raise_if_closed=raise_if_closed)
+        finally:
+            torch.set_num_threads(threads)
 
     def rng_state(self):
         return torch.empty(0)

@@ -89,7 +89,7 @@ class GymmaEnv(SeededGame, EnvBase):
     batch_locked = True
 
     def __init__(self, family: str, key: str, seed: Optional[int], device: Union[str, torch.device],
-                 game_index: int = 0, valid_actions: bool = True):
+                 game_index: int, valid_actions: bool):
         gymnasium = _gymnasium(family)
         check_key(family, key)
         super().__init__(batch_size=torch.Size([]), device=device)
@@ -137,10 +137,10 @@ def _make_game(family: str, key: str, seed: int, device: str, game_index: int, v
 
 
 def make_games(family: str, num_envs: int, seed: int, device: str, key: str, parallel: Union[bool, str],
-               start_method: Optional[str], valid_actions: bool = True) -> Union[ParallelEnv, LoopedGames]:
+               start_method: Optional[str], valid_actions: bool) -> Union[ParallelEnv, LoopedGames]:
     """``num_envs`` games of ``key`` batched to ``[num_envs]`` (worker processes when ``parallel`` and
     there are cores for them; see :func:`~lightning_marl.envs.batching.batch_games`)."""
-    probe = GymmaEnv(family, key, seed, device)  # checks the key here, not in a worker
+    probe = GymmaEnv(family, key, seed, device, 0, valid_actions)  # checks the key here, not in a worker
     probe.close()
     factories = [functools.partial(_make_game, family, key, seed + i, str(device), i, valid_actions)
                  for i in range(num_envs)]
@@ -159,7 +159,7 @@ def make_lbf(num_envs: int, seed: int, device: str, *, key: str, valid_actions: 
 
 def make_rware(num_envs: int, seed: int, device: str, *, key: str, parallel: Union[bool, str],
                start_method: Optional[str]) -> Union[ParallelEnv, LoopedGames]:
-    return make_games("rware", num_envs, seed, device, key, parallel, start_method)
+    return make_games("rware", num_envs, seed, device, key, parallel, start_method, valid_actions=True)
 
 
 @ENVS.register

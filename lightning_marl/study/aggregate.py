@@ -141,7 +141,7 @@ def common_horizon(last_steps: Sequence[float], slack: float = HORIZON_SLACK) ->
 
 
 def up_to(steps: np.ndarray, values: np.ndarray, horizon: float) -> tuple[np.ndarray, np.ndarray]:
-    """The evaluations of a curve at or before ``horizon``."""
+    """The evaluations of a curve at or before ``horizon`` (at least its first one)."""
     steps, values = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
-    keep = steps <= horizon
+    keep = (steps <= horizon) | (np.arange(len(steps)) == 0)
     return steps[keep], values[keep]

@@ -58,7 +58,8 @@ def collect(spec: StudySpec, runs: list[Run]) -> dict:
         for metric in spec.metrics:
             extra = read_curve(run, metric)
             if extra is not None and not extra.empty:
-                cell["extra"][metric].append(float(extra[extra.index <= horizons[run.preset]].iloc[-1]))
+                _, kept = agg.up_to(extra.index, extra.to_numpy(), horizons[run.preset])
+                cell["extra"][metric].append(float(kept[-1]))
     return out
 
 
