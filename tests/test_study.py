@@ -474,6 +474,26 @@ peer:
     assert "Published values (context: their own budgets and settings, not measured here): qmix fake: 0.9 (its paper)." in text
 
 
+def test_a_run_that_cannot_start_fails_alone_and_the_others_go_on(tmp_path, monkeypatch):
+    """E.g. the code changed under a running study and one run's config no longer composes."""
+    from lightning_marl.study import runner
+
+    runs = plan(load_spec(write_spec(tmp_path, seeds=(0,))))
+    real_start, said = runner.start, []
+
+    def start(run):
+        if run.mixer == "vdn":
+            raise KeyError("Key 'valid_actions' not in 'LBFConfig'")
+        return real_start(run)
+
+    monkeypatch.setattr(runner, "start", start)
+    counts = run_all(runs, say=said.append)
+    assert counts["failed"] == 1 and counts["done"] == 1, said
+    assert any("FAILED reference/box_pushing_4x4 vdn seed 0 (could not start: \"Key 'valid_actions' not in" in line
+               for line in said), said
+    assert not (runs[0].folder / CLAIM).exists()  # the failed run is free for the next call
+
+
 def test_first_configurations_run_first_and_alone_with_first_only(tmp_path, capsys):
     from lightning_marl.study import main
     from lightning_marl.study.spec import load_spec, plan

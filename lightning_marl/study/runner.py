@@ -244,7 +244,15 @@ def run_all(runs: Sequence[Run], jobs: int = 1, limit: Optional[int] = None, say
                     counts["skipped"] += 1
                     continue
                 say(f"start  {run.preset} {run.label} seed {run.seed} -> {run.folder}")
-                active.append((run, start(run)))
+                try:
+                    active.append((run, start(run)))
+                except Exception as err:  # noqa: BLE001 - e.g. the code changed under a running study and the
+                    # run's config no longer composes: that run fails, the others go on
+                    (run.folder / CLAIM).unlink(missing_ok=True)
+                    counts["failed"] += 1
+                    first = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+                    say(f"FAILED {run.preset} {run.label} seed {run.seed} (could not start: {first})")
+                    continue
                 started += 1
             if not active:
                 for run in queue if not counts["stopped_by"] and (limit is None or started < limit) else ():
