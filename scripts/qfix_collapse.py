@@ -3,16 +3,19 @@ return, and was the fixing weight w at its lower bound before it did?
 
     python scripts/qfix_collapse.py studies/qfix_stability_qplusfix.yaml --out docs/results/qfix_stability_qplusfix
 
-For every finished run of the study (its archived ``metrics.csv``): the best greedy return and where, whether
-it fell back (a later evaluation more than ``tolerance`` below the best; the first such evaluation is the
-collapse), and, from the diagnostics logged up to the collapse (or the whole run), the largest share of
-taken non-greedy steps whose w is within 0.1 of its lower bound, the smallest mean w on them, the taken
-action's credit, the share of steps whose TD target exceeds the greedy joint action's value, and Q_tot at the
-start of the greedy test episodes beside their return at the collapse. "w at its bound" means a share of at
-least ``--at-bound`` (0.5) at some logged update before the collapse. And the other reading the data offered:
-how far the greedy value Q_tot at the start of the test episodes stood above the return those episodes got, at
-the evaluation before the collapse (or the last one, when the run did not fall back) and at the end: an
-overestimated greedy value. Writes ``collapse.md`` into ``--out``.
+For every finished run of the study (its archived ``metrics.csv``): the best greedy return before its first
+fall and where, whether it fell back (once its best return is above ``--reached``, an evaluation at or below
+it: in Box Pushing, 0 lies between no box delivered, -10 or less, and one small box, ~9, so this is issue 29's
+"reach a box, then fall back to no box at all"; moves between box plans and early wobbles do not count; the
+first such evaluation is the collapse; a run that ends above ``--reached`` again has recovered), and, from the
+diagnostics logged up to the collapse (or the whole run), the largest share of taken non-greedy steps whose w
+is within 0.1 of its lower bound, the smallest mean w on them, the taken action's credit, the share of steps
+whose TD target exceeds the greedy joint action's value, and Q_tot at the start of the greedy test episodes
+beside their return at the collapse. "w at its bound" means a share of at least ``--at-bound`` (0.5) at some
+logged update before the collapse. And the other reading the data offered: how far the greedy value Q_tot at
+the start of the test episodes stood above the return those episodes got, at the evaluation before the
+collapse (or the last one, when the run did not fall back) and at the end: an overestimated greedy value.
+Writes ``collapse.md`` into ``--out``.
 """
 from __future__ import annotations
 
@@ -32,13 +35,13 @@ ABOVE = "diag/share_above_greedy"
 RETURN, START = "test/return_mean", "test/q_tot_start_mean"
 
 
-def analyse(metrics: pd.DataFrame, tolerance: float, at_bound: float) -> dict:
+def analyse(metrics: pd.DataFrame, at_bound: float, reached: float) -> dict:
     """The run's row: best, collapse and the diagnostics before it (see the module docstring)."""
     tests = metrics.dropna(subset=[RETURN]).drop_duplicates("env_steps", keep="last").sort_values("env_steps")
     steps, returns = tests["env_steps"].to_numpy(), tests[RETURN].to_numpy()
-    best = int(np.argmax(returns))
-    after = np.nonzero(returns[best:] < returns[best] - tolerance)[0]
-    collapse = best + int(after[0]) if len(after) else None
+    below = np.nonzero((returns <= reached) & (np.maximum.accumulate(returns) > reached))[0]
+    collapse = int(below[0]) if len(below) else None
+    best = int(np.argmax(returns[:collapse]))  # (the whole curve when it never fell)
     until = steps[collapse] if collapse is not None else np.inf
     diag = metrics[metrics["env_steps"] <= until]
 
@@ -51,6 +54,7 @@ def analyse(metrics: pd.DataFrame, tolerance: float, at_bound: float) -> dict:
     starts = tests[START].to_numpy() if START in tests else np.full(len(returns), np.nan)
     before = collapse - 1 if collapse is not None else len(returns) - 1
     return {"best": returns[best], "best_at": steps[best], "final": returns[-1],
+            "recovered": collapse is not None and returns[-1] > reached,
             "collapse_at": steps[collapse] if collapse is not None else None,
             "near_bound_max": near, "w_min": column(W_MEAN, "min"), "credit_min": column(CREDIT, "min"),
             "above_greedy_max": column(ABOVE, "max"),
@@ -63,28 +67,30 @@ def main(argv=None) -> None:
     parser = OneLineParser(description=__doc__)
     parser.add_argument("spec")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--tolerance", type=float, default=None, help="score units (default: the spec's)")
     parser.add_argument("--at-bound", type=float, default=0.5)
+    parser.add_argument("--reached", type=float, default=0.0,
+                        help="a run falls back when, its best return above this, a later one is at or below it")
     args = parser.parse_args(argv)
     spec = load_spec(args.spec)
-    tolerance = spec.tolerance if args.tolerance is None else args.tolerance
     rows, collapses, bound_first, over_first = [], 0, 0, 0
     for run in plan(spec):
         if not is_finished(run):
             continue
-        r = analyse(pd.read_csv(record(run) / "metrics.csv"), tolerance, args.at_bound)
+        r = analyse(pd.read_csv(record(run) / "metrics.csv"), args.at_bound, args.reached)
         fell = r["collapse_at"] is not None
         collapses += fell
         bound_first += fell and r["at_bound"]
         over_first += fell and r["over_before"] > 0
         fell_at = f"{r['collapse_at'] / 1e3:.0f}k" if fell else "-"
-        rows.append(f"| {run.label} | {run.seed} | {r['best']:.1f} at {r['best_at'] / 1e3:.0f}k | {r['final']:.1f} | "
+        final = f"{r['final']:.1f}" + (" (recovered)" if r["recovered"] else "")
+        rows.append(f"| {run.label} | {run.seed} | {r['best']:.1f} at {r['best_at'] / 1e3:.0f}k | {final} | "
                     f"{fell_at} | {r['near_bound_max']:.2f} | "
                     f"{r['w_min']:.2f} | {r['credit_min']:.2f} | {r['above_greedy_max']:.3f} | "
                     f"{r['q_start']:.1f} / {r['return_at']:.1f} | {'yes' if r['at_bound'] else 'no'} | "
                     f"{r['over_before']:+.1f} | {r['over_end']:+.1f} |")
     lines = [f"# {spec.name}: falling back, and w at its bound", "",
-             f"`python scripts/qfix_collapse.py {args.spec} --out {args.out}` (tolerance {tolerance:g}, 'at bound': "
+             f"`python scripts/qfix_collapse.py {args.spec} --out {args.out}` ('fell back': a return at or below "
+             f"{args.reached:g} after a best above it; 'at bound': "
              f"a share >= {args.at_bound:g} of taken non-greedy steps with w within 0.1 of its lower bound). "
              f"{len(rows)} finished runs; {collapses} fell back; of those, {bound_first} had w at its bound before "
              f"the collapse, and {over_first} had the greedy value Q_tot at the start of the test episodes above "
