@@ -32,7 +32,7 @@ NEAR = "diag/mixer/w_nongreedy_near_bound"
 W_MEAN = "diag/mixer/w_nongreedy_mean"
 CREDIT = "diag/mixer/credit_nongreedy_mean"
 ABOVE = "diag/share_above_greedy"
-RETURN, START = "test/return_mean", "test/q_tot_start_mean"
+RETURN, START, BIG = "test/return_mean", "test/q_tot_start_mean", "test/big_box_mean"
 
 
 def analyse(metrics: pd.DataFrame, at_bound: float, reached: float) -> dict:
@@ -60,7 +60,25 @@ def analyse(metrics: pd.DataFrame, at_bound: float, reached: float) -> dict:
             "above_greedy_max": column(ABOVE, "max"),
             "q_start": float(starts[at]), "return_at": returns[at],
             "over_before": float(starts[before] - returns[before]), "over_end": float(starts[-1] - returns[-1]),
-            "at_bound": bool(near >= at_bound)}
+            "at_bound": bool(near >= at_bound),
+            "big_box_end": bool(BIG in tests and tests[BIG].iloc[-1] >= 0.5)}
+
+
+def summary(per_label: dict[str, list[dict]]) -> list[str]:
+    """Per configuration: how its runs ended, and what came before their falls."""
+    lines = ["Per configuration (finished runs):", "",
+             "| configuration | runs | big box at the end | fell back | still fallen at the end | w at its bound "
+             "before the fall | Q_tot start above the return before the fall | Q_tot start - return at the end, "
+             "still fallen / the others |", "|" + "---|" * 8]
+    for label, rs in per_label.items():
+        fell = [r for r in rs if r["collapse_at"] is not None]
+        stuck = [r["over_end"] for r in fell if not r["recovered"]]
+        others = [r["over_end"] for r in rs if r["collapse_at"] is None or r["recovered"]]
+        span = lambda xs: f"{min(xs):+.1f} to {max(xs):+.1f}" if xs else "-"  # noqa: E731
+        lines.append(f"| {label} | {len(rs)} | {sum(r['big_box_end'] for r in rs)} | {len(fell)} | {len(stuck)} | "
+                     f"{sum(r['at_bound'] for r in fell)} | {sum(r['over_before'] > 0 for r in fell)} | "
+                     f"{span(stuck)} / {span(others)} |")
+    return lines
 
 
 def main(argv=None) -> None:
@@ -73,10 +91,12 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     spec = load_spec(args.spec)
     rows, collapses, bound_first, over_first = [], 0, 0, 0
+    per_label: dict[str, list[dict]] = {}
     for run in plan(spec):
         if not is_finished(run):
             continue
         r = analyse(pd.read_csv(record(run) / "metrics.csv"), args.at_bound, args.reached)
+        per_label.setdefault(run.label, []).append(r)
         fell = r["collapse_at"] is not None
         collapses += fell
         bound_first += fell and r["at_bound"]
@@ -99,7 +119,7 @@ def main(argv=None) -> None:
              "", "| configuration | seed | best return | final | fell back at | max share w near bound | min mean w "
              "(non-greedy) | min credit (non-greedy) | max share target > greedy | Q_tot start / return at collapse "
              "(or end) | w at bound before | Q_tot start - return before the fall (or at the end) | "
-             "Q_tot start - return at the end |", "|" + "---|" * 13, *rows, ""]
+             "Q_tot start - return at the end |", "|" + "---|" * 13, *rows, "", *summary(per_label), ""]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "collapse.md").write_text("\n".join(lines))

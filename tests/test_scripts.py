@@ -119,6 +119,8 @@ def test_qfix_collapse_finds_the_fall_whether_w_was_at_its_bound_and_the_greedy_
     back = rows[:5] + [{"env_steps": 500, "test/return_mean": 99.6, "test/q_tot_start_mean": 96}]
     comeback = module.analyse(pd.DataFrame(back), at_bound=0.5, reached=0.0)  # fell at 300, then the big box
     assert (comeback["best"], comeback["collapse_at"], comeback["recovered"]) == (9.5, 300, True)
+    table = module.summary({"plain": [r, comeback]})
+    assert table[-1] == "| plain | 2 | 0 | 2 | 1 | 1 | 2 | +25.0 to +25.0 / -3.6 to -3.6 |"
     wobble = [{"env_steps": s, "test/return_mean": r, "test/q_tot_start_mean": 0} for s, r in
               [(0, -10), (100, -20.9), (200, 99.6)]]  # bumping before any box delivered: not a fall
     assert module.analyse(pd.DataFrame(wobble), at_bound=0.5, reached=0.0)["collapse_at"] is None
