@@ -8,7 +8,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from lightning_marl.cli.overrides import experiment_names
-from lightning_marl.config import compose, validate
+from lightning_marl.config import compose, load, validate
 
 TABLE = Path(__file__).resolve().parents[1] / "docs" / "reference.md"
 PRESETS = [name for name in experiment_names() if name.startswith("reference/")]
@@ -99,3 +99,9 @@ def test_each_peer_preset_has_the_peers_values_and_takes_any_mixer(preset):
     assert not wrong, f"{preset}: key: (preset, peer) {wrong}"
     for mixer in ("qmix", "vdn", "qplex", "duelmix", "qfix_sum", "qplusfix_sum", "qplusfix_mono"):
         validate(compose([f"experiment={preset}", f"mixer={mixer}"]))
+
+
+def test_the_recommended_qplusfix_preset_is_the_recipe_with_the_fixee_advantage_detached():
+    """Issue 29's stability study: with the big-box recipe Q+FIX-sum keeps the big box only detached."""
+    recipe = load(["experiment=box_pushing_4x4_big_box", "mixer=qplusfix_sum", "mixer.detach_advantage=true"])
+    assert load(["experiment=box_pushing_4x4_big_box_qplusfix_sum"]) == recipe
