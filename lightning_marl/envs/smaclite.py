@@ -5,7 +5,7 @@ It is not on the package index: install it from its repository *without* its dep
 (it pins ``Rtree==1.0.0``, which has no Python 3.11 wheel), then the dependencies::
 
     pip install --no-deps git+https://github.com/uoe-agents/smaclite.git
-    pip install "lightning_marl[smaclite]"   # gymnasium pygame scikit-learn "rtree>=1.1"
+    pip install "lightning_marl[smaclite]"   # gymnasium pygame "scikit-learn<1.9" "rtree>=1.1"
 
 One :class:`SMACliteEnv` is one game (batch size ``[]``); :func:`make_env` stacks ``num_envs``
 of them in a TorchRL ``ParallelEnv`` (one worker process per game) or ``SerialEnv``.
@@ -78,7 +78,7 @@ INSTALL_HINT = (
     "SMACLite is not on the package index; install it from its repository without its dependencies "
     "(its Rtree==1.0.0 pin has no Python 3.11 wheel), then its dependencies:\n"
     "    pip install --no-deps git+https://github.com/uoe-agents/smaclite.git\n"
-    "    pip install \"lightning_marl[smaclite]\"   # i.e. gymnasium pygame scikit-learn \"rtree>=1.1\""
+    "    pip install \"lightning_marl[smaclite]\"   # i.e. gymnasium pygame \"scikit-learn<1.9\" \"rtree>=1.1\""
 )
 CPP_RVO2_HINT = (
     "env.use_cpp_rvo2=true needs SMACLite's C++ collision solver, the `rvo2` module built from "
