@@ -31,6 +31,11 @@ class GameBatch:
     the run's ``threads: 1`` into 2 once the data module had closed its probe batch.
     """
 
+    def __init__(self, *args, **kwargs):
+        if isinstance(self, ParallelEnv):  # its start would lower this process's threads by the workers'
+            kwargs.setdefault("num_threads", torch.get_num_threads())
+        super().__init__(*args, **kwargs)
+
     def close(self, *, raise_if_closed: bool = False) -> None:
         threads = torch.get_num_threads()
         try:
@@ -321,8 +326,7 @@ def batch_games(factories: Sequence[Callable[[], EnvBase]], probe: EnvBase, attr
     if parallel and num_envs > 1:
         kwargs = {} if use_buffers is None else {"use_buffers": use_buffers}
         factories = [functools.partial(in_worker, factory) for factory in factories]
-        env = parallel_cls(num_envs, factories, device=device, mp_start_method=start_method,
-                           num_threads=torch.get_num_threads(), **kwargs)  # the run's `threads` stands
+        env = parallel_cls(num_envs, factories, device=device, mp_start_method=start_method, **kwargs)
     else:
         env = serial_cls(num_envs, list(factories), device=device)
     for name in attributes:

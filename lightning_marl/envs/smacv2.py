@@ -276,8 +276,7 @@ def make_env(num_envs: int, seed: int, device: str, *, map: str, capability_conf
     probe.close()
     factories = [functools.partial(_make_game, map, capability, args, seed + i, str(device)) for i in range(num_envs)]
     if parallel and num_envs > 1:
-        env = SMACv2ParallelEnv(num_envs, factories, device=device, mp_start_method=start_method, use_buffers=False,
-                                num_threads=torch.get_num_threads())  # the run's `threads` stands
+        env = SMACv2ParallelEnv(num_envs, factories, device=device, mp_start_method=start_method, use_buffers=False)
     else:
         env = SMACv2SerialEnv(num_envs, factories, device=device)
     for name, value in info.items():
