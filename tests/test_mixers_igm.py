@@ -218,6 +218,34 @@ def test_detached_advantage_blocks_gradient(name, detach, undetach, seed):
         assert torch.allclose(detached(q, actions, z), plain(q, actions, z))
 
 
+@pytest.mark.parametrize("name", ADDITIVE)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_detach_greedy_stops_only_the_greedy_values_gradient(name, seed):
+    """``detach_greedy``: Q+FIX's fixing term sees ``A_f = Q_f - sg(V_f)``. Where an agent's taken action
+    is not its greedy one, the greedy utility gets no gradient (plain: ``-w`` times the fixee's), the
+    taken one keeps the plain mixer's ``(1 + w)`` times the fixee's (full detaching gives it the fixee's
+    alone); the values are the plain mixer's."""
+    n, a, batch, dim = 3, 4, 32, 5
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, n, a, generator=gen, dtype=torch.float64)
+    z = torch.randn(batch, dim, generator=gen, dtype=torch.float64)
+    actions = torch.randint(0, a, (batch, n), generator=gen)
+    greedy = q.argmax(-1)
+    off = greedy != actions
+    assert off.any()
+    pick = lambda g, idx: g.gather(-1, idx.unsqueeze(-1)).squeeze(-1)[off]  # noqa: E731
+
+    plain, only_greedy, full = (make_mixer(name, n, a, dim, seed, 1.0, **config) for config in
+                                ({}, {"detach_greedy": True}, {"detach_advantage": True}))
+    g_plain, g_greedy, g_full = (q_grad(m, q, actions, z) for m in (plain, only_greedy, full))
+    assert (pick(g_greedy, greedy) == 0).all()
+    assert (pick(g_plain, greedy).abs() > 1e-8).all()
+    assert torch.allclose(pick(g_greedy, actions), pick(g_plain, actions))
+    assert not torch.allclose(pick(g_greedy, actions), pick(g_full, actions))
+    with torch.no_grad():
+        assert torch.allclose(only_greedy(q, actions, z), plain(q, actions, z))
+
+
 def test_qfix_advantage_is_not_detached():
     """Plain QFIX (not Q+FIX) trains the utilities through A_f: the greedy gradient is non-zero."""
     gen = torch.Generator().manual_seed(0)
@@ -293,6 +321,8 @@ def test_bad_qfix_config_is_refused():
         build_mixer("qfix_sum", n_agents=2, n_actions=3, central_dim=4, fixee="mono")
     with pytest.raises(ConfigError):
         build_mixer("qfix_mono", n_agents=2, n_actions=3, central_dim=4, detach_advantage=True)
+    with pytest.raises(ConfigError):
+        build_mixer("qfix_sum", n_agents=2, n_actions=3, central_dim=4, detach_greedy=True)
     with pytest.raises(ConfigError):
         build_mixer("qfix_lin", n_agents=2, n_actions=3, central_dim=4, fixee="mono")
 

@@ -53,22 +53,27 @@ class QFIXMixer(Mixer):
     Config (values and defaults: the variants' config dataclasses at the end of this file):
     ``fixee`` (``sum`` = VDN, ``mono`` = light QMIX with ``embed_dim``, ``hypernet_layers``,
     ``hypernet_embed``), ``w_lower_bound`` (t), ``w_hidden`` and ``w_layers`` (g), ``b_hidden`` (b),
-    ``detach_advantage`` (the sg() of Q+FIX; QFIX never detaches). lambda_D starts at 1.
+    ``detach_advantage`` (the sg() of Q+FIX; QFIX never detaches), ``detach_greedy`` (Q+FIX: the
+    fixing term sees ``A_f = Q_f - sg(V_f)``, so a taken joint action keeps its credit ``1 + w`` while the
+    greedy one gets none of the fixing term's gradient; without it ``Q_tot = (1 + w) Q_f - w V_f + b``
+    hands every error on a non-greedy action to ``V_f`` with the factor ``-w``, upwards where ``w < 0``;
+    issue 29's test of that path). lambda_D starts at 1.
     """
 
     additive: bool = False
     per_agent: bool = False
 
     def __init__(self, n_agents: int, n_actions: int, central_dim: int, *, fixee: str, w_lower_bound: float,
-                 w_hidden: int, w_layers: int, b_hidden: int, detach_advantage: bool,
+                 w_hidden: int, w_layers: int, b_hidden: int, detach_advantage: bool, detach_greedy: bool,
                  embed_dim: Optional[int] = None, hypernet_layers: Optional[int] = None,
                  hypernet_embed: Optional[int] = None):
         super().__init__(n_agents, n_actions, central_dim)
         # invariants of the registered variants (the user's values are checked by their configs)
         assert fixee in FIXEES and not (self.per_agent and fixee != "sum"), fixee
         assert w_lower_bound >= (-1.0 if self.additive else 0.0), w_lower_bound  # IGM needs w > t
-        assert self.additive or not detach_advantage, detach_advantage
+        assert self.additive or not (detach_advantage or detach_greedy), (detach_advantage, detach_greedy)
         self.fixee, self.w_lower_bound, self.detach_advantage = fixee, float(w_lower_bound), bool(detach_advantage)
+        self.detach_greedy = bool(detach_greedy)
         self.mix = (MonotonicMix(n_agents, central_dim, embed_dim, hypernet_layers, hypernet_embed)
                     if fixee == "mono" else None)
         self.g = mlp(central_dim + n_agents * n_actions, n_agents if self.per_agent else 1, w_layers, w_hidden)
@@ -94,15 +99,16 @@ class QFIXMixer(Mixer):
         return w if self.per_agent else w.squeeze(-1)
 
     def fixee_advantage(self, q_values: torch.Tensor, actions: torch.Tensor, central: torch.Tensor,
-                        action_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        action_mask: Optional[torch.Tensor] = None,
+                        detach_greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """``(Q_f, A_f)`` of the joint action ``actions``: ``[*B]`` each (``A_f`` is ``[*B,N]``, the
-        per-agent ``A_i``, for the -lin variants)."""
+        per-agent ``A_i``, for the -lin variants); ``A_f = Q_f - sg(V_f)`` with ``detach_greedy``."""
         q = chosen_q(q_values, actions)
         v = max_q(q_values, action_mask)
         if self.per_agent:
-            return q.sum(-1), q - v
-        q_f = self.fixee_value(q, central)
-        return q_f, q_f - self.fixee_value(v, central)
+            return q.sum(-1), q - (v.detach() if detach_greedy else v)
+        q_f, v_f = self.fixee_value(q, central), self.fixee_value(v, central)
+        return q_f, q_f - (v_f.detach() if detach_greedy else v_f)
 
     @torch.no_grad()
     def diagnostics(self, q_values: torch.Tensor, actions: torch.Tensor, central: torch.Tensor,
@@ -133,7 +139,8 @@ class QFIXMixer(Mixer):
 
     def forward(self, q_values: torch.Tensor, actions: torch.Tensor, central: torch.Tensor,
                 action_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        q_f, adv = self.fixee_advantage(q_values, actions, central, action_mask)  # A_f [*B] ([*B,N] for -lin)
+        q_f, adv = self.fixee_advantage(q_values, actions, central, action_mask,  # A_f [*B] ([*B,N] for -lin)
+                                        detach_greedy=self.detach_greedy)
         w = self.fix_weight(central, actions)
         b = self.b(central).squeeze(-1)
         if self.additive:
@@ -153,7 +160,8 @@ class QFIXSumMixer(QFIXMixer):
     ``A_f = sum_i A_i``, ``w = |g(z, a)| + 1e-10 > 0``."""
 
     def __init__(self, n_agents: int, n_actions: int, central_dim: int, **config):
-        super().__init__(n_agents, n_actions, central_dim, fixee="sum", detach_advantage=False, **config)
+        super().__init__(n_agents, n_actions, central_dim, fixee="sum", detach_advantage=False,
+                         detach_greedy=False, **config)
 
 
 class QFIXMonoMixer(QFIXMixer):
@@ -162,7 +170,8 @@ class QFIXMonoMixer(QFIXMixer):
     ``w = |g(z, a)| + 1e-10 > 0``."""
 
     def __init__(self, n_agents: int, n_actions: int, central_dim: int, **config):
-        super().__init__(n_agents, n_actions, central_dim, fixee="mono", detach_advantage=False, **config)
+        super().__init__(n_agents, n_actions, central_dim, fixee="mono", detach_advantage=False,
+                         detach_greedy=False, **config)
 
 
 class QPlusFIXSumMixer(QFIXMixer):
@@ -192,7 +201,8 @@ class QFIXLinMixer(QFIXMixer):
     per_agent = True
 
     def __init__(self, n_agents: int, n_actions: int, central_dim: int, **config):
-        super().__init__(n_agents, n_actions, central_dim, fixee="sum", detach_advantage=False, **config)
+        super().__init__(n_agents, n_actions, central_dim, fixee="sum", detach_advantage=False,
+                         detach_greedy=False, **config)
 
 
 class QPlusFIXLinMixer(QFIXMixer):
@@ -226,6 +236,9 @@ class QPlusFIXConfig(QFIXConfig):
     w_lower_bound: float = spec(-1.0, "t in w = |g - t| + t + 1e-10 (IGM needs t >= -1 for Q+FIX)", ge=-1.0)
     detach_advantage: bool = spec(False, "sg() on the fixee advantage (the reference's main runs: false; "
                                          "true is its -detach ablation)")
+    detach_greedy: bool = spec(False, "sg() on the greedy joint action's fixee value V_f in the fixing term "
+                                      "only: the taken action keeps its credit 1 + w, the greedy one gets no "
+                                      "gradient from it (issue 29's test; implied by detach_advantage)")
 
 
 @dataclasses.dataclass
