@@ -10,7 +10,9 @@ it: in Box Pushing, 0 lies between no box delivered, -10 or less, and one small 
 first such evaluation is the collapse; a run that ends above ``--reached`` again has recovered), and, from the
 diagnostics logged up to the collapse (or the whole run), the largest share of taken non-greedy steps whose w
 is within 0.1 of its lower bound, the smallest mean w on them, the taken action's credit, the share of steps
-whose TD target exceeds the greedy joint action's value, and Q_tot at the start of the greedy test episodes
+whose TD target exceeds the greedy joint action's value, the mean of Q_tot minus its TD target over the
+training batches from 50k env steps (optimistic weighting fits Q_tot to an upper expectile of its targets, a
+positive premium; the squared error fits their mean), and Q_tot at the start of the greedy test episodes
 beside their return at the collapse. "w at its bound" means a share of at least ``--at-bound`` (0.5) at some
 logged update before the collapse. And the other reading the data offered: how far the greedy value Q_tot at
 the start of the test episodes stood above the return those episodes got, at the evaluation before the
@@ -33,9 +35,11 @@ W_MEAN = "diag/mixer/w_nongreedy_mean"
 CREDIT = "diag/mixer/credit_nongreedy_mean"
 ABOVE = "diag/share_above_greedy"
 RETURN, START, BIG = "test/return_mean", "test/q_tot_start_mean", "test/big_box_mean"
+Q_TOT, TARGET = "train/q_tot_mean", "train/target_mean"
+PREMIUM_FROM = 50_000  # env steps: after the warm-up's first fits
 
 
-def analyse(metrics: pd.DataFrame, at_bound: float, reached: float) -> dict:
+def analyse(metrics: pd.DataFrame, at_bound: float, reached: float, premium_from: int = PREMIUM_FROM) -> dict:
     """The run's row: best, collapse and the diagnostics before it (see the module docstring)."""
     tests = metrics.dropna(subset=[RETURN]).drop_duplicates("env_steps", keep="last").sort_values("env_steps")
     steps, returns = tests["env_steps"].to_numpy(), tests[RETURN].to_numpy()
@@ -50,6 +54,8 @@ def analyse(metrics: pd.DataFrame, at_bound: float, reached: float) -> dict:
         return float(getattr(values, how)()) if len(values) else float("nan")
 
     near = column(NEAR, "max")
+    fitted = diag[diag["env_steps"] > premium_from].dropna(subset=[Q_TOT, TARGET]) if TARGET in diag else diag.iloc[:0]
+    premium = float((fitted[Q_TOT] - fitted[TARGET]).mean()) if len(fitted) else float("nan")
     at = collapse if collapse is not None else len(returns) - 1
     starts = tests[START].to_numpy() if START in tests else np.full(len(returns), np.nan)
     before = collapse - 1 if collapse is not None else len(returns) - 1
@@ -57,11 +63,17 @@ def analyse(metrics: pd.DataFrame, at_bound: float, reached: float) -> dict:
             "recovered": collapse is not None and returns[-1] > reached,
             "collapse_at": steps[collapse] if collapse is not None else None,
             "near_bound_max": near, "w_min": column(W_MEAN, "min"), "credit_min": column(CREDIT, "min"),
-            "above_greedy_max": column(ABOVE, "max"),
+            "above_greedy_max": column(ABOVE, "max"), "premium": premium,
             "q_start": float(starts[at]), "return_at": returns[at],
             "over_before": float(starts[before] - returns[before]), "over_end": float(starts[-1] - returns[-1]),
             "at_bound": bool(near >= at_bound),
             "big_box_end": bool(BIG in tests and tests[BIG].iloc[-1] >= 0.5)}
+
+
+def span(xs: list[float]) -> str:
+    """``min to max`` of the values that are not NaN, ``-`` when none."""
+    xs = [x for x in xs if not np.isnan(x)]
+    return f"{min(xs):+.1f} to {max(xs):+.1f}" if xs else "-"
 
 
 def summary(per_label: dict[str, list[dict]]) -> list[str]:
@@ -69,15 +81,14 @@ def summary(per_label: dict[str, list[dict]]) -> list[str]:
     lines = ["Per configuration (finished runs):", "",
              "| configuration | runs | big box at the end | fell back | still fallen at the end | w at its bound "
              "before the fall | Q_tot start above the return before the fall | Q_tot start - return at the end, "
-             "still fallen / the others |", "|" + "---|" * 8]
+             "still fallen / the others | mean Q_tot - target |", "|" + "---|" * 9]
     for label, rs in per_label.items():
         fell = [r for r in rs if r["collapse_at"] is not None]
         stuck = [r["over_end"] for r in fell if not r["recovered"]]
         others = [r["over_end"] for r in rs if r["collapse_at"] is None or r["recovered"]]
-        span = lambda xs: f"{min(xs):+.1f} to {max(xs):+.1f}" if xs else "-"  # noqa: E731
         lines.append(f"| {label} | {len(rs)} | {sum(r['big_box_end'] for r in rs)} | {len(fell)} | {len(stuck)} | "
                      f"{sum(r['at_bound'] for r in fell)} | {sum(r['over_before'] > 0 for r in fell)} | "
-                     f"{span(stuck)} / {span(others)} |")
+                     f"{span(stuck)} / {span(others)} | {span([r['premium'] for r in rs])} |")
     return lines
 
 
@@ -105,7 +116,7 @@ def main(argv=None) -> None:
         final = f"{r['final']:.1f}" + (" (recovered)" if r["recovered"] else "")
         rows.append(f"| {run.label} | {run.seed} | {r['best']:.1f} at {r['best_at'] / 1e3:.0f}k | {final} | "
                     f"{fell_at} | {r['near_bound_max']:.2f} | "
-                    f"{r['w_min']:.2f} | {r['credit_min']:.2f} | {r['above_greedy_max']:.3f} | "
+                    f"{r['w_min']:.2f} | {r['credit_min']:.2f} | {r['above_greedy_max']:.3f} | {r['premium']:+.2f} | "
                     f"{r['q_start']:.1f} / {r['return_at']:.1f} | {'yes' if r['at_bound'] else 'no'} | "
                     f"{r['over_before']:+.1f} | {r['over_end']:+.1f} |")
     lines = [f"# {spec.name}: falling back, and w at its bound", "",
@@ -117,9 +128,10 @@ def main(argv=None) -> None:
              "their return at the evaluation before the collapse. Diagnostics are read up to the collapse (or over "
              "the whole run when it did not fall back).",
              "", "| configuration | seed | best return | final | fell back at | max share w near bound | min mean w "
-             "(non-greedy) | min credit (non-greedy) | max share target > greedy | Q_tot start / return at collapse "
-             "(or end) | w at bound before | Q_tot start - return before the fall (or at the end) | "
-             "Q_tot start - return at the end |", "|" + "---|" * 13, *rows, "", *summary(per_label), ""]
+             "(non-greedy) | min credit (non-greedy) | max share target > greedy | mean Q_tot - target | "
+             "Q_tot start / return at collapse (or end) | w at bound before | Q_tot start - return before the fall "
+             "(or at the end) | Q_tot start - return at the end |", "|" + "---|" * 14, *rows, "",
+             *summary(per_label), ""]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "collapse.md").write_text("\n".join(lines))
