@@ -8,13 +8,14 @@ fall and where, whether it fell back (once its best return is above ``--reached`
 it: in Box Pushing, 0 lies between no box delivered, -10 or less, and one small box, ~9, so this is issue 29's
 "reach a box, then fall back to no box at all"; moves between box plans and early wobbles do not count; the
 first such evaluation is the collapse; a run that ends above ``--reached`` again has recovered), and, from the
-diagnostics logged up to the collapse (or the whole run), the largest share of taken non-greedy steps whose w
+diagnostics logged from 50k env steps up to the collapse (or the end; before 50k the first fits, and
+QFIX's w = |g| starts at its bound 0 where g ~ 0 at initialisation), the largest share of taken non-greedy steps whose w
 is within 0.1 of its lower bound, the smallest mean w on them, the taken action's credit, the share of steps
 whose TD target exceeds the greedy joint action's value, the mean of Q_tot minus its TD target over the
-training batches from 50k env steps (optimistic weighting fits Q_tot to an upper expectile of its targets, a
+training batches (optimistic weighting fits Q_tot to an upper expectile of its targets, a
 positive premium; the squared error fits their mean), and Q_tot at the start of the greedy test episodes
 beside their return at the collapse. "w at its bound" means a share of at least ``--at-bound`` (0.5) at some
-logged update before the collapse. And the other reading the data offered: how far the greedy value Q_tot at
+logged update in that window. And the other reading the data offered: how far the greedy value Q_tot at
 the start of the test episodes stood above the return those episodes got, at the evaluation before the
 collapse (or the last one, when the run did not fall back) and at the end: an overestimated greedy value.
 Writes ``collapse.md`` into ``--out``.
@@ -36,10 +37,12 @@ CREDIT = "diag/mixer/credit_nongreedy_mean"
 ABOVE = "diag/share_above_greedy"
 RETURN, START, BIG = "test/return_mean", "test/q_tot_start_mean", "test/big_box_mean"
 Q_TOT, TARGET = "train/q_tot_mean", "train/target_mean"
-PREMIUM_FROM = 50_000  # env steps: after the warm-up's first fits
+# env steps: the diagnostics are read from here on, after the first fits (at initialisation g ~ 0, so
+# QFIX's w = |g| starts at its bound 0 on most steps: not what the question is about)
+DIAG_FROM = 50_000
 
 
-def analyse(metrics: pd.DataFrame, at_bound: float, reached: float, premium_from: int = PREMIUM_FROM) -> dict:
+def analyse(metrics: pd.DataFrame, at_bound: float, reached: float, diag_from: int = DIAG_FROM) -> dict:
     """The run's row: best, collapse and the diagnostics before it (see the module docstring)."""
     tests = metrics.dropna(subset=[RETURN]).drop_duplicates("env_steps", keep="last").sort_values("env_steps")
     steps, returns = tests["env_steps"].to_numpy(), tests[RETURN].to_numpy()
@@ -47,14 +50,14 @@ def analyse(metrics: pd.DataFrame, at_bound: float, reached: float, premium_from
     collapse = int(below[0]) if len(below) else None
     best = int(np.argmax(returns[:collapse]))  # (the whole curve when it never fell)
     until = steps[collapse] if collapse is not None else np.inf
-    diag = metrics[metrics["env_steps"] <= until]
+    diag = metrics[(metrics["env_steps"] > diag_from) & (metrics["env_steps"] <= until)]
 
     def column(name, how):
         values = diag[name].dropna() if name in diag else pd.Series(dtype=float)
         return float(getattr(values, how)()) if len(values) else float("nan")
 
     near = column(NEAR, "max")
-    fitted = diag[diag["env_steps"] > premium_from].dropna(subset=[Q_TOT, TARGET]) if TARGET in diag else diag.iloc[:0]
+    fitted = diag.dropna(subset=[Q_TOT, TARGET]) if TARGET in diag else diag.iloc[:0]
     premium = float((fitted[Q_TOT] - fitted[TARGET]).mean()) if len(fitted) else float("nan")
     at = collapse if collapse is not None else len(returns) - 1
     starts = tests[START].to_numpy() if START in tests else np.full(len(returns), np.nan)
@@ -125,8 +128,9 @@ def main(argv=None) -> None:
              f"a share >= {args.at_bound:g} of taken non-greedy steps with w within 0.1 of its lower bound). "
              f"{len(rows)} finished runs; {collapses} fell back; of those, {bound_first} had w at its bound before "
              f"the collapse, and {over_first} had the greedy value Q_tot at the start of the test episodes above "
-             "their return at the evaluation before the collapse. Diagnostics are read up to the collapse (or over "
-             "the whole run when it did not fall back).",
+             f"their return at the evaluation before the collapse. Diagnostics are read from {DIAG_FROM // 1000}k env "
+             "steps (before, the first fits; QFIX's w starts at its bound) up to the collapse (or the end of a run "
+             "that did not fall back).",
              "", "| configuration | seed | best return | final | fell back at | max share w near bound | min mean w "
              "(non-greedy) | min credit (non-greedy) | max share target > greedy | mean Q_tot - target | "
              "Q_tot start / return at collapse (or end) | w at bound before | Q_tot start - return before the fall "

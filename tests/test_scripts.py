@@ -109,7 +109,7 @@ def test_qfix_collapse_finds_the_fall_whether_w_was_at_its_bound_and_the_greedy_
             [(0, -10, 0), (100, 9.4, 9), (200, 9.5, 10), (300, -10, 14), (400, -10, 15)]]
     rows += [{"env_steps": s, module.NEAR: v, module.W_MEAN: -v, module.Q_TOT: q, module.TARGET: t}
              for s, v, q, t in [(150, 0.2, 10, 9), (250, 0.7, 12, 10), (350, 0.9, 20, 10)]]
-    r = module.analyse(pd.DataFrame(rows), at_bound=0.5, reached=0.0, premium_from=0)
+    r = module.analyse(pd.DataFrame(rows), at_bound=0.5, reached=0.0, diag_from=0)
     assert r["premium"] == 1.5  # Q_tot - target up to the collapse: (1 + 2) / 2
     assert (r["best"], r["best_at"], r["collapse_at"], r["q_start"], r["return_at"]) == (9.5, 200, 300, 14, -10)
     assert r["near_bound_max"] == 0.7 and r["at_bound"]  # 0.9 comes after the collapse: not counted
@@ -119,7 +119,7 @@ def test_qfix_collapse_finds_the_fall_whether_w_was_at_its_bound_and_the_greedy_
     assert steady["over_before"] == steady["over_end"] == 0.5  # no fall: the last evaluation
     assert not r["recovered"] and not steady["recovered"]
     back = rows[:5] + [{"env_steps": 500, "test/return_mean": 99.6, "test/q_tot_start_mean": 96}]
-    comeback = module.analyse(pd.DataFrame(back), at_bound=0.5, reached=0.0, premium_from=0)  # fell at 300, then the big box
+    comeback = module.analyse(pd.DataFrame(back), at_bound=0.5, reached=0.0, diag_from=0)  # fell at 300, then the big box
     assert (comeback["best"], comeback["collapse_at"], comeback["recovered"]) == (9.5, 300, True)
     table = module.summary({"plain": [r, comeback]})
     assert table[-1] == "| plain | 2 | 0 | 2 | 1 | 1 | 2 | +25.0 to +25.0 / -3.6 to -3.6 | +1.5 to +1.5 |"
