@@ -180,7 +180,7 @@ class MARLModule(L.LightningModule):
                "td_error_above_greedy": float(errors[above].mean()) if above.any() else nan,
                "action_gap": float(gap.mean()) if gap.numel() else nan}
         if self.mixer_has_diagnostics:
-            mixer = self.mixer.diagnostics(qs, actions, zs, avail, greedy, valid)
+            mixer = self.mixer.diagnostics(qs, actions, zs, avail, greedy, valid, above)
             out.update({f"mixer/{name}": value for name, value in mixer.items()})
         return out
 

@@ -24,6 +24,9 @@ def pin_w(mixer, value: float) -> None:
         last.bias.fill_(value)
 
 
+ALL = torch.ones(16, dtype=torch.bool)
+
+
 @pytest.mark.parametrize("name, bound", [("qplusfix_sum", -1.0), ("qfix_sum", 0.0), ("qplusfix_lin", -1.0)])
 def test_qfix_diagnostics_see_w_at_its_bound(name, bound):
     mixer = build_mixer(name, n_agents=2, n_actions=3, central_dim=4)
@@ -32,17 +35,26 @@ def test_qfix_diagnostics_see_w_at_its_bound(name, bound):
     greedy = q.argmax(-1)
     actions = greedy.clone()
     actions[:8, 0] = (greedy[:8, 0] + 1) % 3  # half the steps take a non-greedy joint action
-    out = mixer.diagnostics(q, actions, z, None, greedy, torch.ones(16, dtype=torch.bool))
-    for where in ("nongreedy", "greedy"):
+    out = mixer.diagnostics(q, actions, z, None, greedy, ALL, ALL)
+    for where in ("nongreedy", "above", "greedy"):
         assert out[f"w_{where}_mean"] == pytest.approx(bound, abs=1e-6)
         assert out[f"w_{where}_near_bound"] == 1.0
     # the taken action's credit factor: 1 + w = 0 for Q+FIX at w = -1 (QFIX: w = 0, also 0)
-    assert out["credit_nongreedy_mean"] == pytest.approx(0.0, abs=1e-6)
+    assert out["credit_nongreedy_mean"] == out["credit_above_mean"] == pytest.approx(0.0, abs=1e-6)
     pin_w(mixer, bound + 2.0)
-    away = mixer.diagnostics(q, actions, z, None, greedy, torch.ones(16, dtype=torch.bool))
+    away = mixer.diagnostics(q, actions, z, None, greedy, ALL, ALL)
     assert away["w_nongreedy_near_bound"] == 0.0 and away["w_greedy_mean"] == pytest.approx(bound + 2.0, abs=1e-6)
+    # w_above_*: only the non-greedy steps whose target exceeds the greedy value (here the first 4 of 8)
+    above = torch.arange(16) < 4
+    w = torch.where(above, bound, bound + 2.0)  # at the bound on those steps only
+    mixer.fix_weight = lambda central, actions: w.unsqueeze(-1).expand(16, 2) if mixer.per_agent else w
+    split = mixer.diagnostics(q, actions, z, None, greedy, ALL, above)
+    assert split["w_above_near_bound"] == 1.0 and split["w_nongreedy_near_bound"] == 0.5
+    assert split["credit_above_mean"] == pytest.approx(0.0, abs=1e-6)
+    assert split["credit_nongreedy_mean"] == pytest.approx(1.0, abs=1e-6)  # (0 + 2) / 2
+    del mixer.fix_weight
     # every taken joint action greedy: nothing to say about non-greedy ones
-    none = mixer.diagnostics(q, greedy, z, None, greedy, torch.ones(16, dtype=torch.bool))
+    none = mixer.diagnostics(q, greedy, z, None, greedy, ALL, ALL)
     assert none["w_nongreedy_mean"] != none["w_nongreedy_mean"]  # NaN
 
 

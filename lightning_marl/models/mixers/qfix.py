@@ -112,27 +112,33 @@ class QFIXMixer(Mixer):
 
     @torch.no_grad()
     def diagnostics(self, q_values: torch.Tensor, actions: torch.Tensor, central: torch.Tensor,
-                    action_mask: Optional[torch.Tensor], greedy: torch.Tensor, valid: torch.Tensor) -> dict[str, float]:
+                    action_mask: Optional[torch.Tensor], greedy: torch.Tensor, valid: torch.Tensor,
+                    above: torch.Tensor) -> dict[str, float]:
         """The fixing weight where it decides the fit: ``w`` of the taken joint action on steps where it
-        is not the greedy one (``w_nongreedy_*``) and ``w`` of the greedy joint action (``w_greedy_*``),
-        each as mean, 5th percentile and share within 0.1 of the lower bound t; the credit factor of the
-        taken non-greedy action (``credit_nongreedy_mean``: ``1 + lambda_D w`` for Q+FIX, ``1 - lambda_D +
-        lambda_D w`` for QFIX, the factor on ``A_f`` in ``Q_tot``) and its ``|A_f|``. ``valid`` ``[*B]``:
-        the steps that count. NaN where no step counts (e.g. every taken action greedy)."""
+        is not the greedy one (``w_nongreedy_*``), on those of them whose TD target exceeds the greedy
+        joint action's value (``w_above_*``, ``above`` ``[*B]``: the error no IGM mixer can close there,
+        e.g. the rare joint actions that deliver the big box) and ``w`` of the greedy joint action
+        (``w_greedy_*``), each as mean, 5th percentile and share within 0.1 of the lower bound t; the
+        credit factor of the taken non-greedy action (``credit_nongreedy_mean``, ``credit_above_mean``:
+        ``1 + lambda_D w`` for Q+FIX, ``1 - lambda_D + lambda_D w`` for QFIX, the factor on ``A_f`` in
+        ``Q_tot``) and its ``|A_f|``. ``valid`` ``[*B]``: the steps that count. NaN where no step counts
+        (e.g. every taken action greedy)."""
         nongreedy = (actions != greedy).any(-1) & valid
         w_taken, w_greedy = self.fix_weight(central, actions), self.fix_weight(central, greedy)
         _, adv = self.fixee_advantage(q_values, actions, central, action_mask)
         lam, t = float(self.intervention), self.w_lower_bound
         credit = 1.0 + lam * w_taken if self.additive else 1.0 - lam + lam * w_taken
         out = {}
-        for name, w, mask in (("nongreedy", w_taken, nongreedy), ("greedy", w_greedy, valid)):
+        for name, w, mask in (("nongreedy", w_taken, nongreedy), ("above", w_taken, nongreedy & above),
+                              ("greedy", w_greedy, valid)):
             values = w[mask].flatten().double()
             empty = values.numel() == 0
             out[f"w_{name}_mean"] = float("nan") if empty else float(values.mean())
             out[f"w_{name}_p5"] = float("nan") if empty else float(torch.quantile(values, 0.05))
             out[f"w_{name}_near_bound"] = float("nan") if empty else float((values - t < 0.1).double().mean())
-        taken = credit[nongreedy].flatten()
-        out["credit_nongreedy_mean"] = float(taken.mean()) if taken.numel() else float("nan")
+        for name, mask in (("nongreedy", nongreedy), ("above", nongreedy & above)):
+            taken = credit[mask].flatten()
+            out[f"credit_{name}_mean"] = float(taken.mean()) if taken.numel() else float("nan")
         fixee = adv[nongreedy].abs().flatten()
         out["adv_fixee_abs_nongreedy_mean"] = float(fixee.mean()) if fixee.numel() else float("nan")
         return out
