@@ -32,6 +32,8 @@ from lightning_marl.study.records import is_finished, record
 from lightning_marl.study.spec import load_spec, plan
 
 NEAR = "diag/mixer/w_nongreedy_near_bound"
+NEAR_ABOVE, CREDIT_ABOVE = "diag/mixer/w_above_near_bound", "diag/mixer/credit_above_mean"
+LAST = 100_000  # env steps before the fall (or the end) over which the above-target values are averaged
 W_MEAN = "diag/mixer/w_nongreedy_mean"
 CREDIT = "diag/mixer/credit_nongreedy_mean"
 ABOVE = "diag/share_above_greedy"
@@ -52,11 +54,13 @@ def analyse(metrics: pd.DataFrame, at_bound: float, reached: float, diag_from: i
     until = steps[collapse] if collapse is not None else np.inf
     diag = metrics[(metrics["env_steps"] > diag_from) & (metrics["env_steps"] <= until)]
 
-    def column(name, how):
-        values = diag[name].dropna() if name in diag else pd.Series(dtype=float)
+    def column(name, how, frame=diag):
+        values = frame[name].dropna() if name in frame else pd.Series(dtype=float)
         return float(getattr(values, how)()) if len(values) else float("nan")
 
     near = column(NEAR, "max")
+    last = diag[diag["env_steps"] > min(until, metrics["env_steps"].max()) - LAST]
+    near_above, credit_above = column(NEAR_ABOVE, "mean", last), column(CREDIT_ABOVE, "mean", last)
     fitted = diag.dropna(subset=[Q_TOT, TARGET]) if TARGET in diag else diag.iloc[:0]
     premium = float((fitted[Q_TOT] - fitted[TARGET]).mean()) if len(fitted) else float("nan")
     at = collapse if collapse is not None else len(returns) - 1
@@ -69,8 +73,14 @@ def analyse(metrics: pd.DataFrame, at_bound: float, reached: float, diag_from: i
             "above_greedy_max": column(ABOVE, "max"), "premium": premium,
             "q_start": float(starts[at]), "return_at": returns[at],
             "over_before": float(starts[before] - returns[before]), "over_end": float(starts[-1] - returns[-1]),
-            "at_bound": bool(near >= at_bound),
+            "at_bound": bool(near >= at_bound), "near_above": near_above, "credit_above": credit_above,
+            "at_bound_above": None if np.isnan(near_above) else bool(near_above >= at_bound),
             "big_box_end": bool(BIG in tests and tests[BIG].iloc[-1] >= 0.5)}
+
+
+def above_cell(r: dict) -> str:
+    """The above-target steps' mean share of w near its bound and mean credit (``-`` where not logged)."""
+    return "-" if r["at_bound_above"] is None else f"{r['near_above']:.2f} / {r['credit_above']:.2f}"
 
 
 def span(xs: list[float]) -> str:
@@ -79,19 +89,27 @@ def span(xs: list[float]) -> str:
     return f"{min(xs):+.1f} to {max(xs):+.1f}" if xs else "-"
 
 
+def above_count(fell: list[dict]) -> str:
+    """``k of n``: falls with the above-target diagnostic, k of them with w at its bound there."""
+    logged = [r for r in fell if r["at_bound_above"] is not None]
+    return f"{sum(r['at_bound_above'] for r in logged)} of {len(logged)}" if logged else "-"
+
+
 def summary(per_label: dict[str, list[dict]]) -> list[str]:
     """Per configuration: how its runs ended, and what came before their falls."""
     lines = ["Per configuration (finished runs):", "",
              "| configuration | runs | big box at the end | fell back | still fallen at the end | w at its bound "
              "before the fall | Q_tot start above the return before the fall | Q_tot start - return at the end, "
-             "still fallen / the others | mean Q_tot - target |", "|" + "---|" * 9]
+             "still fallen / the others | mean Q_tot - target | w at its bound on above-target steps before "
+             "the fall (falls with that diagnostic) |", "|" + "---|" * 10]
     for label, rs in per_label.items():
         fell = [r for r in rs if r["collapse_at"] is not None]
         stuck = [r["over_end"] for r in fell if not r["recovered"]]
         others = [r["over_end"] for r in rs if r["collapse_at"] is None or r["recovered"]]
         lines.append(f"| {label} | {len(rs)} | {sum(r['big_box_end'] for r in rs)} | {len(fell)} | {len(stuck)} | "
                      f"{sum(r['at_bound'] for r in fell)} | {sum(r['over_before'] > 0 for r in fell)} | "
-                     f"{span(stuck)} / {span(others)} | {span([r['premium'] for r in rs])} |")
+                     f"{span(stuck)} / {span(others)} | {span([r['premium'] for r in rs])} | "
+                     f"{above_count(fell)} |")
     return lines
 
 
@@ -120,6 +138,7 @@ def main(argv=None) -> None:
         rows.append(f"| {run.label} | {run.seed} | {r['best']:.1f} at {r['best_at'] / 1e3:.0f}k | {final} | "
                     f"{fell_at} | {r['near_bound_max']:.2f} | "
                     f"{r['w_min']:.2f} | {r['credit_min']:.2f} | {r['above_greedy_max']:.3f} | {r['premium']:+.2f} | "
+                    f"{above_cell(r)} | "
                     f"{r['q_start']:.1f} / {r['return_at']:.1f} | {'yes' if r['at_bound'] else 'no'} | "
                     f"{r['over_before']:+.1f} | {r['over_end']:+.1f} |")
     lines = [f"# {spec.name}: falling back, and w at its bound", "",
@@ -133,8 +152,9 @@ def main(argv=None) -> None:
              "that did not fall back).",
              "", "| configuration | seed | best return | final | fell back at | max share w near bound | min mean w "
              "(non-greedy) | min credit (non-greedy) | max share target > greedy | mean Q_tot - target | "
+             f"above-target steps, last {LAST // 1000}k before the fall (or the end): share w near bound / credit | "
              "Q_tot start / return at collapse (or end) | w at bound before | Q_tot start - return before the fall "
-             "(or at the end) | Q_tot start - return at the end |", "|" + "---|" * 14, *rows, "",
+             "(or at the end) | Q_tot start - return at the end |", "|" + "---|" * 15, *rows, "",
              *summary(per_label), ""]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -107,10 +107,14 @@ def test_qfix_collapse_finds_the_fall_whether_w_was_at_its_bound_and_the_greedy_
     spec.loader.exec_module(module)
     rows = [{"env_steps": s, "test/return_mean": r, "test/q_tot_start_mean": q} for s, r, q in
             [(0, -10, 0), (100, 9.4, 9), (200, 9.5, 10), (300, -10, 14), (400, -10, 15)]]
-    rows += [{"env_steps": s, module.NEAR: v, module.W_MEAN: -v, module.Q_TOT: q, module.TARGET: t}
+    rows += [{"env_steps": s, module.NEAR: v, module.W_MEAN: -v, module.Q_TOT: q, module.TARGET: t,
+              module.NEAR_ABOVE: v, module.CREDIT_ABOVE: 1 - v}
              for s, v, q, t in [(150, 0.2, 10, 9), (250, 0.7, 12, 10), (350, 0.9, 20, 10)]]
     r = module.analyse(pd.DataFrame(rows), at_bound=0.5, reached=0.0, diag_from=0)
     assert r["premium"] == 1.5  # Q_tot - target up to the collapse: (1 + 2) / 2
+    # above-target steps: the mean over the 100k env steps before the fall (all of 150 and 250 here)
+    assert r["near_above"] == pytest.approx(0.45) and r["credit_above"] == pytest.approx(0.55)
+    assert r["at_bound_above"] is False
     assert (r["best"], r["best_at"], r["collapse_at"], r["q_start"], r["return_at"]) == (9.5, 200, 300, 14, -10)
     assert r["near_bound_max"] == 0.7 and r["at_bound"]  # 0.9 comes after the collapse: not counted
     assert (r["over_before"], r["over_end"]) == (0.5, 25)  # Q_tot start - return at 200 (before the fall), at 400
@@ -122,7 +126,7 @@ def test_qfix_collapse_finds_the_fall_whether_w_was_at_its_bound_and_the_greedy_
     comeback = module.analyse(pd.DataFrame(back), at_bound=0.5, reached=0.0, diag_from=0)  # fell at 300, then the big box
     assert (comeback["best"], comeback["collapse_at"], comeback["recovered"]) == (9.5, 300, True)
     table = module.summary({"plain": [r, comeback]})
-    assert table[-1] == "| plain | 2 | 0 | 2 | 1 | 1 | 2 | +25.0 to +25.0 / -3.6 to -3.6 | +1.5 to +1.5 |"
+    assert table[-1] == "| plain | 2 | 0 | 2 | 1 | 1 | 2 | +25.0 to +25.0 / -3.6 to -3.6 | +1.5 to +1.5 | 0 of 1 |"
     wobble = [{"env_steps": s, "test/return_mean": r, "test/q_tot_start_mean": 0} for s, r in
               [(0, -10), (100, -20.9), (200, 99.6)]]  # bumping before any box delivered: not a fall
     assert module.analyse(pd.DataFrame(wobble), at_bound=0.5, reached=0.0)["collapse_at"] is None
