@@ -75,7 +75,39 @@ def analyse(metrics: pd.DataFrame, at_bound: float, reached: float, diag_from: i
             "over_before": float(starts[before] - returns[before]), "over_end": float(starts[-1] - returns[-1]),
             "at_bound": bool(near >= at_bound), "near_above": near_above, "credit_above": credit_above,
             "at_bound_above": None if np.isnan(near_above) else bool(near_above >= at_bound),
-            "big_box_end": bool(BIG in tests and tests[BIG].iloc[-1] >= 0.5)}
+            "big_box_end": bool(BIG in tests and tests[BIG].iloc[-1] >= 0.5), "curve": (steps, returns, starts)}
+
+
+def figure(per_label: dict[str, list[dict]], path: Path) -> None:
+    """One panel per configuration: each run's greedy test return (solid) and the greedy value Q_tot at the
+    start of those test episodes (dashed, same colour) against env steps; y clipped to [-25, 110] (a run
+    that bumps scores down to -1000)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(per_label))
+    rows = -(-len(per_label) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False, sharex=True, sharey=True)
+    for ax, (label, rs) in zip(axes.flat, per_label.items()):
+        for i, r in enumerate(rs):
+            steps, returns, starts = r["curve"]
+            ax.plot(steps / 1e3, returns, color=f"C{i}", lw=1.2)
+            ax.plot(steps / 1e3, starts, color=f"C{i}", lw=1.0, ls="--")
+        ax.set_title(label, fontsize=9)
+        ax.set_ylim(-25, 110)
+        ax.axhline(0, color="grey", lw=0.5)
+    for ax in axes.flat[len(per_label):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("env steps (k)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("return (-), Q_tot start (--)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def above_cell(r: dict) -> str:
@@ -155,9 +187,12 @@ def main(argv=None) -> None:
              f"above-target steps, last {LAST // 1000}k before the fall (or the end): share w near bound / credit | "
              "Q_tot start / return at collapse (or end) | w at bound before | Q_tot start - return before the fall "
              "(or at the end) | Q_tot start - return at the end |", "|" + "---|" * 15, *rows, "",
-             *summary(per_label), ""]
+             *summary(per_label), "", "Per run, the greedy test return (solid) and the greedy value Q_tot at the start "
+             "of those test episodes (dashed, same colour; y clipped to [-25, 110]):", "",
+             "![greedy value and return](figures/greedy_value.png)", ""]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    figure(per_label, out / "figures" / "greedy_value.png")
     (out / "collapse.md").write_text("\n".join(lines))
     print(f"{out / 'collapse.md'}: {len(rows)} runs, {collapses} fell back, {bound_first} with w at its bound first, "
           f"{over_first} with the greedy value above the return first")
