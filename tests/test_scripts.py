@@ -97,7 +97,8 @@ def test_the_gpu_check_refuses_to_run_without_a_gpu():
     assert proc.returncode == 2 and "no CUDA device visible" in proc.stderr and "nothing was run" in proc.stderr
 
 
-def test_qfix_collapse_finds_the_fall_whether_w_was_at_its_bound_and_the_greedy_value_above_the_return_before_it():
+def test_qfix_collapse_finds_the_fall_whether_w_was_at_its_bound_and_the_greedy_value_above_the_return_before_it(
+        tmp_path):
     import importlib.util
 
     import pandas as pd
@@ -126,6 +127,8 @@ def test_qfix_collapse_finds_the_fall_whether_w_was_at_its_bound_and_the_greedy_
     comeback = module.analyse(pd.DataFrame(back), at_bound=0.5, reached=0.0, diag_from=0)  # fell at 300, then the big box
     assert (comeback["best"], comeback["collapse_at"], comeback["recovered"]) == (9.5, 300, True)
     table = module.summary({"plain": [r, comeback]})
+    module.figure({"plain": [r, comeback], "steady": [steady]}, tmp_path / "figures" / "greedy_value.png")
+    assert (tmp_path / "figures" / "greedy_value.png").stat().st_size > 0
     assert table[-1] == "| plain | 2 | 0 | 2 | 1 | 1 | 2 | +25.0 to +25.0 / -3.6 to -3.6 | +1.5 to +1.5 | 0 of 1 |"
     wobble = [{"env_steps": s, "test/return_mean": r, "test/q_tot_start_mean": 0} for s, r in
               [(0, -10), (100, -20.9), (200, 99.6)]]  # bumping before any box delivered: not a fall
