@@ -14,8 +14,13 @@ is within 0.1 of its lower bound, the smallest mean w on them, the taken action'
 whose TD target exceeds the greedy joint action's value, the mean of Q_tot minus its TD target over the
 training batches (optimistic weighting fits Q_tot to an upper expectile of its targets, a
 positive premium; the squared error fits their mean), and Q_tot at the start of the greedy test episodes
-beside their return at the collapse. "w at its bound" means a share of at least ``--at-bound`` (0.5) at some
-logged update in that window. And the other reading the data offered: how far the greedy value Q_tot at
+beside their return at the collapse. Where the run logged them (``diag/mixer/w_above_*``, since session 17),
+the same for the taken non-greedy steps whose target exceeds the greedy value, the steps issue 29's hypothesis
+is about: the share of them with w near its bound and their credit, each averaged over the last 100k env steps
+of the window before the collapse (or the end; shorter when the window is: a fall at 120k gives 50k-120k);
+"at its bound" there means that mean share >= ``--at-bound``. "w at its bound" means a share of at least
+``--at-bound`` (0.5) at some logged update in that window (all taken non-greedy steps: the largest share).
+And the other reading the data offered: how far the greedy value Q_tot at
 the start of the test episodes stood above the return those episodes got, at the evaluation before the
 collapse (or the last one, when the run did not fall back) and at the end: an overestimated greedy value.
 Writes ``collapse.md`` into ``--out``.
@@ -61,7 +66,7 @@ def analyse(metrics: pd.DataFrame, at_bound: float, reached: float, diag_from: i
     near = column(NEAR, "max")
     last = diag[diag["env_steps"] > min(until, metrics["env_steps"].max()) - LAST]
     near_above, credit_above = column(NEAR_ABOVE, "mean", last), column(CREDIT_ABOVE, "mean", last)
-    fitted = diag.dropna(subset=[Q_TOT, TARGET]) if TARGET in diag else diag.iloc[:0]
+    fitted = diag.dropna(subset=[Q_TOT, TARGET]) if {Q_TOT, TARGET} <= set(diag) else diag.iloc[:0]
     premium = float((fitted[Q_TOT] - fitted[TARGET]).mean()) if len(fitted) else float("nan")
     at = collapse if collapse is not None else len(returns) - 1
     starts = tests[START].to_numpy() if START in tests else np.full(len(returns), np.nan)
@@ -87,6 +92,8 @@ def figure(per_label: dict[str, list[dict]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not per_label:
+        return
     cols = min(3, len(per_label))
     rows = -(-len(per_label) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False, sharex=True, sharey=True)
@@ -133,7 +140,8 @@ def summary(per_label: dict[str, list[dict]]) -> list[str]:
              "| configuration | runs | big box at the end | fell back | still fallen at the end | w at its bound "
              "before the fall | Q_tot start above the return before the fall | Q_tot start - return at the end, "
              "still fallen / the others | mean Q_tot - target | w at its bound on above-target steps before "
-             "the fall (falls with that diagnostic) |", "|" + "---|" * 10]
+             "the fall (mean share near it >= the threshold over the last 100k; falls with that diagnostic) |",
+             "|" + "---|" * 10]
     for label, rs in per_label.items():
         fell = [r for r in rs if r["collapse_at"] is not None]
         stuck = [r["over_end"] for r in fell if not r["recovered"]]

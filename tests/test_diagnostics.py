@@ -52,6 +52,9 @@ def test_qfix_diagnostics_see_w_at_its_bound(name, bound):
     assert split["w_above_near_bound"] == 1.0 and split["w_nongreedy_near_bound"] == 0.5
     assert split["credit_above_mean"] == pytest.approx(0.0, abs=1e-6)
     assert split["credit_nongreedy_mean"] == pytest.approx(1.0, abs=1e-6)  # (0 + 2) / 2
+    nothing_above = mixer.diagnostics(q, actions, z, None, greedy, ALL, torch.zeros(16, dtype=torch.bool))
+    assert all(nothing_above[k] != nothing_above[k] for k in ("w_above_mean", "w_above_near_bound",
+                                                               "credit_above_mean"))  # NaN: no step counts
     del mixer.fix_weight
     # every taken joint action greedy: nothing to say about non-greedy ones
     none = mixer.diagnostics(q, greedy, z, None, greedy, ALL, ALL)

@@ -220,28 +220,30 @@ def test_detached_advantage_blocks_gradient(name, detach, undetach, seed):
 
 @pytest.mark.parametrize("name", ADDITIVE)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_detach_greedy_stops_only_the_greedy_values_gradient(name, seed):
-    """``detach_greedy``: Q+FIX's fixing term sees ``A_f = Q_f - sg(V_f)``. Where an agent's taken action
-    is not its greedy one, the greedy utility gets no gradient (plain: ``-w`` times the fixee's), the
-    taken one keeps the plain mixer's ``(1 + w)`` times the fixee's (full detaching gives it the fixee's
-    alone); the values are the plain mixer's."""
+def test_detach_greedy_stops_only_the_greedy_utilities_share(name, seed):
+    """``detach_greedy``: where an agent's taken action is not its greedy one, its greedy utility gets no
+    gradient (plain: the ``-w`` share); every other utility's gradient, the taken ones' ``1 + w`` included,
+    is the plain mixer's, so a step that is greedy for every agent trains exactly as without it (full
+    detaching changes the taken ones' too); the values are the plain mixer's."""
     n, a, batch, dim = 3, 4, 32, 5
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(batch, n, a, generator=gen, dtype=torch.float64)
     z = torch.randn(batch, dim, generator=gen, dtype=torch.float64)
-    actions = torch.randint(0, a, (batch, n), generator=gen)
     greedy = q.argmax(-1)
+    actions = torch.where(torch.rand(batch, n, generator=gen) < 0.5, greedy, torch.randint(0, a, (batch, n), generator=gen))
+    actions[:4] = greedy[:4]                                  # steps greedy for every agent
     off = greedy != actions
-    assert off.any()
-    pick = lambda g, idx: g.gather(-1, idx.unsqueeze(-1)).squeeze(-1)[off]  # noqa: E731
+    assert off.any() and (~off).any()
+    cut = torch.zeros_like(q, dtype=torch.bool).scatter_(-1, greedy.unsqueeze(-1), off.unsqueeze(-1))
 
     plain, only_greedy, full = (make_mixer(name, n, a, dim, seed, 1.0, **config) for config in
                                 ({}, {"detach_greedy": True}, {"detach_advantage": True}))
     g_plain, g_greedy, g_full = (q_grad(m, q, actions, z) for m in (plain, only_greedy, full))
-    assert (pick(g_greedy, greedy) == 0).all()
-    assert (pick(g_plain, greedy).abs() > 1e-8).all()
-    assert torch.allclose(pick(g_greedy, actions), pick(g_plain, actions))
-    assert not torch.allclose(pick(g_greedy, actions), pick(g_full, actions))
+    assert (g_greedy[cut] == 0).all() and (g_plain[cut].abs() > 1e-8).all()
+    assert torch.allclose(g_greedy[~cut], g_plain[~cut])
+    assert torch.equal(g_greedy[:4], g_plain[:4])
+    taken = lambda g: g.gather(-1, actions.unsqueeze(-1)).squeeze(-1)[off]  # noqa: E731
+    assert not torch.allclose(taken(g_greedy), taken(g_full))
     with torch.no_grad():
         assert torch.allclose(only_greedy(q, actions, z), plain(q, actions, z))
 

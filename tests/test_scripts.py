@@ -98,7 +98,7 @@ def test_the_gpu_check_refuses_to_run_without_a_gpu():
 
 
 def test_qfix_collapse_finds_the_fall_whether_w_was_at_its_bound_and_the_greedy_value_above_the_return_before_it(
-        tmp_path):
+        tmp_path, monkeypatch):
     import importlib.util
 
     import pandas as pd
@@ -113,9 +113,13 @@ def test_qfix_collapse_finds_the_fall_whether_w_was_at_its_bound_and_the_greedy_
              for s, v, q, t in [(150, 0.2, 10, 9), (250, 0.7, 12, 10), (350, 0.9, 20, 10)]]
     r = module.analyse(pd.DataFrame(rows), at_bound=0.5, reached=0.0, diag_from=0)
     assert r["premium"] == 1.5  # Q_tot - target up to the collapse: (1 + 2) / 2
-    # above-target steps: the mean over the 100k env steps before the fall (all of 150 and 250 here)
+    # above-target steps: the mean over the last LAST env steps before the fall (all of 150 and 250 here)
     assert r["near_above"] == pytest.approx(0.45) and r["credit_above"] == pytest.approx(0.55)
     assert r["at_bound_above"] is False
+    monkeypatch.setattr(module, "LAST", 100)  # the window's edge: 250 only (300 - 100 = 200)
+    late = module.analyse(pd.DataFrame(rows), at_bound=0.5, reached=0.0, diag_from=0)
+    assert late["near_above"] == pytest.approx(0.7) and late["at_bound_above"] is True
+    monkeypatch.undo()
     assert (r["best"], r["best_at"], r["collapse_at"], r["q_start"], r["return_at"]) == (9.5, 200, 300, 14, -10)
     assert r["near_bound_max"] == 0.7 and r["at_bound"]  # 0.9 comes after the collapse: not counted
     assert (r["over_before"], r["over_end"]) == (0.5, 25)  # Q_tot start - return at 200 (before the fall), at 400

@@ -53,11 +53,13 @@ class QFIXMixer(Mixer):
     Config (values and defaults: the variants' config dataclasses at the end of this file):
     ``fixee`` (``sum`` = VDN, ``mono`` = light QMIX with ``embed_dim``, ``hypernet_layers``,
     ``hypernet_embed``), ``w_lower_bound`` (t), ``w_hidden`` and ``w_layers`` (g), ``b_hidden`` (b),
-    ``detach_advantage`` (the sg() of Q+FIX; QFIX never detaches), ``detach_greedy`` (Q+FIX: the
-    fixing term sees ``A_f = Q_f - sg(V_f)``, so a taken joint action keeps its credit ``1 + w`` while the
-    greedy one gets none of the fixing term's gradient; without it ``Q_tot = (1 + w) Q_f - w V_f + b``
-    hands every error on a non-greedy action to ``V_f`` with the factor ``-w``, upwards where ``w < 0``;
-    issue 29's test of that path). lambda_D starts at 1.
+    ``detach_advantage`` (the sg() of Q+FIX; QFIX never detaches), ``detach_greedy`` (Q+FIX: in the
+    fixing term, each agent's greedy utility ``V_i`` enters ``V_f`` through sg() where the agent's taken
+    action is not its greedy one. Plain Q+FIX is ``Q_tot = (1 + w) Q_f - w V_f + b``: an error on a
+    non-greedy joint action reaches those greedy utilities with the factor ``-w``, upwards where ``w < 0``;
+    with ``detach_greedy`` they get nothing from it, the taken utilities keep ``1 + w``, and a step whose
+    taken action is greedy for every agent trains exactly as without it; issue 29's test of that path).
+    lambda_D starts at 1.
     """
 
     additive: bool = False
@@ -99,16 +101,19 @@ class QFIXMixer(Mixer):
         return w if self.per_agent else w.squeeze(-1)
 
     def fixee_advantage(self, q_values: torch.Tensor, actions: torch.Tensor, central: torch.Tensor,
-                        action_mask: Optional[torch.Tensor] = None,
-                        detach_greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                        action_mask: Optional[torch.Tensor] = None, *,
+                        detach_greedy: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """``(Q_f, A_f)`` of the joint action ``actions``: ``[*B]`` each (``A_f`` is ``[*B,N]``, the
-        per-agent ``A_i``, for the -lin variants); ``A_f = Q_f - sg(V_f)`` with ``detach_greedy``."""
+        per-agent ``A_i``, for the -lin variants). With ``detach_greedy``, ``V_i`` enters through sg()
+        where agent i's taken action is not its greedy one (``Q_i(a_i) < V_i``): the same values."""
         q = chosen_q(q_values, actions)
         v = max_q(q_values, action_mask)
+        if detach_greedy:
+            v = torch.where(q >= v, v, v.detach())
         if self.per_agent:
-            return q.sum(-1), q - (v.detach() if detach_greedy else v)
-        q_f, v_f = self.fixee_value(q, central), self.fixee_value(v, central)
-        return q_f, q_f - (v_f.detach() if detach_greedy else v_f)
+            return q.sum(-1), q - v
+        q_f = self.fixee_value(q, central)
+        return q_f, q_f - self.fixee_value(v, central)
 
     @torch.no_grad()
     def diagnostics(self, q_values: torch.Tensor, actions: torch.Tensor, central: torch.Tensor,
@@ -125,7 +130,7 @@ class QFIXMixer(Mixer):
         (e.g. every taken action greedy)."""
         nongreedy = (actions != greedy).any(-1) & valid
         w_taken, w_greedy = self.fix_weight(central, actions), self.fix_weight(central, greedy)
-        _, adv = self.fixee_advantage(q_values, actions, central, action_mask)
+        _, adv = self.fixee_advantage(q_values, actions, central, action_mask, detach_greedy=False)
         lam, t = float(self.intervention), self.w_lower_bound
         credit = 1.0 + lam * w_taken if self.additive else 1.0 - lam + lam * w_taken
         out = {}
@@ -242,9 +247,9 @@ class QPlusFIXConfig(QFIXConfig):
     w_lower_bound: float = spec(-1.0, "t in w = |g - t| + t + 1e-10 (IGM needs t >= -1 for Q+FIX)", ge=-1.0)
     detach_advantage: bool = spec(False, "sg() on the fixee advantage (the reference's main runs: false; "
                                          "true is its -detach ablation)")
-    detach_greedy: bool = spec(False, "sg() on the greedy joint action's fixee value V_f in the fixing term "
-                                      "only: the taken action keeps its credit 1 + w, the greedy one gets no "
-                                      "gradient from it (issue 29's test; implied by detach_advantage)")
+    detach_greedy: bool = spec(False, "in the fixing term, sg() on each agent's greedy utility where its taken "
+                                      "action is not the greedy one: no -w share of an error reaches them, the "
+                                      "taken utilities keep 1 + w (issue 29's test; implied by detach_advantage)")
 
 
 @dataclasses.dataclass
