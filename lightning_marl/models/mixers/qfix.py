@@ -129,19 +129,20 @@ class QFIXMixer(Mixer):
         ``Q_tot``) and its ``|A_f|``. ``valid`` ``[*B]``: the steps that count. NaN where no step counts
         (e.g. every taken action greedy)."""
         nongreedy = (actions != greedy).any(-1) & valid
+        decisive = nongreedy & above
         w_taken, w_greedy = self.fix_weight(central, actions), self.fix_weight(central, greedy)
         _, adv = self.fixee_advantage(q_values, actions, central, action_mask, detach_greedy=False)
         lam, t = float(self.intervention), self.w_lower_bound
         credit = 1.0 + lam * w_taken if self.additive else 1.0 - lam + lam * w_taken
         out = {}
-        for name, w, mask in (("nongreedy", w_taken, nongreedy), ("above", w_taken, nongreedy & above),
+        for name, w, mask in (("nongreedy", w_taken, nongreedy), ("above", w_taken, decisive),
                               ("greedy", w_greedy, valid)):
             values = w[mask].flatten().double()
             empty = values.numel() == 0
             out[f"w_{name}_mean"] = float("nan") if empty else float(values.mean())
             out[f"w_{name}_p5"] = float("nan") if empty else float(torch.quantile(values, 0.05))
             out[f"w_{name}_near_bound"] = float("nan") if empty else float((values - t < 0.1).double().mean())
-        for name, mask in (("nongreedy", nongreedy), ("above", nongreedy & above)):
+        for name, mask in (("nongreedy", nongreedy), ("above", decisive)):
             taken = credit[mask].flatten()
             out[f"credit_{name}_mean"] = float(taken.mean()) if taken.numel() else float("nan")
         fixee = adv[nongreedy].abs().flatten()
