@@ -105,3 +105,11 @@ def test_the_recommended_qplusfix_preset_is_the_recipe_with_the_fixee_advantage_
     """Issue 29's stability study: with the big-box recipe Q+FIX-sum keeps the big box only detached."""
     recipe = load(["experiment=box_pushing_4x4_big_box", "mixer=qplusfix_sum", "mixer.detach_advantage=true"])
     assert load(["experiment=box_pushing_4x4_big_box_qplusfix_sum"]) == recipe
+
+
+def test_the_recommended_qfix_preset_is_the_recipe_with_a_raised_bound_and_uniform_replay():
+    """Issue 29's stability study: with the big-box recipe QFIX-sum keeps the big box with w >= 0.5, no PER."""
+    recipe = load(["experiment=box_pushing_4x4_big_box", "mixer=qfix_sum", "mixer.w_lower_bound=0.5",
+                   "data.prioritized=false"])
+    assert load(["experiment=box_pushing_4x4_big_box_qfix_sum"]) == recipe
+    assert load(["experiment=box_pushing_4x4_big_box", "mixer=qfix_sum"]) != recipe
