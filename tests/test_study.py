@@ -21,8 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_iqm_is_the_mean_of_the_middle_half():
-    assert agg.iqm(np.arange(1, 9)[:, None]) == pytest.approx(4.5)  # middle half of 1..8: 3, 4, 5, 6
-    assert agg.iqm(np.array([[0.0], [1], [1], [1], [1], [1], [1], [1000]])) == pytest.approx(1.0)  # outliers cut
+    def iqm(scores):
+        return agg.iqm_with_interval({"x": scores})["x"][0]
+
+    assert iqm(np.arange(1, 9)[:, None]) == pytest.approx(4.5)  # middle half of 1..8: 3, 4, 5, 6
+    assert iqm(np.array([[0.0], [1], [1], [1], [1], [1], [1], [1000]])) == pytest.approx(1.0)  # outliers cut
 
 
 def test_iqm_interval_holds_the_truth_and_collapses_on_constant_scores():
@@ -153,6 +156,10 @@ def test_a_study_runs_skips_what_is_finished_and_reports(tmp_path):
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| qmix |")
             or line.startswith("| vdn |")}
     assert f"| {qmix:,} |" in rows["qmix"] and "| 0 |" in rows["vdn"]
+    # the spec's further metrics (e.g. SMACLite's return beside its win rate) get their IQM with an interval too
+    header = [c.strip() for c in next(ln for ln in text.splitlines() if ln.startswith("| configuration |")).split("|")]
+    extra = [c.strip() for c in rows["qmix"].split("|")][header.index("IQM final test/small_boxes_mean")]
+    assert re.fullmatch(r"-?[\d.e+-]+ \[-?[\d.e+-]+, -?[\d.e+-]+\]", extra), extra
     assert (tmp_path / "runs" / "figures" / "curves_reference_box_pushing_4x4.png").stat().st_size > 5000
     assert (tmp_path / "runs" / "figures" / "profile_reference_box_pushing_4x4.png").is_file()
 

@@ -47,12 +47,6 @@ def _rliable():
     return library, metrics
 
 
-def iqm(scores: np.ndarray) -> float:
-    """The interquartile mean of all entries (the mean of the middle 50%)."""
-    _, metrics = _rliable()
-    return float(metrics.aggregate_iqm(np.asarray(scores, dtype=float)))
-
-
 def iqm_with_interval(score_dict: Mapping[str, np.ndarray], seed: int = 0,
                       reps: int = REPS) -> dict[str, tuple[float, float, float]]:
     """Per configuration: (IQM, low, high) with a stratified bootstrap 95% interval (runs resampled

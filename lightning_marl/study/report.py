@@ -223,14 +223,18 @@ def write_report(spec: StudySpec, runs: list[Run], out_dir: Path, spec_path: Opt
         settled = {lbl: np.array(cells[(preset, lbl)]["settled"])[:, None] for lbl in labels}
         final_ci, auc_ci = agg.iqm_with_interval(finals), agg.iqm_with_interval(aucs)
         settled_ci = agg.iqm_with_interval(settled)
+        extra_ci = {}
+        for m in spec.metrics:
+            scored = {lbl: np.array(cells[(preset, lbl)]["extra"][m])[:, None] for lbl in labels
+                      if cells[(preset, lbl)]["extra"][m]}
+            extra_ci[m] = agg.iqm_with_interval(scored) if scored else {}
         extra_columns = "".join(f"IQM final {m} | " for m in spec.metrics)
         header = (f"| configuration | seeds | IQM final | IQM AUC | IQM settled at (env steps) | fell back | "
                   f"{extra_columns}mixer parameters | wall s (median) | peak memory MiB (median) |")
         lines += [f"## {preset}", "", header, "|" + "---|" * (9 + len(spec.metrics))]
         for lbl in labels:
             cell = cells[(preset, lbl)]
-            extras = [f"{agg.iqm(np.array(cell['extra'][m])[:, None]):.3g}" if cell["extra"][m] else "-"
-                      for m in spec.metrics]
+            extras = [_fmt(extra_ci[m][lbl]) if lbl in extra_ci[m] else "-" for m in spec.metrics]
             params = cell["mixer_parameters"]
             lines.append(f"| {lbl} | {len(cell['final'])} | {_fmt(final_ci[lbl])} | {_fmt(auc_ci[lbl])} | "
                          f"{_fmt_steps(settled_ci[lbl])} | {cell['fell_back']} of {len(cell['final'])} | "
