@@ -186,12 +186,109 @@ def _grid(curves: list[pd.Series]) -> np.ndarray:
     return min((c.index.to_numpy() for c in curves), key=len)
 
 
+def _scores(cells: dict, preset: str, labels: list[str], key: str, metric: Optional[str] = None) -> dict:
+    """{label: (seeds, 1) array} of one score of ``preset``'s configurations (``key`` "final", "auc",
+    "settled", or "extra" with ``metric``), the layout rliable's aggregation takes; configurations
+    without any value of it are left out."""
+    values = {lbl: cells[(preset, lbl)][key] if metric is None else cells[(preset, lbl)][key][metric]
+              for lbl in labels}
+    return {lbl: np.array(v)[:, None] for lbl, v in values.items() if v}
+
+
+def _score_table(spec: StudySpec, cells: dict, preset: str, labels: list[str]) -> list[str]:
+    """The preset's table (IQM final, AUC, settled-at and further metrics with intervals, falls,
+    mixer size, wall time, memory), its published values, its horizon cut and its P(X > Y) pairs."""
+    finals = _scores(cells, preset, labels, "final")
+    final_ci = agg.iqm_with_interval(finals)
+    auc_ci = agg.iqm_with_interval(_scores(cells, preset, labels, "auc"))
+    settled_ci = agg.iqm_with_interval(_scores(cells, preset, labels, "settled"))
+    extra_ci = {}
+    for m in spec.metrics:
+        scored = _scores(cells, preset, labels, "extra", m)
+        extra_ci[m] = agg.iqm_with_interval(scored) if scored else {}
+    extra_columns = "".join(f"IQM final {m} | " for m in spec.metrics)
+    header = (f"| configuration | seeds | IQM final | IQM AUC | IQM settled at (env steps) | fell back | "
+              f"{extra_columns}mixer parameters | wall s (median) | peak memory MiB (median) |")
+    lines = [f"## {preset}", "", header, "|" + "---|" * (9 + len(spec.metrics))]
+    for lbl in labels:
+        cell = cells[(preset, lbl)]
+        extras = [_fmt(extra_ci[m][lbl]) if lbl in extra_ci[m] else "-" for m in spec.metrics]
+        params = cell["mixer_parameters"]
+        lines.append(f"| {lbl} | {len(cell['final'])} | {_fmt(final_ci[lbl])} | {_fmt(auc_ci[lbl])} | "
+                     f"{_fmt_steps(settled_ci[lbl])} | {cell['fell_back']} of {len(cell['final'])} | "
+                     + " | ".join(extras) + (" | " if extras else "")
+                     + f"{'-' if params is None else f'{params:,}'} | {np.median(cell['wall']):.0f} | "
+                     + f"{_median(cell['memory'])} |")
+    lines.append("")
+    published = [f"{lbl}: {text}" for lbl, text in spec.published.items()]
+    if published:
+        lines += ["Published values (context: their own budgets and settings, not measured here): "
+                  + "; ".join(published) + ".", ""]
+    cut = {lbl: cells[(preset, lbl)]["cut"] for lbl in labels if cells[(preset, lbl)]["cut"]}
+    if cut:
+        lines += [f"Scored up to {cells[(preset, labels[0])]['horizon']:,.0f} env steps, the common horizon: "
+                  "the later evaluations of " + ", ".join(f"{lbl} ({n} of {len(cells[(preset, lbl)]['final'])})"
+                                                          for lbl, n in cut.items())
+                  + " are left out of the scores (the curves show them).", ""]
+    pairs = [(x, y) for x, y in spec.pairs if x in finals and y in finals]
+    if pairs:
+        lines += ["| P(X > Y), final score | value [95% CI] |", "|---|---|"]
+        for x, y in pairs:
+            lines.append(f"| {x} > {y} | {_fmt(agg.probability_of_improvement(finals[x], finals[y]))} |")
+        lines.append("")
+    return lines
+
+
+def _save(fig, ax, title: str, xlabel: str, ylabel: str, path: Path) -> None:
+    """Label, save and close one figure."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _curve_figure(spec: StudySpec, cells: dict, preset: str, labels: list[str], path: Path) -> None:
+    """IQM learning curves over seeds with their bands, on each configuration's shortest run's grid."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    curve_data = {}
+    for lbl in labels:
+        grid = _grid(cells[(preset, lbl)]["curves"])
+        curve_data[lbl] = (grid, np.stack([np.interp(grid, c.index.to_numpy(), c.to_numpy())
+                                           for c in cells[(preset, lbl)]["curves"]])[:, None, :])
+    bands = agg.iqm_curves({lbl: arr for lbl, (_, arr) in curve_data.items()})
+    for lbl, (grid, _) in curve_data.items():
+        mid, low, high = bands[lbl]
+        ax.plot(grid, mid, label=lbl)
+        ax.fill_between(grid, low, high, alpha=0.2)
+    _save(fig, ax, preset, "env steps", f"{spec.metric} (IQM over seeds)", path)
+
+
+def _profile_figure(spec: StudySpec, finals: dict, preset: str, path: Path) -> None:
+    """Performance profiles of the final scores: the fraction of runs above each threshold tau."""
+    import matplotlib.pyplot as plt
+
+    values = np.concatenate([f.ravel() for f in finals.values()])
+    taus = np.linspace(values.min(), values.max(), 41) if values.max() > values.min() else np.array([values.min()])
+    profiles, profile_cis = agg.performance_profile(finals, taus)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for lbl in finals:
+        ax.plot(taus, profiles[lbl], label=lbl)
+        ax.fill_between(taus, profile_cis[lbl][0], profile_cis[lbl][1], alpha=0.2)
+    _save(fig, ax, preset, f"final {spec.metric} (tau)", "fraction of runs with score > tau", path)
+
+
 def write_report(spec: StudySpec, runs: list[Run], out_dir: Path, spec_path: Optional[str] = None) -> Path:
     """Write ``report.md`` and the figures into ``out_dir``; returns the report's path."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     cells = collect(spec, runs)
     figures = out_dir / "figures"
@@ -218,81 +315,10 @@ def write_report(spec: StudySpec, runs: list[Run], out_dir: Path, spec_path: Opt
         if not labels:
             lines += [f"## {preset}", "", "no finished run yet", ""]
             continue
-        finals = {lbl: np.array(cells[(preset, lbl)]["final"])[:, None] for lbl in labels}
-        aucs = {lbl: np.array(cells[(preset, lbl)]["auc"])[:, None] for lbl in labels}
-        settled = {lbl: np.array(cells[(preset, lbl)]["settled"])[:, None] for lbl in labels}
-        final_ci, auc_ci = agg.iqm_with_interval(finals), agg.iqm_with_interval(aucs)
-        settled_ci = agg.iqm_with_interval(settled)
-        extra_ci = {}
-        for m in spec.metrics:
-            scored = {lbl: np.array(cells[(preset, lbl)]["extra"][m])[:, None] for lbl in labels
-                      if cells[(preset, lbl)]["extra"][m]}
-            extra_ci[m] = agg.iqm_with_interval(scored) if scored else {}
-        extra_columns = "".join(f"IQM final {m} | " for m in spec.metrics)
-        header = (f"| configuration | seeds | IQM final | IQM AUC | IQM settled at (env steps) | fell back | "
-                  f"{extra_columns}mixer parameters | wall s (median) | peak memory MiB (median) |")
-        lines += [f"## {preset}", "", header, "|" + "---|" * (9 + len(spec.metrics))]
-        for lbl in labels:
-            cell = cells[(preset, lbl)]
-            extras = [_fmt(extra_ci[m][lbl]) if lbl in extra_ci[m] else "-" for m in spec.metrics]
-            params = cell["mixer_parameters"]
-            lines.append(f"| {lbl} | {len(cell['final'])} | {_fmt(final_ci[lbl])} | {_fmt(auc_ci[lbl])} | "
-                         f"{_fmt_steps(settled_ci[lbl])} | {cell['fell_back']} of {len(cell['final'])} | "
-                         + " | ".join(extras) + (" | " if extras else "")
-                         + f"{'-' if params is None else f'{params:,}'} | {np.median(cell['wall']):.0f} | "
-                         + f"{_median(cell['memory'])} |")
-        lines.append("")
-        published = [f"{lbl}: {text}" for lbl, text in spec.published.items()]
-        if published:
-            lines += ["Published values (context: their own budgets and settings, not measured here): "
-                      + "; ".join(published) + ".", ""]
-        cut = {lbl: cells[(preset, lbl)]["cut"] for lbl in labels if cells[(preset, lbl)]["cut"]}
-        if cut:
-            lines += [f"Scored up to {cells[(preset, labels[0])]['horizon']:,.0f} env steps, the common horizon: "
-                      "the later evaluations of " + ", ".join(f"{lbl} ({n} of {len(cells[(preset, lbl)]['final'])})"
-                                                              for lbl, n in cut.items())
-                      + " are left out of the scores (the curves show them).", ""]
-        pairs = [(x, y) for x, y in spec.pairs if x in finals and y in finals]
-        if pairs:
-            lines += ["| P(X > Y), final score | value [95% CI] |", "|---|---|"]
-            for x, y in pairs:
-                lines.append(f"| {x} > {y} | {_fmt(agg.probability_of_improvement(finals[x], finals[y]))} |")
-            lines.append("")
-        # learning curves: IQM over seeds on the shortest run's evaluation grid
-        fig, ax = plt.subplots(figsize=(7, 4))
-        curve_data = {}
-        for lbl in labels:
-            grid = _grid(cells[(preset, lbl)]["curves"])
-            curve_data[lbl] = (grid, np.stack([np.interp(grid, c.index.to_numpy(), c.to_numpy())
-                                               for c in cells[(preset, lbl)]["curves"]])[:, None, :])
-        bands = agg.iqm_curves({lbl: arr for lbl, (_, arr) in curve_data.items()})
-        for lbl, (grid, _) in curve_data.items():
-            mid, low, high = bands[lbl]
-            ax.plot(grid, mid, label=lbl)
-            ax.fill_between(grid, low, high, alpha=0.2)
-        ax.set_xlabel("env steps")
-        ax.set_ylabel(f"{spec.metric} (IQM over seeds)")
-        ax.set_title(preset)
-        ax.legend(fontsize=8)
+        lines += _score_table(spec, cells, preset, labels)
         name = preset.replace("/", "_")
-        fig.tight_layout()
-        fig.savefig(figures / f"curves_{name}.png", dpi=120)
-        plt.close(fig)
-        # performance profile of the final scores
-        values = np.concatenate([f.ravel() for f in finals.values()])
-        taus = np.linspace(values.min(), values.max(), 41) if values.max() > values.min() else np.array([values.min()])
-        profiles, profile_cis = agg.performance_profile(finals, taus)
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for lbl in labels:
-            ax.plot(taus, profiles[lbl], label=lbl)
-            ax.fill_between(taus, profile_cis[lbl][0], profile_cis[lbl][1], alpha=0.2)
-        ax.set_xlabel(f"final {spec.metric} (tau)")
-        ax.set_ylabel("fraction of runs with score > tau")
-        ax.set_title(preset)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(figures / f"profile_{name}.png", dpi=120)
-        plt.close(fig)
+        _curve_figure(spec, cells, preset, labels, figures / f"curves_{name}.png")
+        _profile_figure(spec, _scores(cells, preset, labels, "final"), preset, figures / f"profile_{name}.png")
         lines += [f"![learning curves](figures/curves_{name}.png)",
                   f"![performance profile](figures/profile_{name}.png)", ""]
     lines += provenance(spec, runs, spec_path)
