@@ -1,6 +1,7 @@
 """The study runner (skip finished runs, resume interrupted ones, claims) and its robust statistics,
 checked on synthetic data whose answers are known."""
 import ast
+import json
 import os
 import re
 import subprocess
@@ -527,7 +528,8 @@ def test_a_runs_wall_time_is_kept_while_it_trains_and_adds_up_over_sessions(tmp_
     import subprocess as sp
     import time
 
-    from lightning_marl.study.runner import WALL, track
+    from lightning_marl.study.records import WALL
+    from lightning_marl.study.runner import track
 
     run = plan(load_spec(write_spec(tmp_path, seeds=(0,))))[0]
     run.folder.mkdir(parents=True)
@@ -539,3 +541,30 @@ def test_a_runs_wall_time_is_kept_while_it_trains_and_adds_up_over_sessions(tmp_
         assert proc.peak_rss > 0  # the process's memory, sampled
     finally:
         proc.wait()
+
+
+def test_status_estimates_the_training_left_from_the_finished_runs(tmp_path, capsys):
+    """Each unfinished run: its configuration's median finished wall time (else its preset's), less what it
+    has trained; nothing finished: no estimate."""
+    from lightning_marl.study import main
+    from lightning_marl.study.records import WALL
+    from lightning_marl.study.spec import load_spec, plan
+
+    spec = write_spec(tmp_path, seeds=(0, 1, 2))
+    main(["status", str(spec)])
+    assert "remaining: no finished run of these presets to estimate it by" in capsys.readouterr().out
+    runs = {(run.label, run.seed): run for run in plan(load_spec(spec))}
+
+    def finished(label, seed, wall):
+        runs[(label, seed)].folder.mkdir(parents=True)
+        (runs[(label, seed)].folder / "finished.json").write_text(json.dumps({"wall_s": wall}))
+
+    finished("vdn", 0, 1000.0)
+    finished("vdn", 1, 3000.0)
+    runs[("qmix", 1)].folder.mkdir(parents=True)
+    (runs[("qmix", 1)].folder / WALL).write_text("1500.0")  # started: trained 1500 s of its estimated 2000
+    main(["status", str(spec)])  # vdn 2: 2000; qmix (none finished: the preset's median) 2000 + 500 + 2000
+    assert "remaining: ~1.8 h of training for 4 of the 4 unfinished runs" in capsys.readouterr().out
+    finished("qmix", 0, 7200.0)  # now qmix's own median: 7200 - 1500 + 7200, and vdn 2: 2000
+    main(["status", str(spec)])
+    assert "remaining: ~4.1 h of training for 3 of the 3 unfinished runs" in capsys.readouterr().out

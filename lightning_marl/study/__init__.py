@@ -22,7 +22,7 @@ from lightning_marl.errors import ConfigError
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     from lightning_marl.cli import preflight
-    from lightning_marl.study.records import is_finished, reused_from
+    from lightning_marl.study.records import is_finished, remaining_wall, reused_from
     from lightning_marl.study.report import write_report
     from lightning_marl.study.reuse import twins
     from lightning_marl.study.runner import run_all
@@ -66,6 +66,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         done = sum(is_finished(r) for r in runs)
         try:
             print(f"{spec.name}: {done} of {len(runs)} runs finished")
+            if done < len(runs):
+                seconds, unknown = remaining_wall(runs)
+                left = len(runs) - done
+                print(f"remaining: ~{seconds / 3600:.1f} h of training for {left - unknown} of the {left} "
+                      "unfinished runs, one at a time (each: the median wall time of its configuration's "
+                      "finished runs, else its preset's, less what it has trained)"
+                      + (f"; the other {unknown} have no finished run of their preset to go by" if unknown else "")
+                      if unknown < left else "remaining: no finished run of these presets to estimate it by")
             for run in runs:
                 state = ("reused" if reused_from(run) else "finished") if is_finished(run) else \
                     "started" if (run.folder / "checkpoints").exists() else "-"

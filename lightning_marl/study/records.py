@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 from pathlib import Path
 from typing import Optional
 
@@ -23,6 +24,7 @@ from lightning_marl.study.spec import Run
 FINISHED, CLAIM = "finished.json", ".claim"
 ARCHIVED = (FINISHED, "metrics.csv")  # what a finished run leaves in the archive, and its config:
 CONFIG, PEER_CONFIG = ".hydra/config.yaml", "peer_config.json"  # this trainer's, or a peer framework's (.peers)
+WALL = ".wall_s"  # in a run folder: the seconds the run has trained over all its sessions (the runner keeps it)
 
 
 def record(run: Run) -> Path:
@@ -46,6 +48,29 @@ def reused_from(run: Run) -> Optional[str]:
     if not is_finished(run):
         return None
     return finished_record(run).get("reused_from")
+
+
+def remaining_wall(runs: list[Run]) -> tuple[float, int]:
+    """The seconds of training the unfinished ``runs`` still need one at a time, estimated: per run the
+    median wall time of the finished runs of its preset and configuration (else of its preset), less
+    what the run has trained already (:data:`WALL`); and how many unfinished runs have neither to go by."""
+    walls: dict = {}
+    for run in runs:
+        if is_finished(run) and "wall_s" in finished_record(run):
+            wall = finished_record(run)["wall_s"]
+            walls.setdefault((run.preset, run.label), []).append(wall)
+            walls.setdefault((run.preset, None), []).append(wall)
+    seconds, unknown = 0.0, 0
+    for run in runs:
+        if is_finished(run):
+            continue
+        known = walls.get((run.preset, run.label)) or walls.get((run.preset, None))
+        if not known:
+            unknown += 1
+            continue
+        trained = float((run.folder / WALL).read_text()) if (run.folder / WALL).is_file() else 0.0
+        seconds += max(0.0, statistics.median(known) - trained)
+    return seconds, unknown
 
 
 def copy_record(source: Path, target: Path, missing_ok: bool = False, peer: bool = False) -> None:

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from lightning_marl.study import peers
-from lightning_marl.study.records import CLAIM, FINISHED, archive, claim, claimed, is_finished, record
+from lightning_marl.study.records import CLAIM, FINISHED, WALL, archive, claim, claimed, is_finished, record
 from lightning_marl.study.spec import Run
 
-LOG, SESSIONS, WALL = "study.log", ".code", ".wall_s"  # WALL: seconds trained over all sessions
+LOG, SESSIONS = "study.log", ".code"
 RUNNER_OVERRIDES = ("trainer.enable_progress_bar=false",)  # runs share the runner's log: no progress bar
 
 
