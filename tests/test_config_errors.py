@@ -30,6 +30,13 @@ REFUSED = [
     (["data.warmup_episodes=100", "data.buffer_size=50"],
      "data.warmup_episodes=100 exceeds the replay; allowed: at most data.buffer_size=50"),
     (["data.buffer_size=8"], "data.batch_size=32 exceeds the replay; allowed: at most data.buffer_size=8"),
+    # transitions need what a single step can give (the default agent is recurrent)
+    (["data.sample=transitions"], "data.sample=transitions does not work with agent.recurrent=true; allowed: "
+                                  "episodes, or transitions with agent.recurrent=false"),
+    (["data.sample=transitions", "agent.recurrent=false", "agent.last_action=false", "learner.td_lambda=0.6"],
+     "data.sample=transitions does not work with learner.td_lambda=0.6; allowed: episodes, or transitions with "
+     "learner.td_lambda=0.0"),
+    (["data.sample=steps"], "data.sample=steps"),
     # sizes and rates
     (["mixer=qmix", "mixer.embed_dim=0"], "mixer.embed_dim=0 is out of range; allowed: an integer >= 1"),
     (["learner.lr=inf"], "learner.lr=inf is out of range; allowed: a finite number > 0"),
@@ -103,7 +110,8 @@ def test_every_bad_value_is_refused_with_what_is_allowed(argv, message):
 @pytest.mark.parametrize("argv", [[], ["env=matrix", "mixer=qmix"], ["experiment=box_pushing_4x4_big_box"],
                                   ["env=overcooked", "env.obs=lossless", "agent.torso=cnn"],
                                   ["-m", "seed=0,1", "mixer=vdn,qmix", "env=matrix"],
-                                  ["mixer=duelmix", "mixer.central_info=noise", "data.env_workers=auto"]])
+                                  ["mixer=duelmix", "mixer.central_info=noise", "data.env_workers=auto"],
+                                  ["experiment=benchmarl/vmas", "data.sample=transitions", "data.batch_size=128"]])
 def test_good_command_lines_pass(argv):
     preflight(argv)
 

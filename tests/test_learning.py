@@ -27,6 +27,18 @@ def test_vdn_learns_the_optimum_of_a_decomposable_matrix_game(make_config, tmp_p
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
 
 
+def test_a_feed_forward_vdn_learns_from_sampled_transitions(make_config, tmp_path):
+    """data.sample=transitions (BenchMARL's unit): batches of single steps train as whole episodes do."""
+    cfg = load(["env=matrix", "env.game=additive", "mixer=vdn", "seed=0", "total_env_steps=3000",
+                "learner.epsilon_anneal_steps=1000", "eval.interval_env_steps=1000", "data.sample=transitions",
+                "data.batch_size=64", "agent.recurrent=false", "agent.last_action=false", "learner.td_lambda=0",
+                "trainer.enable_progress_bar=false"])
+    result = run(cfg, tmp_path)
+    assert result["final"]["test/return_mean"] == pytest.approx(5.0)
+    tests = pd.read_csv(result["metrics_csv"]).dropna(subset=["test/return_mean"])
+    assert tests["test/return_mean"].iloc[0] < 5.0
+
+
 def run_train(*overrides):
     return subprocess.run([sys.executable, "train.py", *overrides, "hydra.run.dir=${oc.env:TMPDIR,/tmp}/lm_bad"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -64,6 +64,29 @@ def test_replay_sampling_trims_to_the_longest_episode(make_config):
     assert batch.batch_size[1] == int(batch["filled"].sum(1).max()) + 1 <= 4
 
 
+def test_transitions_are_uniform_over_the_stored_steps_and_carry_their_next_step():
+    """data.sample=transitions: windows [t, t + 1] with only step t counted; each stored step equally
+    likely (CountdownEnv's observation is the steps left, so episodes of 2, 5, 3 steps give the
+    observations 1 and 2 three times in ten, 3 twice, 4 and 5 once), also after a checkpoint."""
+    from lightning_marl.data.replay import EpisodeReplay
+
+    episodes, _ = collect([2, 5, 3], limit=6)  # all three terminate
+    replay = EpisodeReplay(10, 20_000, False, 0.6, 0.4, 1, transitions=True)
+    replay.extend(episodes)
+    restored = EpisodeReplay(10, 20_000, False, 0.6, 0.4, 1, transitions=True)
+    restored.load_state_dict(replay.state_dict())
+    for source in (replay, restored):
+        torch.manual_seed(1)
+        batch = source.sample()
+        assert batch.batch_size == (20_000, 2)
+        assert batch["filled"][:, 0].all() and not batch["filled"][:, 1].any()
+        obs, next_obs = batch["obs"][:, 0, 0, 0], batch["obs"][:, 1, 0, 0]
+        assert torch.equal(next_obs, obs - 1)  # the next step of the same episode
+        assert torch.equal(batch["terminated"][:, 0], obs == 1)  # the last step of an episode ends it
+        share = torch.stack([(obs == left).float().mean() for left in range(1, 6)])
+        assert torch.allclose(share, torch.tensor([0.3, 0.3, 0.2, 0.1, 0.1]), atol=0.015), share
+
+
 def test_describe_env_of_worker_processes_whose_games_lack_a_grid_asks_no_worker():
     """A ParallelEnv forwards unknown attributes to its workers; describe_env must not ask them for
     obs_grid_shape (SMACLite's games lack it, and asking killed the workers)."""

@@ -64,7 +64,10 @@ def kill_after_checkpoint(proc: subprocess.Popen, run_dir: Path, update: int, se
                                           ("qmix", ["env.random_init=true"]),  # the games' RNG is in the checkpoint
                                           # EPyMARL's settings: running reward moments, epsilon in the tests
                                           ("vdn", ["learner.standardise_rewards=true", "agent.recurrent=false",
-                                                   "eval.epsilon=0.05"])])
+                                                   "eval.epsilon=0.05"]),
+                                          # BenchMARL's unit: transitions drawn from the restored replay
+                                          ("vdn", ["data.sample=transitions", "agent.recurrent=false",
+                                                   "agent.last_action=false", "learner.td_lambda=0"])])
 def test_stop_and_resume_ends_bitwise_identical_to_an_uninterrupted_run(make_config, tmp_path, mixer, extra):
     overrides = [o if not o.startswith("mixer=") else f"mixer={mixer}" for o in BASE] + extra
     full, half = tmp_path / "full", tmp_path / "half"

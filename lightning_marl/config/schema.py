@@ -118,6 +118,11 @@ class EnvWorkers(StrEnum):
     in_process = "in_process"  # all games stepped in the training process (SerialEnv; LBF, RWARE, MPE: LoopedGames)
 
 
+class SampleUnit(StrEnum):
+    episodes = "episodes"        # whole episodes (recurrent agents, lambda-returns, prioritized replay)
+    transitions = "transitions"  # single steps with their next observation, uniform over the stored steps
+
+
 class WandbMode(StrEnum):
     online = "online"
     offline = "offline"
@@ -168,7 +173,11 @@ class DataConfig(Frozen):
     """Collection and replay."""
     num_envs: int = spec(8, "games per collection round (one episode each)", ge=1)
     buffer_size: int = spec(5000, "replay capacity, in episodes", ge=1)
-    batch_size: int = spec(32, "episodes per sampled batch", ge=1)
+    batch_size: int = spec(32, "episodes (transitions with data.sample=transitions) per sampled batch", ge=1)
+    sample: SampleUnit = spec(SampleUnit.episodes, "what a batch is made of: whole episodes, or transitions (a step "
+                                                   "and its next observation) drawn uniformly over the stored steps, "
+                                                   "as BenchMARL's replay; transitions need agent.recurrent=false, "
+                                                   "agent.last_action=false, learner.td_lambda=0 and uniform replay")
     updates_per_round: int = spec(1, "gradient updates per collection round", ge=1)
     round_env_steps: Optional[int] = spec(None, "S: updates_per_round per S env steps instead of per round (a round "
                                                 "of s steps gets updates_per_round * s / S, the remainder carried "

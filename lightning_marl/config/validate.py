@@ -136,9 +136,17 @@ def _cuda_devices() -> int:
 def cross_field_rules(c: S.TrainConfig, env_checks: bool = True) -> None:
     """Rules between fields, checked after composition and before anything is built."""
     d = c.data
-    if d.batch_size > d.buffer_size:
+    if d.sample == S.SampleUnit.episodes and d.batch_size > d.buffer_size:
         raise refuse("data.batch_size", d.batch_size, f"at most data.buffer_size={d.buffer_size} (episodes)",
                      "exceeds the replay")
+    if d.sample == S.SampleUnit.transitions:  # a transition carries no history and no later steps
+        needs = {"agent.recurrent": (c.agent.recurrent, False), "agent.last_action": (c.agent.last_action, False),
+                 "learner.td_lambda": (c.learner.td_lambda, 0.0), "data.prioritized": (d.prioritized, False)}
+        for key, (value, wanted) in needs.items():
+            if value != wanted:
+                raise refuse("data.sample", "transitions", f"episodes, or transitions with {key}={show(wanted)} "
+                             "(a sampled transition has no earlier steps to unroll and no later ones to bootstrap "
+                             "from, and priorities are kept per episode)", f"does not work with {key}={show(value)}")
     if d.warmup_episodes > d.buffer_size:
         raise refuse("data.warmup_episodes", d.warmup_episodes,
                      f"at most data.buffer_size={d.buffer_size} (no update could ever start)", "exceeds the replay")

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from lightning_marl import rank_states
 from lightning_marl.checkpoint_files import RANKS
-from lightning_marl.config.schema import TrainConfig
+from lightning_marl.config.schema import SampleUnit, TrainConfig
 from lightning_marl.data.collection import InProcessCollection, WorkerCollection
 from lightning_marl.data.collector import mark_timeouts_terminal
 from lightning_marl.data.environments import EnvSource, rng_state, set_rng_state
@@ -71,7 +71,8 @@ class _TrainingStream(IterableDataset):
                     return
                 steps = dm.env_steps
                 dm.collect_round()
-                ready = len(dm.replay) >= max(dm.data.batch_size, dm.data.warmup_episodes)
+                batch_episodes = dm.data.batch_size if dm.data.sample == SampleUnit.episodes else 1
+                ready = len(dm.replay) >= max(batch_episodes, dm.data.warmup_episodes)
                 dm.pending_updates = dm.round_updates(dm.env_steps - steps) if ready else 0
                 continue
             dm.pending_updates -= 1
@@ -135,7 +136,8 @@ class MARLDataModule(L.LightningDataModule):
         self.evaluator = GreedyEvaluator(self.source.make(self.eval_num_envs, base + 50_000, evaluation=True),
                                          info["episode_limit"], self.eval_epsilon, seed=base + 50_000)
         self.replay = EpisodeReplay(d.buffer_size, d.batch_size, d.prioritized, d.priority_alpha, d.priority_beta,
-                                    d.priority_beta_anneal_steps or self.total_env_steps)
+                                    d.priority_beta_anneal_steps or self.total_env_steps,
+                                    transitions=d.sample == SampleUnit.transitions)
 
     def teardown(self, stage: Optional[str] = None) -> None:
         """Close the games. Their RNG states are kept: Lightning tears down before ``run()`` writes

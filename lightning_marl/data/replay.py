@@ -1,6 +1,13 @@
 """The episode replay: a TorchRL ``TensorDictReplayBuffer`` of padded episodes, uniform or with
 :class:`~lightning_marl.data.priority.EpisodePrioritySampler`, sampled as batches trimmed to their
-longest episode, and saved in checkpoints as the episodes it holds."""
+longest episode, or as transitions (``data.sample=transitions``), and saved in checkpoints as the
+episodes it holds.
+
+Transitions are windows of two steps, a step and the next one (its next observation; ``filled``
+only at the first): the episode batch layout with T = 1, so the loss is the same code. TorchRL's
+``SliceSampler`` draws slices of episodes stored step by step; here episodes are stored whole
+(padded rows), so the windows are drawn from the rows directly: a row with probability proportional
+to its length, then a step uniformly within it, i.e. uniform over the stored steps."""
 from __future__ import annotations
 
 from typing import Any
@@ -17,8 +24,9 @@ class EpisodeReplay:
     from ``priority_beta`` to 1 over ``beta_anneal_steps`` env steps (the argument of :meth:`sample`)."""
 
     def __init__(self, capacity: int, batch_size: int, prioritized: bool, priority_alpha: float,
-                 priority_beta: float, beta_anneal_steps: int):
-        self.prioritized, self.batch_size = prioritized, batch_size
+                 priority_beta: float, beta_anneal_steps: int, transitions: bool = False):
+        self.prioritized, self.batch_size, self.transitions = prioritized, batch_size, transitions
+        self.lengths = torch.zeros(capacity, dtype=torch.long)  # steps of the episode in each slot
         self.priority_beta, self.beta_anneal_steps = priority_beta, max(int(beta_anneal_steps), 1)
         sampler = EpisodePrioritySampler(capacity, priority_alpha, priority_beta) if prioritized else None
         self.buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(capacity), sampler=sampler,
@@ -28,7 +36,9 @@ class EpisodeReplay:
         return len(self.buffer)
 
     def extend(self, episodes: TensorDict) -> None:
-        self.buffer.extend(episodes.to("cpu"))  # replay lives on the host; one copy per sampled batch
+        episodes = episodes.to("cpu")  # replay lives on the host; one copy per sampled batch
+        slots = self.buffer.extend(episodes)
+        self.lengths[slots] = episodes.get("filled").sum(1)
 
     def sample(self, env_steps: int = 0) -> TensorDict:
         """``batch_size`` episodes trimmed to the longest one (+1 for the final observation); with
@@ -36,9 +46,21 @@ class EpisodeReplay:
         if self.prioritized:
             progress = min(1.0, env_steps / self.beta_anneal_steps)
             self.buffer.sampler.beta = self.priority_beta + (1.0 - self.priority_beta) * progress
+        if self.transitions:
+            return self._sample_transitions()
         batch = self.buffer.sample()
         longest = int(batch.get("filled").sum(1).max())
         return batch[:, : longest + 1]
+
+    def _sample_transitions(self) -> TensorDict:
+        """``batch_size`` windows [step t, step t + 1], uniform over the stored steps."""
+        lengths = self.lengths[: len(self.buffer)]
+        slots = torch.multinomial(lengths.float(), self.batch_size, replacement=True)
+        steps = (torch.rand(self.batch_size) * lengths[slots]).long()
+        rows = torch.arange(self.batch_size)[:, None]
+        window = self.buffer.storage[slots][rows, steps[:, None] + torch.arange(2)]
+        window.set("filled", window.get("filled") & (torch.arange(2) == 0))  # the loss counts step t only
+        return window
 
     def priority_stats(self) -> dict[str, float]:
         """``priority_max`` and ``priority_median`` over the stored episodes (empty without prioritized
@@ -68,6 +90,6 @@ class EpisodeReplay:
             self.buffer.load_state_dict(state)
             return
         if state["length"]:
-            self.buffer.extend(TensorDict(state["episodes"], batch_size=state["batch_size"]))  # slots 0..n-1
+            self.extend(TensorDict(state["episodes"], batch_size=state["batch_size"]))  # slots 0..n-1
         self.buffer.writer.load_state_dict(state["writer"])
         self.buffer.sampler.load_state_dict(state["sampler"])
