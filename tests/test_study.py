@@ -568,3 +568,23 @@ def test_status_estimates_the_training_left_from_the_finished_runs(tmp_path, cap
     finished("qmix", 0, 7200.0)  # now qmix's own median: 7200 - 1500 + 7200, and vdn 2: 2000
     main(["status", str(spec)])
     assert "remaining: ~4.1 h of training for 3 of the 3 unfinished runs" in capsys.readouterr().out
+
+
+def test_every_committed_study_spec_loads_and_its_runs_pass_the_config_checks():
+    """A spec in studies/ that a config change broke would fail only when its chain reaches it, hours
+    later: each configuration's command line (one seed; this trainer's runs) is checked here."""
+    from lightning_marl.cli import preflight
+    from lightning_marl.errors import ConfigError
+    from lightning_marl.study.spec import load_spec, plan
+
+    specs = sorted((ROOT / "studies").glob("*.yaml"))
+    assert specs
+    for path in specs:
+        seen = set()
+        for run in plan(load_spec(path)):
+            if run.peer is None and (run.preset, run.label) not in seen:
+                seen.add((run.preset, run.label))
+                try:
+                    preflight(list(run.argv))
+                except ConfigError as err:
+                    raise AssertionError(f"{path.name}, {run.label}: {err}") from None
