@@ -57,8 +57,7 @@ class EpisodeReplay:
         lengths = self.lengths[: len(self.buffer)]
         slots = torch.multinomial(lengths.float(), self.batch_size, replacement=True)
         steps = (torch.rand(self.batch_size) * lengths[slots]).long()
-        rows = torch.arange(self.batch_size)[:, None]
-        window = self.buffer.storage[slots][rows, steps[:, None] + torch.arange(2)]
+        window = self.buffer.storage[slots[:, None].expand(-1, 2), steps[:, None] + torch.arange(2)]  # [n, 2]
         window.set("filled", window.get("filled") & (torch.arange(2) == 0))  # the loss counts step t only
         return window
 
