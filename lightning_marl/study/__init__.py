@@ -66,14 +66,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         done = sum(is_finished(r) for r in runs)
         try:
             print(f"{spec.name}: {done} of {len(runs)} runs finished")
-            if done < len(runs):
-                seconds, unknown = remaining_wall(runs)
-                left = len(runs) - done
+            seconds, unknown = remaining_wall(runs)
+            left = len(runs) - done
+            if unknown == left > 0:
+                print("remaining: no finished run of these presets to estimate it by")
+            elif left:
                 print(f"remaining: ~{seconds / 3600:.1f} h of training for {left - unknown} of the {left} "
                       "unfinished runs, one at a time (each: the median wall time of its configuration's "
                       "finished runs, else its preset's, less what it has trained)"
-                      + (f"; the other {unknown} have no finished run of their preset to go by" if unknown else "")
-                      if unknown < left else "remaining: no finished run of these presets to estimate it by")
+                      + (f"; the other {unknown} have no finished run of their preset to go by" if unknown else ""))
             for run in runs:
                 state = ("reused" if reused_from(run) else "finished") if is_finished(run) else \
                     "started" if (run.folder / "checkpoints").exists() else "-"

@@ -56,8 +56,8 @@ def remaining_wall(runs: list[Run]) -> tuple[float, int]:
     what the run has trained already (:data:`WALL`); and how many unfinished runs have neither to go by."""
     walls: dict = {}
     for run in runs:
-        if is_finished(run) and "wall_s" in finished_record(run):
-            wall = finished_record(run)["wall_s"]
+        wall = finished_record(run).get("wall_s") if is_finished(run) else None
+        if wall is not None:
             walls.setdefault((run.preset, run.label), []).append(wall)
             walls.setdefault((run.preset, None), []).append(wall)
     seconds, unknown = 0.0, 0
