@@ -87,6 +87,27 @@ def test_transitions_are_uniform_over_the_stored_steps_and_carry_their_next_step
         assert torch.allclose(share, torch.tensor([0.3, 0.3, 0.2, 0.1, 0.1]), atol=0.015), share
 
 
+def test_checkpointed_replay_writes_only_its_episodes_and_copies_nothing(tmp_path):
+    """The replay's checkpoint state shares the replay's memory (no second copy while a checkpoint is
+    written) and ``torch.save`` writes the held episodes only, not the preallocated capacity; loaded
+    back, it samples the same episodes."""
+    from lightning_marl.data.replay import EpisodeReplay
+
+    episodes, _ = collect([2, 5, 3], limit=6)
+    replay = EpisodeReplay(1000, 3, False, 0.6, 0.4, 1)
+    replay.extend(episodes)
+    state = replay.state_dict()
+    obs, stored = state["episodes"]["obs"], replay.buffer.storage[:3]["obs"]
+    assert obs.data_ptr() == stored.data_ptr() and torch.equal(obs, episodes["obs"])
+    assert obs.untyped_storage().nbytes() == obs.numel() * obs.element_size()  # 3 episodes, not 1000
+    torch.save(state, tmp_path / "replay.pt")
+    held = sum(t.numel() * t.element_size() for t in episodes.exclude("index").values(True, True))
+    assert (tmp_path / "replay.pt").stat().st_size < 2 * held + 20_000  # not 1000 slots' worth (~333x)
+    restored = EpisodeReplay(1000, 3, False, 0.6, 0.4, 1)
+    restored.load_state_dict(torch.load(tmp_path / "replay.pt", weights_only=True, mmap=True))
+    assert torch.equal(restored.buffer.storage[:3].exclude("index").to_dict()["obs"], episodes["obs"])
+
+
 def test_describe_env_of_worker_processes_whose_games_lack_a_grid_asks_no_worker():
     """A ParallelEnv forwards unknown attributes to its workers; describe_env must not ask them for
     obs_grid_shape (SMACLite's games lack it, and asking killed the workers)."""

@@ -79,7 +79,7 @@ class EpisodeReplay:
         n = len(self.buffer)
         state = {"length": n, "writer": self.buffer.writer.state_dict(), "sampler": self.buffer.sampler.state_dict()}
         if n:
-            episodes = self.buffer.storage[:n].exclude("index").clone()  # a copy: a view would save the whole storage
+            episodes = self.buffer.storage[:n].exclude("index").apply(_own_storage)
             state.update(episodes=episodes.to_dict(), batch_size=list(episodes.batch_size))  # [n, episode_limit + 1]
         return state
 
@@ -92,3 +92,18 @@ class EpisodeReplay:
             self.extend(TensorDict(state["episodes"], batch_size=state["batch_size"]))  # slots 0..n-1
         self.buffer.writer.load_state_dict(state["writer"])
         self.buffer.sampler.load_state_dict(state["sampler"])
+
+
+def _own_storage(view: torch.Tensor) -> torch.Tensor:
+    """``view`` (the first rows of a storage tensor) on a storage of exactly its bytes, sharing memory.
+
+    ``torch.save`` writes a tensor's whole storage: a slice of the replay's preallocated storage would
+    write every slot, and a ``clone()`` of the held episodes (what this did before 2026-12-05) doubles
+    the replay's memory while a checkpoint is written (SMACLite 3s5z: 3.9 GB more at a full replay).
+    A slice of the storage shares its memory, so nothing is copied and only the held episodes are
+    written. The state is read by the checkpoint write that asked for it, before the replay changes."""
+    if not view.is_contiguous():
+        return view.clone()
+    start = view.storage_offset() * view.element_size()
+    storage = view.untyped_storage()[start: start + view.numel() * view.element_size()]
+    return torch.empty(0, dtype=view.dtype, device=view.device).set_(storage, 0, view.shape)
