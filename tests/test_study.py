@@ -1,6 +1,7 @@
 """The study runner (skip finished runs, resume interrupted ones, claims) and its robust statistics,
 checked on synthetic data whose answers are known."""
 import ast
+import dataclasses
 import json
 import os
 import re
@@ -480,6 +481,42 @@ peer:
     assert "Scored up to 184 env steps, the common horizon: the later evaluations of qmix (2 of 2) are left out" in text
     assert "Runs labelled `fake` are fake's own" in text and "peak memory MiB" in text
     assert "Published values (context: their own budgets and settings, not measured here): qmix fake: 0.9 (its paper)." in text
+
+
+def test_a_peers_run_that_another_study_finished_is_adopted_with_its_peer_config(tmp_path):
+    """Study B runs this trainer with another setting beside the same peer runs as study A: B's peer run is
+    A's (the same peer, command and settings it names) and is adopted with the peer's config, not trained;
+    B's own run is nobody's twin; a peer run whose command differs (another budget) is no twin."""
+    from lightning_marl.study.records import reused_from
+    from lightning_marl.study.reuse import twins
+
+    peer = """peer:
+  name: fake
+  mixers: [qmix]
+  command: [fake, "--config={mixer}", "seed={seed}", "t_max={total_env_steps}", "out={folder}"]
+  reader: epymarl"""
+    specs = []
+    for name, extra in (("a", ""), ("b", ", learner.lr=0.002")):
+        (tmp_path / name).mkdir()
+        spec = write_spec(tmp_path / name, seeds=(0,))
+        spec.write_text(spec.read_text().replace("mixers: [vdn, qmix]", "mixers: [qmix]")
+                        .replace("pairs: [[qmix, vdn]]", peer).replace("checkpoint.every_n_updates=2",
+                                                                      "checkpoint.every_n_updates=2" + extra))
+        specs.append(plan(load_spec(spec)))
+    (mine, theirs), (own, peer_run) = specs
+    assert theirs.peer is not None and peer_run.peer is not None and "learner.lr=0.002" in peer_run.argv
+    theirs.folder.mkdir(parents=True)
+    (theirs.folder / "metrics.csv").write_text("env_steps,test/return_mean\n0,0.0\n240,1.0\n")
+    (theirs.folder / "peer_config.json").write_text('{"seed": 0}')
+    (theirs.folder / "finished.json").write_text(json.dumps({"wall_s": 5.0, "argv": list(theirs.argv)}))
+    found = twins([own, peer_run], [mine, theirs])
+    assert found[own] == [] and found[peer_run] == [theirs]
+    counts = run_all([peer_run], twins=found, say=lambda _: None)
+    assert counts["reused"] == 1 and counts["done"] == 0 and reused_from(peer_run) == str(theirs.folder)
+    assert (peer_run.archive / "peer_config.json").read_text() == '{"seed": 0}'
+    assert (peer_run.archive / "metrics.csv").read_bytes() == (theirs.folder / "metrics.csv").read_bytes()
+    longer = dataclasses.replace(peer_run, argv=(*peer_run.argv, "total_env_steps=480"))
+    assert twins([longer], [theirs])[longer] == []
 
 
 def test_a_run_that_cannot_start_fails_alone_and_the_others_go_on(tmp_path, monkeypatch):

@@ -15,6 +15,11 @@ with its other runs) and, once nothing else is left, left for a later call of th
 runners that pick twins in the same second both train them: both records are valid runs, one is
 simply not needed.
 
+A peer framework's run (``peer:`` in a spec) is the same run as another study's when the peer, the
+reader of its results, its environment variables and its command (filled in for the run, its folder left
+out) are the same: what the peer is asked to do, since its config is the peer's. The recorded side is the
+twin's spec's command filled in for the settings its ``finished.json`` recorded (``argv``).
+
 The trainer's code version is not part of a run's identity: a twin trained by an older commit is
 adopted when its config is today's (each record's ``code`` says which commits trained it, and the
 report lists them). Identities are composed once per runner: a preset edited while a runner is up is
@@ -67,10 +72,40 @@ def planned(argv: tuple) -> str:
     return identity(OmegaConf.to_container(compose(list(argv)), enum_to_str=True))
 
 
+def planned_run(run: Run) -> str:
+    """The identity of what ``run`` would train now: :func:`planned`, or a peer's :func:`peer_identity`."""
+    return planned(run.argv) if run.peer is None else peer_identity(run, run.argv)
+
+
+def peer_identity(run: Run, argv: Sequence[str]) -> str:
+    """A peer framework's run as the peer is asked to do it: the peer, its reader and environment, and
+    its command for ``run`` with the settings of ``argv``, its folder left out."""
+    peer = run.peer
+    return _peer_identity(peer.name, peer.reader, tuple(sorted(peer.env.items())), tuple(peer.command),
+                          run.preset, run.mixer, run.seed, tuple(argv))
+
+
+@lru_cache(maxsize=None)
+def _peer_identity(name, reader, env, command, preset, mixer, seed, argv) -> str:
+    from lightning_marl.study import peers
+    from lightning_marl.study.spec import PeerSpec
+
+    run = Run(preset, mixer, None, "", seed, Path("{folder}"), argv,
+              peer=PeerSpec(name, [mixer], list(command), reader, dict(env)))
+    return json.dumps({"peer": name, "reader": reader, "env": dict(env), "command": peers.command(run)},
+                      sort_keys=True)
+
+
 def recorded(run: Run) -> Optional[str]:
     """The identity of the config a finished run recorded (None where it left none, or one this
     version cannot read: e.g. written by a newer version with options this one lacks). The runner
-    asks every second while a twin is queued: the file is read once per version of it."""
+    asks every second while a twin is queued: the file is read once per version of it. A peer's run:
+    its spec's command for the settings it recorded (:func:`peer_identity`)."""
+    if run.peer is not None:
+        try:
+            return peer_identity(run, finished_record(run)["argv"])
+        except Exception:  # noqa: BLE001 - unreadable means "no twin", never a failing runner
+            return None
     path = record(run) / ".hydra" / "config.yaml"
     try:
         stat = path.stat()
@@ -104,22 +139,20 @@ class Twins(dict):
 def twins(runs: Sequence[Run], others: Iterable[Run]) -> Twins:
     """For each of ``runs``, the runs among ``others`` (other studies') with the same planned config
     (another study's run that no longer composes, e.g. its preset was removed, is nobody's twin).
-    A peer framework's runs are nobody's twins (their config is the peer's)."""
+    A peer framework's runs are twins of the same peer's runs (:func:`peer_identity`)."""
     by_identity: dict[str, list[Run]] = {}
     for other in others:
-        if other.peer is not None:
-            continue
         try:
-            by_identity.setdefault(planned(other.argv), []).append(other)
+            by_identity.setdefault(planned_run(other), []).append(other)
         except Exception:  # noqa: BLE001 - Hydra's composition errors
             continue
-    return Twins({run: by_identity.get(planned(run.argv), []) if run.peer is None else [] for run in runs})
+    return Twins({run: by_identity.get(planned_run(run), []) for run in runs})
 
 
 def finished_twin(run: Run, candidates: Sequence[Run]) -> Optional[Run]:
     """A finished twin whose recorded config is the one ``run`` would train now."""
     for twin in candidates:
-        if is_finished(twin) and recorded(twin) == planned(run.argv):
+        if is_finished(twin) and recorded(twin) == planned_run(run):
             return twin
     return None
 
@@ -132,7 +165,7 @@ def adopt(run: Run, twin: Run) -> None:
     """Make the finished ``twin``'s record ``run``'s own (in its archive, else its run folder)."""
     target = run.archive if run.archive is not None else run.folder
     source = record(twin)
-    copy_record(source, target, missing_ok=True)
+    copy_record(source, target, missing_ok=True, peer=twin.peer is not None)
     done = finished_record(twin)
     done.update(reused_from=str(source), argv=list(run.argv))
     (target / FINISHED).write_text(json.dumps(done))
