@@ -74,6 +74,22 @@ def test_bootstrap_intervals_do_not_depend_on_numpys_global_generator():
     assert all(np.array_equal(band1[k], band2[k]) for k in band1)
 
 
+def test_a_configurations_intervals_do_not_depend_on_the_other_configurations_of_its_report():
+    """The same runs in two studies (a peer's runs adopted by a second study) get the same intervals."""
+    rng = np.random.default_rng(4)
+    shared = rng.normal(0.0, 1.0, size=(5, 1))
+    others = {name: rng.normal(0.0, 1.0, size=(5, 1)) for name in "xyz"}
+    alone, crowded = agg.iqm_with_interval({"s": shared}), agg.iqm_with_interval({**others, "s": shared})
+    assert alone["s"] == crowded["s"] and alone["s"][1] < alone["s"][2]
+    curve = rng.normal(0.0, 1.0, size=(5, 1, 3))
+    curve_alone = agg.iqm_curves({"s": curve})["s"]
+    curve_crowded = agg.iqm_curves({"x": rng.normal(size=(5, 1, 3)), "s": curve})["s"]
+    assert all(np.array_equal(a, b) for a, b in zip(curve_alone, curve_crowded))
+    band_alone = agg.performance_profile({"s": shared}, [0.0])[1]["s"]
+    band_crowded = agg.performance_profile({**others, "s": shared}, [0.0])[1]["s"]
+    assert np.array_equal(band_alone, band_crowded)
+
+
 def test_area_under_curve_and_iqm_curves():
     assert agg.area_under_curve([0, 10], [0.0, 1.0]) == pytest.approx(0.5)
     assert agg.area_under_curve([0, 5, 10], [2.0, 2.0, 2.0]) == pytest.approx(2.0)

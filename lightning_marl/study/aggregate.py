@@ -47,16 +47,27 @@ def _rliable():
     return library, metrics
 
 
+def _per_configuration(library, data: Mapping[str, np.ndarray], statistic, seed: int, reps: int):
+    """rliable's interval estimates, one seeded bootstrap per configuration: rliable draws every
+    configuration's resamples from one stream, so a configuration's interval would depend on which
+    other configurations share the report (the same runs got slightly different intervals in two
+    studies). Returns ({key: point}, {key: [low, high] rows})."""
+    points, intervals = {}, {}
+    for key, value in data.items():
+        with _seeded(seed) as random_state:
+            point, interval = library.get_interval_estimates(
+                {key: value}, statistic, reps=reps, confidence_interval_size=CONFIDENCE, random_state=random_state)
+        points[key], intervals[key] = point[key], interval[key]
+    return points, intervals
+
+
 def iqm_with_interval(score_dict: Mapping[str, np.ndarray], seed: int = 0,
                       reps: int = REPS) -> dict[str, tuple[float, float, float]]:
     """Per configuration: (IQM, low, high) with a stratified bootstrap 95% interval (runs resampled
-    within each task)."""
+    within each task); a configuration's interval depends on its own scores alone."""
     library, metrics = _rliable()
     scores = {k: np.asarray(v, dtype=float) for k, v in score_dict.items()}
-    with _seeded(seed) as random_state:
-        point, interval = library.get_interval_estimates(
-            scores, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps, confidence_interval_size=CONFIDENCE,
-            random_state=random_state)
+    point, interval = _per_configuration(library, scores, lambda x: np.array([metrics.aggregate_iqm(x)]), seed, reps)
     return {k: (float(point[k][0]), float(interval[k][0, 0]), float(interval[k][1, 0])) for k in scores}
 
 
@@ -74,12 +85,17 @@ def probability_of_improvement(x: np.ndarray, y: np.ndarray, seed: int = 0,
 
 def performance_profile(score_dict: Mapping[str, np.ndarray], taus: Sequence[float], seed: int = 0,
                         reps: int = REPS) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Per configuration: the fraction of runs with a score above each tau, with 95% bands."""
+    """Per configuration: the fraction of runs with a score above each tau, with 95% bands (a
+    configuration's bands depend on its own scores alone)."""
     library, _ = _rliable()
     scores = {k: np.asarray(v, dtype=float) for k, v in score_dict.items()}
-    with _seeded(seed):
-        return library.create_performance_profile(scores, np.asarray(taus, dtype=float), reps=reps,
-                                                  confidence_interval_size=CONFIDENCE)
+    profiles, bands = {}, {}
+    for key, value in scores.items():  # one seeded bootstrap per configuration, as _per_configuration
+        with _seeded(seed):
+            profile, band = library.create_performance_profile({key: value}, np.asarray(taus, dtype=float), reps=reps,
+                                                               confidence_interval_size=CONFIDENCE)
+        profiles[key], bands[key] = profile[key], band[key]
+    return profiles, bands
 
 
 def iqm_curves(curves: Mapping[str, np.ndarray], seed: int = 0,
@@ -91,10 +107,7 @@ def iqm_curves(curves: Mapping[str, np.ndarray], seed: int = 0,
     def per_point(x: np.ndarray) -> np.ndarray:  # x: [runs, tasks, points]
         return np.array([metrics.aggregate_iqm(x[..., t]) for t in range(x.shape[-1])])
 
-    with _seeded(seed) as random_state:
-        point, interval = library.get_interval_estimates(data, per_point, reps=reps,
-                                                         confidence_interval_size=CONFIDENCE,
-                                                         random_state=random_state)
+    point, interval = _per_configuration(library, data, per_point, seed, reps)
     return {k: (point[k], interval[k][0], interval[k][1]) for k in data}
 
 
