@@ -47,18 +47,23 @@ def _rliable():
     return library, metrics
 
 
-def _per_configuration(library, data: Mapping[str, np.ndarray], statistic, seed: int, reps: int):
-    """rliable's interval estimates, one seeded bootstrap per configuration: rliable draws every
-    configuration's resamples from one stream, so a configuration's interval would depend on which
-    other configurations share the report (the same runs got slightly different intervals in two
-    studies). Returns ({key: point}, {key: [low, high] rows})."""
-    points, intervals = {}, {}
+def _per_configuration(data: Mapping[str, np.ndarray], estimate, seed: int):
+    """``estimate({key: value}, random_state) -> ({key: point}, {key: band})`` for each configuration
+    on its own, each under the same seeded bootstrap: rliable draws every configuration's resamples
+    from one stream, so a configuration's interval would depend on which other configurations share
+    the report (the same runs got slightly different intervals in two studies)."""
+    points, bands = {}, {}
     for key, value in data.items():
         with _seeded(seed) as random_state:
-            point, interval = library.get_interval_estimates(
-                {key: value}, statistic, reps=reps, confidence_interval_size=CONFIDENCE, random_state=random_state)
-        points[key], intervals[key] = point[key], interval[key]
-    return points, intervals
+            point, band = estimate({key: value}, random_state)
+        points[key], bands[key] = point[key], band[key]
+    return points, bands
+
+
+def _intervals(library, data: Mapping[str, np.ndarray], statistic, seed: int, reps: int):
+    """rliable's interval estimates of ``statistic``, per configuration (:func:`_per_configuration`)."""
+    return _per_configuration(data, lambda one, random_state: library.get_interval_estimates(
+        one, statistic, reps=reps, confidence_interval_size=CONFIDENCE, random_state=random_state), seed)
 
 
 def iqm_with_interval(score_dict: Mapping[str, np.ndarray], seed: int = 0,
@@ -67,7 +72,7 @@ def iqm_with_interval(score_dict: Mapping[str, np.ndarray], seed: int = 0,
     within each task); a configuration's interval depends on its own scores alone."""
     library, metrics = _rliable()
     scores = {k: np.asarray(v, dtype=float) for k, v in score_dict.items()}
-    point, interval = _per_configuration(library, scores, lambda x: np.array([metrics.aggregate_iqm(x)]), seed, reps)
+    point, interval = _intervals(library, scores, lambda x: np.array([metrics.aggregate_iqm(x)]), seed, reps)
     return {k: (float(point[k][0]), float(interval[k][0, 0]), float(interval[k][1, 0])) for k in scores}
 
 
@@ -89,13 +94,8 @@ def performance_profile(score_dict: Mapping[str, np.ndarray], taus: Sequence[flo
     configuration's bands depend on its own scores alone)."""
     library, _ = _rliable()
     scores = {k: np.asarray(v, dtype=float) for k, v in score_dict.items()}
-    profiles, bands = {}, {}
-    for key, value in scores.items():  # one seeded bootstrap per configuration, as _per_configuration
-        with _seeded(seed):
-            profile, band = library.create_performance_profile({key: value}, np.asarray(taus, dtype=float), reps=reps,
-                                                               confidence_interval_size=CONFIDENCE)
-        profiles[key], bands[key] = profile[key], band[key]
-    return profiles, bands
+    return _per_configuration(scores, lambda one, _: library.create_performance_profile(
+        one, np.asarray(taus, dtype=float), reps=reps, confidence_interval_size=CONFIDENCE), seed)
 
 
 def iqm_curves(curves: Mapping[str, np.ndarray], seed: int = 0,
@@ -107,7 +107,7 @@ def iqm_curves(curves: Mapping[str, np.ndarray], seed: int = 0,
     def per_point(x: np.ndarray) -> np.ndarray:  # x: [runs, tasks, points]
         return np.array([metrics.aggregate_iqm(x[..., t]) for t in range(x.shape[-1])])
 
-    point, interval = _per_configuration(library, data, per_point, seed, reps)
+    point, interval = _intervals(library, data, per_point, seed, reps)
     return {k: (point[k], interval[k][0], interval[k][1]) for k in data}
 
 
