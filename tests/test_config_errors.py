@@ -111,7 +111,7 @@ def test_every_bad_value_is_refused_with_what_is_allowed(argv, message):
                                   ["env=overcooked", "env.obs=lossless", "agent.torso=cnn"],
                                   ["-m", "seed=0,1", "mixer=vdn,qmix", "env=matrix"],
                                   ["mixer=duelmix", "mixer.central_info=noise", "data.env_workers=auto"],
-                                  ["experiment=benchmarl/vmas", "data.sample=transitions", "data.batch_size=128"]])
+                                  ["experiment=benchmarl/vmas", "data.sample=episodes", "data.batch_size=1"]])
 def test_good_command_lines_pass(argv):
     preflight(argv)
 
