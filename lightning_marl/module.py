@@ -126,23 +126,28 @@ class MARLModule(L.LightningModule):
             self.reward_standardizer.update(reward[:, : int(filled.sum(1).max())])
             reward = self.reward_standardizer(reward)
         call = self.calls  # the modules, or their torch.compile'd versions (learner.compile)
-        q, hidden = call["agent"](obs, actions, avail)
-        z = self.central(state, hidden)
-        q_tot = call["mixer"](q[:, :-1], actions[:, :-1], z[:, :-1], avail[:, :-1])
+        # the online values at the steps t < T (and, for double Q, its greedy actions at t + 1), the
+        # target's at t + 1: a feed-forward agent computes only those steps (RNNAgent.forward)
+        q, hidden = call["agent"](obs, actions, avail, slice(None) if cfg.double_q else slice(0, -1))
+        if cfg.double_q:
+            q_next, q, hidden = q[:, 1:], q[:, :-1], hidden[:, :-1]
+        z = self.central(state[:, :-1], hidden)
+        q_tot = call["mixer"](q, actions[:, :-1], z, avail[:, :-1])
         with torch.no_grad():
-            target_q, target_hidden = call["target_agent"](obs, actions, avail)
-            chooser = q if cfg.double_q else target_q
-            greedy = chooser.detach().masked_fill(~avail, NEG_INF).argmax(-1)
-            target_tot = call["target_mixer"](target_q, greedy, self.central(state, target_hidden), avail)
+            target_q, target_hidden = call["target_agent"](obs, actions, avail, slice(1, None))
+            chooser = q_next if cfg.double_q else target_q
+            greedy = chooser.detach().masked_fill(~avail[:, 1:], NEG_INF).argmax(-1)
+            next_tot = call["target_mixer"](target_q, greedy, self.central(state[:, 1:], target_hidden),
+                                            avail[:, 1:])
             targets = td_lambda_targets(reward, batch["terminated"][:, :-1], batch["filled"][:, :-1],
-                                        target_tot, cfg.gamma, cfg.td_lambda)
+                                        next_tot, cfg.gamma, cfg.td_lambda)
         td_error = (q_tot - targets) * filled
         n_valid = filled.sum().clamp(min=1)
         weights = td_weights(q_tot.detach(), targets, cfg)
         if WEIGHT_KEY in batch.keys():  # prioritized replay: importance weight of each episode
             weights = weights * batch[WEIGHT_KEY][:, :-1]
         loss = cfg.td_loss_scale * (weights * td_error.pow(2)).sum() / n_valid
-        chosen = q[:, :-1].gather(-1, actions[:, :-1].unsqueeze(-1)).squeeze(-1)
+        chosen = q.gather(-1, actions[:, :-1].unsqueeze(-1)).squeeze(-1)
         stats = {
             "loss": loss.detach(),
             "td_error_abs": td_error.abs().sum().detach() / n_valid,
@@ -168,7 +173,7 @@ class MARLModule(L.LightningModule):
         nan = float("nan")
         valid = batch["filled"][:, :-1]
         avail, actions = batch["avail"][:, :-1], batch["action"][:, :-1]
-        qs, zs = q[:, :-1].detach(), z[:, :-1].detach()
+        qs, zs = q.detach(), z.detach()
         masked = qs.masked_fill(~avail, NEG_INF)
         greedy = masked.argmax(-1)
         above = (targets > self.mixer(qs, greedy, zs, avail)) & valid

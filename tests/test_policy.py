@@ -29,6 +29,26 @@ def test_acting_gives_the_q_values_of_the_training_unroll():
     assert torch.equal(rollout.get(PREV_ACTION), rollout.get(ACTION))
 
 
+def test_the_unroll_of_some_steps_gives_those_steps_of_the_whole_unroll():
+    """The TD loss asks the online agent for the steps t < T and the target for t + 1: a feed-forward
+    agent computes only those (the previous action still the one before each), a recurrent one slices."""
+    torch.manual_seed(0)
+    obs, actions = torch.randn(4, 6, 3, 5), torch.randint(0, 4, (4, 6, 3))
+    mask = torch.rand(4, 6, 3, 4) < 0.7
+    mask[..., 0] = True
+    for recurrent in (False, True):
+        agent = RNNAgent(5, 3, 4, hidden_dim=8, agent_id=True, last_action=True, dueling=True, torso="mlp",
+                         obs_grid_shape=None, recurrent=recurrent, activation="relu")
+        with torch.no_grad():
+            q, h = agent(obs, actions, mask)
+            for steps in (slice(0, -1), slice(1, None)):
+                q_part, h_part = agent(obs, actions, mask, steps)
+                assert q_part.shape == q[:, steps].shape and h_part.shape == h[:, steps].shape
+                assert torch.allclose(q_part, q[:, steps], atol=1e-6) and torch.allclose(h_part, h[:, steps], atol=1e-6)
+        later = agent(obs, actions.index_fill(1, torch.tensor([5]), 0), mask, slice(1, None))[0]
+        assert torch.equal(later, q_part)  # the last step's own action never enters the unroll
+
+
 def test_is_init_restarts_the_games_it_marks():
     torch.manual_seed(1)
     env = box_pushing(games=2)

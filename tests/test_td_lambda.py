@@ -7,7 +7,7 @@ G, L = 0.9, 0.5
 
 
 def test_terminated_episode_matches_hand_computation():
-    # 3 steps then terminated; Q̄ at t = 0..3 (index 3 = after the last step, never used).
+    # 3 steps then terminated; Q̄ at t = 0..3 (index 0 is never an input; index 3 = after the last step, unused).
     r = torch.tensor([[1.0, 2.0, 3.0]])
     term = torch.tensor([[False, False, True]])
     filled = torch.ones(1, 3, dtype=torch.bool)
@@ -15,7 +15,7 @@ def test_terminated_episode_matches_hand_computation():
     g2 = 3.0                                   # terminal: no bootstrap
     g1 = 2.0 + G * ((1 - L) * 30.0 + L * g2)   # 2 + 0.9 * (15 + 1.5) = 16.85
     g0 = 1.0 + G * ((1 - L) * 20.0 + L * g1)   # 1 + 0.9 * (10 + 8.425) = 17.5825
-    out = td_lambda_targets(r, term, filled, q, G, L)
+    out = td_lambda_targets(r, term, filled, q[:, 1:], G, L)
     assert out[0].tolist() == pytest.approx([g0, g1, g2])
 
 
@@ -27,7 +27,7 @@ def test_truncated_episode_bootstraps_from_final_observation():
     g2 = 3.0 + G * 40.0
     g1 = 2.0 + G * ((1 - L) * 30.0 + L * g2)
     g0 = 1.0 + G * ((1 - L) * 20.0 + L * g1)
-    out = td_lambda_targets(r, term, filled, q, G, L)
+    out = td_lambda_targets(r, term, filled, q[:, 1:], G, L)
     assert out[0].tolist() == pytest.approx([g0, g1, g2])
 
 
@@ -37,12 +37,12 @@ def test_padding_after_the_episode_does_not_leak_into_targets():
     term = torch.tensor([[False, True, False, False]])
     filled = torch.tensor([[True, True, False, False]])
     q = torch.tensor([[10.0, 20.0, -500.0, -500.0, -500.0]])
-    out = td_lambda_targets(r, term, filled, q, G, L)
+    out = td_lambda_targets(r, term, filled, q[:, 1:], G, L)
     g1 = 2.0
     g0 = 1.0 + G * ((1 - L) * 20.0 + L * g1)
     assert out[0, :2].tolist() == pytest.approx([g0, g1])
     # truncated after 2 steps: bootstrap from Q̄ index 2, the final observation
-    out = td_lambda_targets(r, torch.zeros_like(term), filled, q.clone().index_fill_(1, torch.tensor([2]), 7.0), G, L)
+    out = td_lambda_targets(r, torch.zeros_like(term), filled, q.clone().index_fill_(1, torch.tensor([2]), 7.0)[:, 1:], G, L)
     g1 = 2.0 + G * 7.0
     assert out[0, :2].tolist() == pytest.approx([1.0 + G * ((1 - L) * 20.0 + L * g1), g1])
 
@@ -52,9 +52,9 @@ def test_lambda_zero_is_one_step_and_lambda_one_is_monte_carlo():
     term = torch.tensor([[False, False, True]])
     filled = torch.ones(1, 3, dtype=torch.bool)
     q = torch.tensor([[5.0, 6.0, 7.0, 0.0]])
-    one_step = td_lambda_targets(r, term, filled, q, G, 0.0)
+    one_step = td_lambda_targets(r, term, filled, q[:, 1:], G, 0.0)
     assert one_step[0].tolist() == pytest.approx([1 + G * 6.0, 1 + G * 7.0, 1.0])
-    mc = td_lambda_targets(r, term, filled, q, G, 1.0)
+    mc = td_lambda_targets(r, term, filled, q[:, 1:], G, 1.0)
     assert mc[0].tolist() == pytest.approx([1 + G + G * G, 1 + G, 1.0])
 
 
@@ -79,5 +79,5 @@ def test_one_step_targets_at_once_equal_the_recursion_bitwise():
     filled = torch.arange(8)[None] < lengths[:, None]
     term = (torch.arange(8)[None] == lengths[:, None] - 1) & (torch.rand(64, 1, generator=gen) < 0.5)
     r, q = torch.randn(64, 8, generator=gen), torch.randn(64, 9, generator=gen)
-    fast, slow = td_lambda_targets(r, term, filled, q, 0.99, 0.0), lambda_returns(r, term, filled, q, 0.99, 0.0)
+    fast, slow = td_lambda_targets(r, term, filled, q[:, 1:], 0.99, 0.0), lambda_returns(r, term, filled, q[:, 1:], 0.99, 0.0)
     assert torch.equal(fast[filled], slow[filled])

@@ -105,24 +105,28 @@ class RNNAgent(nn.Module):
         return torch.zeros(batch, self.n_agents, self.hidden_dim, device=device)
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor, action_mask: Optional[torch.Tensor] = None,
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                steps: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
         """Unroll over a sequence from the episode start.
 
         obs ``[B,T,N,obs]``, actions ``[B,T,N]`` (the actions taken at each step; the input at t
-        uses the action of t-1), action_mask ``[B,T,N,A]`` -> (Q ``[B,T,N,A]``, hidden ``[B,T,N,H]``).
+        uses the action of t-1), action_mask ``[B,T,N,A]`` -> (Q ``[B,T',N,A]``, hidden ``[B,T',N,H]``)
+        for the time ``steps`` asked for (T' of them; all by default). A feed-forward agent computes
+        only those steps (the TD loss needs the online values at t and the target's at t + 1: with
+        sampled transitions, T = 2, half of each); a recurrent one unrolls from the start and slices.
         """
         b, t, n = obs.shape[:3]
         last = torch.cat([torch.full_like(actions[:, :1], -1), actions[:, :-1]], dim=1)
-        x = self.act(self.fc_in(self.inputs(obs, last)))
         if not self.recurrent:
+            x = self.act(self.fc_in(self.inputs(obs[:, steps], last[:, steps])))
             h = self.act(self.fc_mid(x))
-            return self._head(self.fc_out(h), action_mask), h
+            return self._head(self.fc_out(h), None if action_mask is None else action_mask[:, steps]), h
+        x = self.act(self.fc_in(self.inputs(obs, last)))
         x = x.permute(0, 2, 1, 3).reshape(b * n, t, self.hidden_dim)
         h, _ = self.rnn(x)
         # the output layer runs on the contiguous [B*N, T, H] states (on a permuted view it is a slow bmm)
         out = self.fc_out(h).reshape(b, n, t, -1).permute(0, 2, 1, 3)
         h = h.reshape(b, n, t, self.hidden_dim).permute(0, 2, 1, 3)
-        return self._head(out, action_mask), h
+        return self._head(out, action_mask)[:, steps], h[:, steps]
 
     def step(self, obs: torch.Tensor, last_action: Optional[torch.Tensor], hidden: torch.Tensor,
              action_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
