@@ -642,3 +642,75 @@ def test_every_committed_study_spec_loads_and_its_runs_pass_the_config_checks():
                     validate(compose([a for a in run.argv if not a.startswith("hydra.")]), env_checks=False)
                 except ConfigError as err:
                     raise AssertionError(f"{path.name}, {run.label}: {err}") from None
+
+
+def test_verify_retrains_a_runs_start_and_finds_it_identical_or_names_what_changed(tmp_path):
+    """``verify`` re-trains each finished run's first env steps and compares its metrics with the record:
+    an untouched record is identical; a value changed in it is named (column, env step, both values);
+    ``--dirty`` picks the runs that uncommitted code trained, ``--trained-by`` those of a commit; a run
+    whose preset changed since is not replayed."""
+    spec = write_spec(tmp_path, seeds=(0,))
+    spec.write_text(spec.read_text().replace("checkpoint.every_n_updates=2]",
+                                             "checkpoint.every_n_updates=2, trainer.log_every_n_steps=1]"))
+    assert study("run", str(spec), cwd=tmp_path).returncode == 0
+    qmix, vdn = (next(r for r in plan(load_spec(spec)) if r.mixer == m) for m in ("qmix", "vdn"))
+    metrics = qmix.archive / "metrics.csv"  # one loss of QMIX's record changed
+    lines = metrics.read_text().splitlines()
+    header = lines[0].split(",")
+    row = next(i for i, line in enumerate(lines[1:], 1) if line.split(",")[header.index("loss")])
+    cells = lines[row].split(",")
+    steps, cells[header.index("loss")] = cells[header.index("env_steps")], "123.0"
+    metrics.write_text("\n".join(lines[:row] + [",".join(cells)] + lines[row + 1:]) + "\n")
+
+    both = study("verify", str(spec), "--env-steps", "160", cwd=tmp_path)
+    assert both.returncode == 1, both.stdout[-2000:] + both.stderr[-2000:]
+    compared = re.findall(r"identical reference/box_pushing_4x4 vdn seed 0: (\d+) rows up to env step (\d+) ", both.stdout)
+    assert len(compared) == 1 and int(compared[0][0]) >= 5 and 160 <= int(compared[0][1]) < 240, both.stdout
+    assert f"different reference/box_pushing_4x4 qmix seed 0: row {row} (env step {float(steps):.0f}) differs in 1 " \
+        in both.stdout and "loss 123.0 recorded" in both.stdout
+
+    done = json.loads((vdn.archive / "finished.json").read_text())  # VDN trained by uncommitted code
+    (vdn.archive / "finished.json").write_text(json.dumps({**done, "code": ["0123456789ab+dirty"]}))
+    dirty = study("verify", str(spec), "--env-steps", "160", "--dirty", cwd=tmp_path)
+    assert dirty.returncode == 0 and "identical reference/box_pushing_4x4 vdn seed 0" in dirty.stdout
+    assert "qmix seed" not in dirty.stdout and "(trained by 0123456789ab+dirty)" in dirty.stdout
+
+    config = vdn.archive / ".hydra" / "config.yaml"  # as if VDN's preset had changed its gamma since
+    config.write_text(config.read_text().replace("gamma: 0.99", "gamma: 0.5"))
+    changed = study("verify", str(spec), "--env-steps", "160", "--trained-by", "01234", cwd=tmp_path)
+    assert changed.returncode == 0 and "skipped   reference/box_pushing_4x4 vdn seed 0: its command no longer" \
+        in changed.stdout and "qmix seed" not in changed.stdout
+
+
+def test_verify_compares_what_both_runs_computed_and_pins_the_budgets_one_setting(tmp_path):
+    """The comparison leaves out measured rates, columns one side lacks, rows of bookkeeping only and the
+    replay's final evaluation; prioritized replay's beta keeps annealing over the run's own budget."""
+    from lightning_marl.study.spec import Run
+    from lightning_marl.study.verify import compare, replay_argv
+
+    record, replay = tmp_path / "record.csv", tmp_path / "replay.csv"
+    record.write_text("env_steps,step,loss,env_steps_per_s,test/return_mean\n0,0,,,1.0\n40,1,0.5,900,\n"
+                      "80,2,0.25,910,\n120,3,0.125,905,\n")
+    replay.write_text("env_steps,step,loss,env_steps_per_s,test/return_mean,diag/td_error_max\n0,0,,,1.0,\n"
+                      "40,1,0.5,400,,\n40,1,,,,7.0\n80,2,0.25,410,,\n80,2,,,3.0,\n")
+    assert compare(record, replay) == (True, "3 rows up to env step 80 identical in 4 columns")
+    replay.write_text(replay.read_text().replace("80,2,0.25", "80,2,0.3"))
+    assert compare(record, replay) == (False, "row 3 (env step 80) differs in 1 of 4 columns: loss 0.25 recorded, "
+                                              "0.3 now")
+    replay.write_text("env_steps,step,loss\n0,0,\n")
+    assert compare(record, replay) == (False, "the replay logged no metrics")
+
+    def run(*argv):
+        return Run("reference/box_pushing_4x4", "vdn", None, "", 0, tmp_path, ("experiment=reference/box_pushing_4x4",
+                                                                              "mixer=vdn", "seed=0", *argv))
+    pinned = replay_argv(run("data.prioritized=true", "total_env_steps=300000"), 1000, tmp_path)
+    assert "total_env_steps=1000" in pinned and "data.priority_beta_anneal_steps=300000" in pinned
+    assert not any("priority_beta" in a for a in replay_argv(run(), 1000, tmp_path))  # uniform replay: no beta
+    fixed = replay_argv(run("data.prioritized=true", "data.priority_beta_anneal_steps=5000"), 1000, tmp_path)
+    assert [a for a in fixed if "priority_beta" in a] == ["data.priority_beta_anneal_steps=5000"]
+
+
+def test_verify_refuses_a_bad_budget(tmp_path):
+    refused = study("verify", str(write_spec(tmp_path, seeds=(0,))), "--env-steps", "0", cwd=tmp_path)
+    assert refused.returncode == 2 and "--env-steps=0 is out of range; allowed: an integer >= 1" in refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -4,11 +4,17 @@ aggregated with robust statistics (:mod:`.aggregate`) into a report (:mod:`.repo
     lightning-marl-study run studies/box_pushing_reference.yaml --jobs 2
     lightning-marl-study status studies/box_pushing_reference.yaml
     lightning-marl-study report studies/box_pushing_reference.yaml [--out docs/results/box_pushing_reference]
+    lightning-marl-study verify studies/box_pushing_reference.yaml [--env-steps 50000] [--dirty] [--trained-by COMMIT]
+
+verify trains the first --env-steps of each finished run again and compares its metrics with the
+record, row for row (:mod:`.verify`): whether this code on this machine reproduces the archive;
+--dirty: only the runs that a session with uncommitted training code trained; --trained-by: only
+those a session of that commit trained.
 """
 # (this docstring is the command's --help.) The package in layers, each importing only modules below it:
 # spec (the grid) <- records (a run's record on disk) <- runner (trains runs), reuse (runs shared
 # between studies; the runner gets them as an argument, neither imports the other) <- report (reads
-# records; aggregate: the statistics) <- this command line.
+# records; aggregate: the statistics), verify (re-trains runs' starts) <- this command line.
 from __future__ import annotations
 
 import argparse
@@ -30,17 +36,24 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     parser = argparse.ArgumentParser(prog="lightning-marl-study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("run", "status", "report"))
+    parser.add_argument("action", choices=("run", "status", "report", "verify"))
     parser.add_argument("spec")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (run)")
     parser.add_argument("--limit", type=int, default=None, help="start at most this many runs (run)")
     parser.add_argument("--first-only", action="store_true",
                         help="only the runs of the spec's `first` configurations (run, status)")
     parser.add_argument("--out", default=None, help="report folder (report; default: the study's runs_dir)")
+    parser.add_argument("--env-steps", type=int, default=50_000, help="env steps of each run trained again (verify)")
+    parser.add_argument("--dirty", action="store_true",
+                        help="only the runs that uncommitted training code trained in a session (verify)")
+    parser.add_argument("--trained-by", default=None, metavar="COMMIT",
+                        help="only the runs that a session of this commit (or its prefix) trained (verify)")
     args = parser.parse_args(argv)
     try:
         if args.jobs < 1:
             raise ConfigError(f"--jobs={args.jobs} is out of range; allowed: an integer >= 1")
+        if args.env_steps < 1:
+            raise ConfigError(f"--env-steps={args.env_steps} is out of range; allowed: an integer >= 1")
         if not Path(args.spec).is_file():
             raise ConfigError(f"spec={args.spec} does not exist; allowed: a study spec YAML file")
         spec = load_spec(args.spec)
@@ -83,5 +96,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
             sys.exit(141)  # 128 + SIGPIPE, as a shell pipeline reports it
         return
+    if args.action == "verify":
+        from lightning_marl.study.runner import code_version, machine
+        from lightning_marl.study.verify import verify_all
+
+        print(f"{spec.name}: the first {args.env_steps} env steps of each finished run trained again with the "
+              f"trainer at {code_version()} on {machine()}", flush=True)
+        counts = verify_all(runs, args.env_steps, dirty_only=args.dirty, commit=args.trained_by)
+        print(f"{spec.name}: {counts}")
+        sys.exit(1 if counts["different"] or counts["failed"] else 0)
     report = write_report(spec, runs, Path(args.out or spec.runs_dir), args.spec)
     print(f"report: {report}")
