@@ -714,3 +714,26 @@ def test_verify_refuses_a_bad_budget(tmp_path):
     refused = study("verify", str(write_spec(tmp_path, seeds=(0,))), "--env-steps", "0", cwd=tmp_path)
     assert refused.returncode == 2 and "--env-steps=0 is out of range; allowed: an integer >= 1" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_verify_stopped_by_a_signal_kills_its_replay_and_leaves_nothing(tmp_path):
+    spec = write_spec(tmp_path, seeds=(0,))
+    spec.write_text(spec.read_text().replace("mixers: [vdn, qmix]", "mixers: [vdn]").replace("pairs: [[qmix, vdn]]", ""))
+    assert study("run", str(spec), cwd=tmp_path).returncode == 0
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "study.py"), "verify", str(spec), "--env-steps",
+                             "1000000"], cwd=tmp_path, env={**os.environ, "TMPDIR": str(scratch)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    import time
+
+    deadline = time.time() + 120
+    while not list(scratch.glob("verify-*/run/metrics.csv")) and time.time() < deadline:
+        time.sleep(0.5)  # the replay is training
+    assert list(scratch.glob("verify-*/run/metrics.csv")), "the replay did not start"
+    proc.send_signal(15)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "verify stopped" in err and "Traceback" not in err, err[-2000:]
+    assert not list(scratch.iterdir())
+    leftover = subprocess.run(["pgrep", "-f", f"hydra.run.dir={scratch}"], capture_output=True, text=True)
+    assert leftover.stdout.strip() == ""

@@ -102,7 +102,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
         print(f"{spec.name}: the first {args.env_steps} env steps of each finished run trained again with the "
               f"trainer at {code_version()} on {machine()}", flush=True)
-        counts = verify_all(runs, args.env_steps, dirty_only=args.dirty, commit=args.trained_by)
+        try:
+            counts = verify_all(runs, args.env_steps, dirty_only=args.dirty, commit=args.trained_by)
+        except KeyboardInterrupt:
+            print(f"{spec.name}: verify stopped; the replay under way was removed", file=sys.stderr)
+            sys.exit(130)
         print(f"{spec.name}: {counts}")
         sys.exit(1 if counts["different"] or counts["failed"] else 0)
     report = write_report(spec, runs, Path(args.out or spec.runs_dir), args.spec)

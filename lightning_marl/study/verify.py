@@ -25,6 +25,7 @@ config it recorded (a preset changed since).
 from __future__ import annotations
 
 import csv
+import signal
 import subprocess
 import sys
 import tempfile
@@ -122,10 +123,23 @@ def trained_by(run: Run, commit: str) -> bool:
     return any(code.split("+")[0].startswith(commit) for code in finished_record(run).get("code", []))
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # so that the replay is killed and its temporary folder removed
+
+
 def verify_all(runs: list[Run], env_steps: int, dirty_only: bool = False, commit: Optional[str] = None,
                say=print) -> dict[str, int]:
     """:func:`verify` every finished run of ``runs`` (``dirty_only``: those a dirty session trained;
-    ``commit``: those a session of that commit trained)."""
+    ``commit``: those a session of that commit trained). SIGTERM stops it as Ctrl-C does
+    (``KeyboardInterrupt``), the replay under way killed and its folder removed."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _verify_all(runs, env_steps, dirty_only, commit, say)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _verify_all(runs, env_steps, dirty_only, commit, say) -> dict[str, int]:
     counts = {"identical": 0, "different": 0, "failed": 0, "skipped": 0}
     here = machine()
     for run in runs:
