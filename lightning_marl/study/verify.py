@@ -52,9 +52,9 @@ class Verdict:
         return f"{self.state:<9} {self.run.preset} {self.run.label} seed {self.run.seed}: {self.detail}"
 
 
-def is_dirty(run: Run) -> bool:
-    """Whether a session of the finished run started with uncommitted training code."""
-    return any(code.endswith("+dirty") for code in finished_record(run).get("code", []))
+def is_dirty(done: dict) -> bool:
+    """Whether a session of the finished run (its ``finished.json``) started with uncommitted training code."""
+    return any(code.endswith("+dirty") for code in done.get("code", []))
 
 
 def replay_argv(run: Run, env_steps: int, folder: Path) -> list[str]:
@@ -103,8 +103,9 @@ def verify(run: Run, env_steps: int) -> Verdict:
     folder, and compare (:func:`compare`)."""
     if run.peer is not None:
         return Verdict(run, "skipped", f"{run.peer.name}'s run: not this trainer's code")
-    if finished_record(run).get("reused_from"):
-        return Verdict(run, "skipped", f"copied from {finished_record(run)['reused_from']}: verify it there")
+    source = finished_record(run).get("reused_from")
+    if source:
+        return Verdict(run, "skipped", f"copied from {source}: verify it there")
     if recorded(run) != planned(run.argv):
         return Verdict(run, "skipped", "its command no longer composes the config it recorded (a preset changed)")
     with tempfile.TemporaryDirectory(prefix="verify-") as scratch:
@@ -118,9 +119,10 @@ def verify(run: Run, env_steps: int) -> Verdict:
     return Verdict(run, "identical" if same else "different", detail)
 
 
-def trained_by(run: Run, commit: str) -> bool:
-    """Whether a session of the finished run trained with ``commit`` (a prefix; ``+dirty`` or not)."""
-    return any(code.split("+")[0].startswith(commit) for code in finished_record(run).get("code", []))
+def trained_by(done: dict, commit: str) -> bool:
+    """Whether a session of the finished run (its ``finished.json``) trained with ``commit`` (a prefix;
+    ``+dirty`` or not)."""
+    return any(code.split("+")[0].startswith(commit) for code in done.get("code", []))
 
 
 def _interrupt(signum, frame):
@@ -143,12 +145,14 @@ def _verify_all(runs, env_steps, dirty_only, commit, say) -> dict[str, int]:
     counts = {"identical": 0, "different": 0, "failed": 0, "skipped": 0}
     here = machine()
     for run in runs:
-        if not is_finished(run) or (run.peer is not None and (dirty_only or commit)) or \
-                (dirty_only and not is_dirty(run)) or (commit and not trained_by(run, commit)):
+        if not is_finished(run):
+            continue
+        done = finished_record(run)
+        if (run.peer is not None and (dirty_only or commit)) or (dirty_only and not is_dirty(done)) or \
+                (commit and not trained_by(done, commit)):
             continue
         verdict = verify(run, env_steps)
         counts[verdict.state] += 1
-        done = finished_record(run)
         elsewhere = f" on {done['machine']}" if done.get("machine") not in (None, here) else ""
         say(f"{verdict} (trained by {' + '.join(done.get('code', [])) or 'unknown code'}{elsewhere})", flush=True)
     return counts
