@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import Callback
 
 SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2"))
                 if s is not None)
+_CODES = 256  # (a rank's signal travels as rank * _CODES + signum: every signal number is below it)
 
 
 class StopOnSignal(Callback):
@@ -81,10 +82,25 @@ class StopOnSignal(Callback):
                 signal.signal(s, self._handle)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        stopped = self.stopped
-        if trainer.world_size > 1:  # a signal may reach one rank only: every rank stops after the same update
-            stopped = trainer.strategy.reduce_boolean_decision(stopped, all=False)
-            if stopped and self.signum is None:
-                self.signum = signal.SIGTERM  # (another rank's signal; this rank writes its part and exits alike)
-        if stopped:
+        if trainer.world_size == 1:
+            if self.stopped:
+                trainer.should_stop = True
+            return
+        # under DDP only the ranks' common decision stops a rank (a signal that arrives during the agreement
+        # stays in self.signum for the next update's)
+        agreed = self.agreed_signal(trainer)
+        if agreed is not None:
+            self.signum = agreed
             trainer.should_stop = True
+
+    def agreed_signal(self, trainer) -> Optional[int]:
+        """The signal every rank stops with after this update (None: none yet): the lowest-numbered rank's
+        that has one. A signal may reach one rank only, or the ranks at different updates; all of them then
+        stop after the same update with the same signal, so the rank a scheduler's handler acts on (submitit
+        requeues from rank 0) acts on it, also where that rank's own signal had not arrived yet."""
+        import torch
+
+        none = trainer.world_size * _CODES
+        code = trainer.global_rank * _CODES + self.signum if self.signum is not None else none
+        first = int(trainer.strategy.reduce(torch.tensor(code, device=trainer.strategy.root_device), reduce_op="min"))
+        return None if first == none else first % _CODES

@@ -32,8 +32,17 @@ def start(args: list[str], env: dict | None = None) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, start_new_session=True, env=env or CLEAN_ENV)
 
 
-def finish(proc: subprocess.Popen, expected: int = 0) -> None:
-    _, err = proc.communicate(timeout=400)
+def finish(proc: subprocess.Popen, expected: int = 0, logs: Path | None = None) -> None:
+    """Wait for a run's end; one that hangs is killed with all its processes, and the test fails with the
+    tails of the logs under ``logs`` (its ranks' or tasks' stderr) to say where it stood."""
+    try:
+        _, err = proc.communicate(timeout=400)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # (its ranks, a submitit controller and its tasks: one session)
+        _, err = proc.communicate()
+        tails = "".join(f"\n--- {p}\n{p.read_text(errors='replace')[-1500:]}"
+                        for p in sorted(logs.rglob("*") if logs else []) if p.suffix in (".err", ".log") and p.is_file())
+        pytest.fail(f"the run did not end in 400 s: {err[-1500:]}{tails}")
     assert proc.returncode == expected, err[-3000:]
 
 
@@ -213,22 +222,25 @@ def test_a_slurm_job_stopped_before_its_time_limit_continues_in_its_folder(refer
 
 
 def test_a_2_task_submitit_job_requeued_continues_in_its_folder(reference, tmp_path):
-    """``hydra.launcher.tasks_per_node=2`` under submitit's local executor: each task is one rank. SIGUSR2 to both
-    tasks (as SLURM, and submitit's controller before its time limit, send it) stops them after the same update with
-    the checkpoint and both ranks' files; submitit requeues the job, whose two tasks continue the run in its folder."""
+    """``hydra.launcher.tasks_per_node=2`` under submitit's local executor: each task is one rank. SIGUSR2 (as SLURM,
+    and submitit's controller before its time limit, send it to every task) reaching rank 1 first, here rank 1 only,
+    stops both ranks after the same update with the checkpoint and both ranks' files, and with rank 1's signal, so
+    rank 0 calls submitit's handler, which requeues the job; its two tasks continue the run in its folder."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "sweep"
     proc = start(["-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2", f"hydra.sweep.dir={sweep}",
                   *SETTINGS, *ONE_NODE])
     run_dir = sweep / "box_pushing_qmix_s3_0"
     wait_for_update(proc, run_dir, random.Random(11).randint(3, 9))
-    tasks = subprocess.run(["pgrep", "-f", f"submitit.core._submit {sweep}"], capture_output=True, text=True)
-    assert len(tasks.stdout.split()) == 2, tasks.stdout  # the job's two tasks, no rank started by Lightning
-    for pid in tasks.stdout.split():
-        os.kill(int(pid), signal.SIGUSR2)
-    finish(proc)
+    tasks = [int(pid) for pid in subprocess.run(["pgrep", "-f", f"submitit.core._submit {sweep}"],
+                                                 capture_output=True, text=True).stdout.split()]
+    assert len(tasks) == 2, tasks  # the job's two tasks, no rank started by Lightning
+    environ = {pid: Path(f"/proc/{pid}/environ").read_text().split("\0") for pid in tasks}
+    rank1 = next(pid for pid, env in environ.items() if "SUBMITIT_LOCAL_GLOBALID=1" in env)
+    os.kill(rank1, signal.SIGUSR2)
+    finish(proc, logs=sweep)
     log = (run_dir / "train.log").read_text()
-    assert "stopped by SIGUSR2" in log and "Requeued job" in log
+    assert log.count("stopped by SIGUSR2") == 2 and "Requeued job" in log  # both ranks: rank 1's signal
     assert log.count("continuing this job's run from") == 2  # each rank, in the same job folder
     assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2  # one job: both tasks finished
     assert_same_run(reference, run_dir)
