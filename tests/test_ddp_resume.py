@@ -53,9 +53,13 @@ def step_of(run_dir: Path) -> int:
         return -1
 
 
-def wait_for_update(proc: subprocess.Popen, run_dir: Path, update: int) -> None:
+def wait_for_update(proc: subprocess.Popen, run_dir: Path, update: int, seconds: float = 400) -> None:
+    deadline = time.time() + seconds
     while step_of(run_dir) < update:
         assert proc.poll() is None, f"the run ended before update {update}: {proc.stderr.read()[-2000:]}"
+        if time.time() > deadline:  # a run that stalls fails the test (its processes killed), never hangs the suite
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"the run did not reach update {update} in {seconds:.0f} s (at {step_of(run_dir)})")
         time.sleep(0.05)
 
 
