@@ -18,6 +18,7 @@ import signal
 import threading
 from typing import Callable, Iterator, Optional
 
+import torch
 from lightning.pytorch.callbacks import Callback
 
 SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2"))
@@ -98,8 +99,6 @@ class StopOnSignal(Callback):
         that has one. A signal may reach one rank only, or the ranks at different updates; all of them then
         stop after the same update with the same signal, so the rank a scheduler's handler acts on (submitit
         requeues from rank 0) acts on it, also where that rank's own signal had not arrived yet."""
-        import torch
-
         none = trainer.world_size * _CODES
         code = trainer.global_rank * _CODES + self.signum if self.signum is not None else none
         first = int(trainer.strategy.reduce(torch.tensor(code, device=trainer.strategy.root_device), reduce_op="min"))

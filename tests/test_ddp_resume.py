@@ -32,17 +32,22 @@ def start(args: list[str], env: dict | None = None) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, start_new_session=True, env=env or CLEAN_ENV)
 
 
+def give_up(proc: subprocess.Popen, why: str, logs: Path | None = None) -> None:
+    """Kill a stalled run with all its processes (its ranks, a submitit controller and its tasks: one
+    session) and fail the test with its stderr and the tails of the logs under ``logs`` (its tasks')."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    _, err = proc.communicate()
+    tails = "".join(f"\n--- {p}\n{p.read_text(errors='replace')[-1500:]}"
+                    for p in sorted(logs.rglob("*") if logs else []) if p.suffix in (".err", ".log") and p.is_file())
+    pytest.fail(f"{why}: {err[-1500:]}{tails}")
+
+
 def finish(proc: subprocess.Popen, expected: int = 0, logs: Path | None = None) -> None:
-    """Wait for a run's end; one that hangs is killed with all its processes, and the test fails with the
-    tails of the logs under ``logs`` (its ranks' or tasks' stderr) to say where it stood."""
+    """Wait for a run's end; one that hangs past 400 s fails the test (:func:`give_up`)."""
     try:
         _, err = proc.communicate(timeout=400)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # (its ranks, a submitit controller and its tasks: one session)
-        _, err = proc.communicate()
-        tails = "".join(f"\n--- {p}\n{p.read_text(errors='replace')[-1500:]}"
-                        for p in sorted(logs.rglob("*") if logs else []) if p.suffix in (".err", ".log") and p.is_file())
-        pytest.fail(f"the run did not end in 400 s: {err[-1500:]}{tails}")
+        give_up(proc, "the run did not end in 400 s", logs)
     assert proc.returncode == expected, err[-3000:]
 
 
@@ -57,9 +62,8 @@ def wait_for_update(proc: subprocess.Popen, run_dir: Path, update: int, seconds:
     deadline = time.time() + seconds
     while step_of(run_dir) < update:
         assert proc.poll() is None, f"the run ended before update {update}: {proc.stderr.read()[-2000:]}"
-        if time.time() > deadline:  # a run that stalls fails the test (its processes killed), never hangs the suite
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail(f"the run did not reach update {update} in {seconds:.0f} s (at {step_of(run_dir)})")
+        if time.time() > deadline:  # a run that stalls fails the test, never hangs the suite
+            give_up(proc, f"the run did not reach update {update} in {seconds:.0f} s (at {step_of(run_dir)})")
         time.sleep(0.05)
 
 

@@ -669,8 +669,9 @@ def test_verify_retrains_a_runs_start_and_finds_it_identical_or_names_what_chang
     assert f"different reference/box_pushing_4x4 qmix seed 0: row {row} (env step {float(steps):.0f}) differs in 1 " \
         in both.stdout and "loss 123.0 recorded" in both.stdout
 
-    done = json.loads((vdn.archive / "finished.json").read_text())  # VDN trained by uncommitted code
-    (vdn.archive / "finished.json").write_text(json.dumps({**done, "code": ["0123456789ab+dirty"]}))
+    for run, code in ((vdn, "0123456789ab+dirty"), (qmix, "fedcba987654")):  # VDN trained by uncommitted code,
+        done = json.loads((run.archive / "finished.json").read_text())  # QMIX by a commit (whatever the tree is now)
+        (run.archive / "finished.json").write_text(json.dumps({**done, "code": [code]}))
     dirty = study("verify", str(spec), "--env-steps", "160", "--dirty", cwd=tmp_path)
     assert dirty.returncode == 0 and "identical reference/box_pushing_4x4 vdn seed 0" in dirty.stdout
     assert "qmix seed" not in dirty.stdout and "(trained by 0123456789ab+dirty)" in dirty.stdout

@@ -98,14 +98,13 @@ def compare(recorded_csv: Path, replay_csv: Path) -> tuple[bool, str]:
     return True, f"{len(replay)} rows up to env step {last:.0f} identical in {len(common)} columns"
 
 
-def verify(run: Run, env_steps: int) -> Verdict:
-    """Train the first ``env_steps`` of the finished ``run`` again with this trainer, in a temporary
-    folder, and compare (:func:`compare`)."""
+def verify(run: Run, env_steps: int, done: dict) -> Verdict:
+    """Train the first ``env_steps`` of the finished ``run`` (``done``: its ``finished.json``) again with
+    this trainer, in a temporary folder, and compare (:func:`compare`)."""
     if run.peer is not None:
         return Verdict(run, "skipped", f"{run.peer.name}'s run: not this trainer's code")
-    source = finished_record(run).get("reused_from")
-    if source:
-        return Verdict(run, "skipped", f"copied from {source}: verify it there")
+    if done.get("reused_from"):
+        return Verdict(run, "skipped", f"copied from {done['reused_from']}: verify it there")
     if recorded(run) != planned(run.argv):
         return Verdict(run, "skipped", "its command no longer composes the config it recorded (a preset changed)")
     with tempfile.TemporaryDirectory(prefix="verify-") as scratch:
@@ -151,7 +150,7 @@ def _verify_all(runs, env_steps, dirty_only, commit, say) -> dict[str, int]:
         if (run.peer is not None and (dirty_only or commit)) or (dirty_only and not is_dirty(done)) or \
                 (commit and not trained_by(done, commit)):
             continue
-        verdict = verify(run, env_steps)
+        verdict = verify(run, env_steps, done)
         counts[verdict.state] += 1
         elsewhere = f" on {done['machine']}" if done.get("machine") not in (None, here) else ""
         say(f"{verdict} (trained by {' + '.join(done.get('code', [])) or 'unknown code'}{elsewhere})", flush=True)
