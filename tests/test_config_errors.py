@@ -64,6 +64,10 @@ REFUSED = [
     (["foo=1"], "foo=1 is not an option; allowed: env, mixer"),
     (["mixer=qmix", "mixer.w_hidden=32"], "mixer.w_hidden=32 is not an option of mixer (qmix); allowed: central_info"),
     (["mixer.name=qmix"], "mixer.name=qmix cannot change the schema; allowed: the config group choice instead: mixer=qmix"),
+    (["env=vmas", "env.scenario={n_agents: 3}"], "env.scenario={n_agents: 3} sets keys the mapping does not have; "
+                                                 "allowed: +env.scenario={n_agents: 3}"),
+    (["env=vmas", "env.scenario.n_agents=3"], "env.scenario.n_agents=3 sets keys the mapping does not have; allowed: "
+                                             "+env.scenario.n_agents=3"),
     # group choices
     (["mixer=qmax"], "mixer=qmax is not an option; allowed: duelmix, qfix_lin, qfix_mono, qfix_sum, qmix, qplex"),
     (["env=atari"], "env=atari is not an option; allowed: box_pushing, lbf, matrix, mpe, overcooked, rware, smaclite, smacv2, "
@@ -111,7 +115,8 @@ def test_every_bad_value_is_refused_with_what_is_allowed(argv, message):
                                   ["env=overcooked", "env.obs=lossless", "agent.torso=cnn"],
                                   ["-m", "seed=0,1", "mixer=vdn,qmix", "env=matrix"],
                                   ["mixer=duelmix", "mixer.central_info=noise", "data.env_workers=auto"],
-                                  ["experiment=benchmarl/vmas", "data.sample=episodes", "data.batch_size=1"]])
+                                  ["experiment=benchmarl/vmas", "data.sample=episodes", "data.batch_size=1"],
+                                  ["env=vmas", "+env.scenario.n_agents=3"]])
 def test_good_command_lines_pass(argv):
     preflight(argv)
 

@@ -309,5 +309,10 @@ def from_omegaconf(err: BaseException, raw: Optional[dict] = None) -> ConfigErro
         where = f" of {parent}" + (f" ({name})" if isinstance(name, str) else "") if parent else ""
         return refuse(str(full_key), value, ", ".join(n for n in names if n != "name") or "no options",
                       f"is not an option{where}")
+    typed = max((k for k in raw or {} if full_key and (str(full_key) + ".").startswith(k + ".")), key=len,
+                default=None)  # the override that reached the key (env.scenario, not the group choice env)
+    if schema is dict and typed is not None:  # a free-form mapping (env.scenario) gets a key it lacks
+        return refuse(typed, raw[typed], f"+{typed}={raw[typed]} (Hydra's + adds keys a mapping does not have yet)",
+                      "sets keys the mapping does not have")
     first = str(err).strip().splitlines()
     return ConfigError(first[0] if first else type(err).__name__)

@@ -174,4 +174,4 @@ class VMASConfig(EnvConfig):
                                     ge=1)
     team_reward: str = spec("mean", "mean (BenchMARL) | sum (EPyMARL) of the agents' rewards", choices=TEAM_REWARDS)
     scenario: dict[str, Any] = spec(factory=dict, help="the scenario's keyword options over BenchMARL's for the "
-                                                       "task, e.g. {n_agents: 3}")
+                                                       "task, e.g. +env.scenario.n_agents=3")
