@@ -163,6 +163,29 @@ def choose_checkpoint(ckpt: Path, warn: Optional[Callable[[str], None]] = None) 
                           "readable checkpoints/last.ckpt or step<N>.ckpt")
 
 
+def drop_replay(ckpt: Path | str) -> bool:
+    """Rewrite the checkpoint ``ckpt`` and its rank files without the replay contents, as
+    ``checkpoint.replay=false`` would have written them: weights, optimizer, counters and RNG states
+    stay, so the run can still be evaluated or continued (refilling its replay first: not bitwise the
+    run that kept it). Each file is replaced atomically, the rank files before the checkpoint file that
+    names them. Returns whether there was a replay to drop (nothing is written where there was none)."""
+    from lightning_marl.checkpointing import write_atomic  # (lightning's logger base: not for every reader)
+
+    ckpt = Path(ckpt)
+    state = load_checkpoint(ckpt)
+    dropped = False
+    for rank, file in enumerate(rank_files(ckpt, state[DATA_STATE]), start=1):
+        rank_state = load_rank_state(ckpt, state[DATA_STATE], rank)
+        if "replay" in rank_state:
+            write_atomic({k: v for k, v in rank_state.items() if k != "replay"}, file)
+            dropped = True
+    if "replay" in state[DATA_STATE]:
+        state[DATA_STATE] = {k: v for k, v in state[DATA_STATE].items() if k != "replay"}
+        write_atomic(state, ckpt)
+        dropped = True
+    return dropped
+
+
 def architecture_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """``group.key: checkpoint X, config Y`` for every agent/mixer setting a checkpoint's
     hyperparameters and the config both have and disagree on."""

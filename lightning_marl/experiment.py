@@ -134,6 +134,10 @@ def run(cfg: TrainConfig, run_dir: str | os.PathLike, ckpt_path: Optional[str | 
         log.info("run folder: %s", run_dir)
         if ckpt_path is not None:
             log.info("continuing from %s (update %d)", ckpt_path, resumed_step)
+            if "replay" not in saved[DATA_STATE]:
+                log.info("the checkpoint holds no replay (checkpoint.replay=false, or a study's finished run kept "
+                         "without it): the run refills its replay before it updates again, so it is not bitwise "
+                         "the run that kept its replay")
         start_loggers(loggers, cfg, run_dir)
     # checkpoints hold tensors and plain data only: loaded with weights_only=True, loading runs no code
     try:

@@ -13,7 +13,15 @@ import pandas as pd
 import pytest
 import torch
 
-from lightning_marl.checkpoint_files import CheckpointError, choose_checkpoint, load_checkpoint
+from lightning_marl.checkpoint_files import (
+    RANKS,
+    CheckpointError,
+    choose_checkpoint,
+    drop_replay,
+    load_checkpoint,
+    load_rank_state,
+    rank_file,
+)
 from lightning_marl.cli.resume import plan_resume
 from lightning_marl.config import load
 from lightning_marl.experiment import run
@@ -96,6 +104,38 @@ def test_a_resume_that_changes_the_architecture_names_the_keys(matrix_run):
         plan_resume(str(matrix_run), [f"resume={matrix_run}", "mixer.embed_dim=64"])
     with pytest.raises(CheckpointError, match=r"agent.hidden_dim: checkpoint 64, config 32"):
         plan_resume(str(matrix_run), [f"resume={matrix_run}", "agent.hidden_dim=32"])
+
+
+def test_a_checkpoint_without_its_replay_keeps_the_rest_and_continues_with_a_refilled_replay(matrix_run, tmp_path):
+    """What a study keeps of a finished run with ``finished_checkpoint: without_replay``."""
+    folder = copy_run(matrix_run, tmp_path / "run")
+    last = folder / "checkpoints" / "last.ckpt"
+    before, size = load_checkpoint(last), last.stat().st_size
+    assert drop_replay(last) and not drop_replay(last)  # the second time there is none: nothing written
+    after = load_checkpoint(last)
+    assert "replay" in before["MARLDataModule"] and "replay" not in after["MARLDataModule"]
+    assert last.stat().st_size < size
+    assert after["global_step"] == before["global_step"] and after["MARLDataModule"]["rng"].keys() == \
+        before["MARLDataModule"]["rng"].keys()
+    assert all(after["state_dict"][k].equal(v) for k, v in before["state_dict"].items())
+    assert after["optimizer_states"][0]["state"].keys() == before["optimizer_states"][0]["state"].keys()
+    proc = subprocess.run([sys.executable, "train.py", f"resume={folder}", "total_env_steps=480"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "the checkpoint holds no replay" in proc.stdout + proc.stderr
+    resumed = load_checkpoint(last)["MARLDataModule"]
+    assert resumed["env_steps"] >= 480 and resumed["replay"]["length"] > 0  # refilled, and kept again
+
+
+def test_dropping_the_replay_covers_the_other_ranks_files(tmp_path):
+    ckpt, ident = tmp_path / "last.ckpt", "ab12"
+    rank_file(tmp_path, ident, 1).parent.mkdir()
+    torch.save({"env_steps": 7, "replay": {"obs": torch.ones(3)}}, rank_file(tmp_path, ident, 1))
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "global_step": 1, "MARLDataModule": {
+        "env_steps": 7, "replay": {"obs": torch.ones(3)}, RANKS: {"world_size": 2, "id": ident}}}, ckpt)
+    assert drop_replay(ckpt)
+    own = load_checkpoint(ckpt)["MARLDataModule"]
+    assert "replay" not in own and load_rank_state(ckpt, own, 1) == {"env_steps": 7}
 
 
 def test_the_replay_is_stored_up_to_what_it_holds(make_config, tmp_path):

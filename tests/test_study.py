@@ -142,11 +142,31 @@ def study(*args, cwd) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
+def replay_and_weights(run) -> tuple[bool, dict]:
+    """Whether the run's last.ckpt holds a replay, and its weights."""
+    from lightning_marl.checkpoint_files import DATA_STATE, load_checkpoint
+
+    state = load_checkpoint(run.folder / "checkpoints" / "last.ckpt")
+    return "replay" in state[DATA_STATE], {k: v.clone() for k, v in state["state_dict"].items()}
+
+
 def test_a_study_runs_skips_what_is_finished_and_reports(tmp_path):
     spec = write_spec(tmp_path)
-    first = study("run", str(spec), "--jobs", "2", cwd=tmp_path)
+    first = study("run", str(spec), "--jobs", "2", "--limit", "2", cwd=tmp_path)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     runs = plan(load_spec(spec))
+    kept = {r: replay_and_weights(r) for r in runs[:2]}
+    assert all(has_replay for has_replay, _ in kept.values())  # finished_checkpoint: full, the default
+    # without_replay: the checkpoints of runs finished before (at the start) and now (as each finishes) lose it
+    spec.write_text(spec.read_text() + "finished_checkpoint: without_replay\n")
+    second = study("run", str(spec), "--jobs", "2", cwd=tmp_path)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    assert second.stdout.count("slimmed ") == 4, second.stdout
+    for r in runs:
+        has_replay, weights = replay_and_weights(r)
+        assert not has_replay
+        if r in kept:  # the rest stays as it was
+            assert weights.keys() == kept[r][1].keys() and all(weights[k].equal(kept[r][1][k]) for k in weights)
     assert len(runs) == 4 and all((r.folder / "finished.json").is_file() for r in runs)
     assert all(not (r.folder / CLAIM).exists() for r in runs)
     assert all((r.archive / "metrics.csv").is_file() and (r.archive / ".hydra" / "config.yaml").is_file() for r in runs)
@@ -277,6 +297,9 @@ def test_a_bad_spec_or_run_is_refused_before_anything_starts(tmp_path):
     spec.write_text(spec.read_text().replace("pairs: [[qmix, nobody]]", "published: {nobody: '1.0'}"))
     proc = study("status", str(spec), cwd=tmp_path)
     assert proc.returncode == 2 and "published entries ['nobody']; allowed: configurations of the study" in proc.stderr
+    spec.write_text(spec.read_text().replace("published: {nobody: '1.0'}", "finished_checkpoint: weights"))
+    proc = study("status", str(spec), cwd=tmp_path)
+    assert proc.returncode == 2 and "finished_checkpoint=weights; allowed: full or without_replay" in proc.stderr
 
 
 def test_a_signal_to_the_runner_stops_its_runs_with_a_checkpoint(tmp_path):

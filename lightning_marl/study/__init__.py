@@ -72,7 +72,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     if args.action == "run":
-        counts = run_all(runs, jobs=args.jobs, limit=args.limit, twins=twins(todo, others) if others else None)
+        counts = run_all(runs, jobs=args.jobs, limit=args.limit, twins=twins(todo, others) if others else None,
+                         finished_checkpoint=spec.finished_checkpoint)
         print(f"{spec.name}: {counts}")
         sys.exit(128 + counts["stopped_by"] if counts["stopped_by"] else 1 if counts["failed"] else 0)
     if args.action == "status":

@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 from lightning_marl.study import peers
 from lightning_marl.study.records import CLAIM, FINISHED, WALL, archive, claim, claimed, is_finished, record
-from lightning_marl.study.spec import Run
+from lightning_marl.study.spec import Run, StudySpec
 
 LOG, SESSIONS = "study.log", ".code"
 RUNNER_OVERRIDES = ("trainer.enable_progress_bar=false",)  # runs share the runner's log: no progress bar
@@ -151,9 +151,10 @@ def record_wall(run: Run, proc: subprocess.Popen) -> float:
     return wall
 
 
-def finish(run: Run, proc: subprocess.Popen) -> bool:
-    """Record how the run's process ended; a finished run gets its record and is archived. The wall
-    time adds up every session of the run (:func:`track` keeps it while the run trains)."""
+def finish(run: Run, proc: subprocess.Popen, finished_checkpoint: str, say=print) -> bool:
+    """Record how the run's process ended; a finished run gets its record and is archived, and its
+    checkpoint keeps what ``finished_checkpoint`` says (:func:`slim`). The wall time adds up every
+    session of the run (:func:`track` keeps it while the run trains)."""
     proc.log.close()  # type: ignore[attr-defined]
     ok = proc.returncode == 0
     if ok and run.peer is not None:
@@ -174,13 +175,34 @@ def finish(run: Run, proc: subprocess.Popen) -> bool:
         archive(run)
         for periodic in (run.folder / "checkpoints").glob("step*.ckpt"):  # last.ckpt holds the final state
             periodic.unlink()
+        slim(run, finished_checkpoint, say)
     (run.folder / CLAIM).unlink(missing_ok=True)
     return ok
 
 
+def slim(run: Run, finished_checkpoint: str, say=print) -> None:
+    """A finished run's ``last.ckpt`` (and rank files) without the replay where ``finished_checkpoint``
+    is ``without_replay`` (a study spec's setting: the replay is most of a checkpoint, and a finished run
+    needs it only to be continued bitwise). A failure is reported and leaves the checkpoint as it was."""
+    ckpt = run.folder / "checkpoints" / "last.ckpt"
+    if finished_checkpoint != "without_replay" or run.peer is not None or not ckpt.is_file():
+        return
+    from lightning_marl.checkpoint_files import CheckpointError, drop_replay  # torch: only when there is one
+
+    before = ckpt.stat().st_size
+    try:
+        if drop_replay(ckpt):
+            say(f"slimmed {run.preset} {run.label} seed {run.seed}: {ckpt} without its replay "
+                f"({before / 2**20:,.0f} -> {ckpt.stat().st_size / 2**20:,.0f} MiB)")
+    except (OSError, CheckpointError) as err:
+        say(f"cannot slim {ckpt}: {err}")
+
+
 def run_all(runs: Sequence[Run], jobs: int = 1, limit: Optional[int] = None, say=print,
-            twins: Optional[dict] = None) -> dict[str, int]:
+            twins: Optional[dict] = None, finished_checkpoint: str = StudySpec.finished_checkpoint) -> dict[str, int]:
     """Train every unfinished, unclaimed run, ``jobs`` at a time (``limit``: at most that many).
+    Finished runs' checkpoints keep what ``finished_checkpoint`` says (:func:`slim`), those finished
+    before this call included.
 
     ``twins`` (run -> the same runs in other studies, with what the runner asks of them:
     :class:`.reuse.Twins`, made by :func:`.reuse.twins`): a run whose twin finished is
@@ -195,6 +217,9 @@ def run_all(runs: Sequence[Run], jobs: int = 1, limit: Optional[int] = None, say
     runner itself stops its runs the same way before it propagates)."""
     twins = twins or {}
     todo = [r for r in runs if not is_finished(r)]
+    for run in runs:
+        if run not in todo and not claimed(run):
+            slim(run, finished_checkpoint, say)
     counts = {"finished_before": len(runs) - len(todo), "done": 0, "reused": 0, "failed": 0, "stopped": 0,
               "skipped": 0, "waiting": 0, "stopped_by": 0}
     active: list[tuple[Run, subprocess.Popen]] = []
@@ -269,7 +294,7 @@ def run_all(runs: Sequence[Run], jobs: int = 1, limit: Optional[int] = None, say
                     track(run, proc)
                     continue
                 active.remove(item)
-                ok = finish(run, proc)
+                ok = finish(run, proc, finished_checkpoint, say)
                 kind = "done" if ok else "stopped" if counts["stopped_by"] else "failed"
                 counts[kind] += 1
                 word = {"done": "done  ", "stopped": "stopped", "failed": "FAILED"}[kind]

@@ -24,6 +24,10 @@ ordinary ``train.py`` run in a folder of its own. The spec is a YAML file with t
     published: {qmix epymarl: "1.00 +- 0.00 (maximum return, 2M env steps; Papoudakis et al. 2021, Table 3)"}
                                                # a configuration's published value, printed beside
                                                # the report's table (context: its own budget and settings)
+    finished_checkpoint: full                  # what a finished run's checkpoints/last.ckpt keeps: full
+                                               # (default) or without_replay (weights, optimizer, counters,
+                                               # RNG states: evaluate it, or continue it with a refilled
+                                               # replay; a 3s5z SMACLite run's 3.7 GB become 1.6 MB)
     peer:                                      # another framework's runs of the same grid, side by side
       name: epymarl                            # their label: "<mixer> epymarl"
       mixers: [qmix, vdn]                      # the mixers it runs (of this study's)
@@ -59,6 +63,7 @@ from omegaconf import OmegaConf
 from lightning_marl.errors import ConfigError
 
 PEER_READERS = ("epymarl", "benchmarl")  # the frameworks whose results .peers reads
+FINISHED_CHECKPOINTS = ("full", "without_replay")  # what a finished run's last.ckpt keeps
 
 
 @dataclass
@@ -89,6 +94,7 @@ class StudySpec:
     first: List[str] = field(default_factory=list)
     reuse: List[str] = field(default_factory=list)
     published: Dict[str, str] = field(default_factory=dict)
+    finished_checkpoint: str = "full"
     peer: Optional[PeerSpec] = None
 
 
@@ -146,6 +152,9 @@ def load_spec(path: str | Path) -> StudySpec:
     for pair in spec.pairs:
         if len(pair) != 2 or not set(pair) <= labels:
             raise ConfigError(f"study spec {path}: pairs entry {pair}; allowed: two of {', '.join(sorted(labels))}")
+    if spec.finished_checkpoint not in FINISHED_CHECKPOINTS:
+        raise ConfigError(f"study spec {path}: finished_checkpoint={spec.finished_checkpoint}; allowed: "
+                          f"{' or '.join(FINISHED_CHECKPOINTS)}")
     if not spec.tolerance > 0:
         raise ConfigError(f"study spec {path}: tolerance={spec.tolerance} is out of range; allowed: a number > 0")
     if not set(spec.mixer_overrides) <= set(spec.mixers):
