@@ -167,23 +167,30 @@ def drop_replay(ckpt: Path | str) -> bool:
     """Rewrite the checkpoint ``ckpt`` and its rank files without the replay contents, as
     ``checkpoint.replay=false`` would have written them: weights, optimizer, counters and RNG states
     stay, so the run can still be evaluated or continued (refilling its replay first: not bitwise the
-    run that kept it). Each file is replaced atomically, the rank files before the checkpoint file that
-    names them. Returns whether there was a replay to drop (nothing is written where there was none)."""
+    run that kept it). As when a DDP checkpoint is written (:mod:`lightning_marl.rank_states`), the other
+    ranks' states go to new rank files under a new id before the checkpoint file naming that id replaces
+    the old one (atomically), and the old rank files are removed after: a process killed part-way leaves
+    the old checkpoint or the new one, whole. Returns whether there was a replay to drop (nothing is
+    written where there was none)."""
+    import uuid
+
     from lightning_marl.checkpointing import write_atomic  # (lightning's logger base: not for every reader)
 
     ckpt = Path(ckpt)
     state = load_checkpoint(ckpt)
-    dropped = False
-    for rank, file in enumerate(rank_files(ckpt, state[DATA_STATE]), start=1):
-        rank_state = load_rank_state(ckpt, state[DATA_STATE], rank)
-        if "replay" in rank_state:
-            write_atomic({k: v for k, v in rank_state.items() if k != "replay"}, file)
-            dropped = True
-    if "replay" in state[DATA_STATE]:
-        state[DATA_STATE] = {k: v for k, v in state[DATA_STATE].items() if k != "replay"}
-        write_atomic(state, ckpt)
-        dropped = True
-    return dropped
+    data = state[DATA_STATE]
+    ranks = [load_rank_state(ckpt, data, rank) for rank in range(1, rank_reference(data)["world_size"])]
+    if "replay" not in data and not any("replay" in rank_state for rank_state in ranks):
+        return False
+    data = {k: v for k, v in data.items() if k != "replay"}
+    if ranks:
+        data[RANKS] = {**rank_reference(data), "id": uuid.uuid4().hex[:16]}
+        for rank, rank_state in enumerate(ranks, start=1):
+            kept = {k: v for k, v in rank_state.items() if k != "replay"}
+            write_atomic(kept, rank_file(ckpt.parent, data[RANKS]["id"], rank))
+    write_atomic({**state, DATA_STATE: data}, ckpt)
+    prune_rank_files(ckpt.parent)
+    return True
 
 
 def architecture_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:

@@ -136,6 +136,8 @@ def test_dropping_the_replay_covers_the_other_ranks_files(tmp_path):
     assert drop_replay(ckpt)
     own = load_checkpoint(ckpt)["MARLDataModule"]
     assert "replay" not in own and load_rank_state(ckpt, own, 1) == {"env_steps": 7}
+    # the other ranks' states went to new files, named by the new checkpoint; the old ones are gone
+    assert own[RANKS]["id"] != ident and not rank_file(tmp_path, ident, 1).exists()
 
 
 def test_the_replay_is_stored_up_to_what_it_holds(make_config, tmp_path):

@@ -68,6 +68,8 @@ REFUSED = [
                                                  "allowed: +env.scenario={n_agents: 3}"),
     (["env=vmas", "env.scenario.n_agents=3"], "env.scenario.n_agents=3 sets keys the mapping does not have; allowed: "
                                              "+env.scenario.n_agents=3"),
+    (["env=vmas", "env.scenario.a.b=4"], "env.scenario.a.b=4 sets keys the mapping does not have; allowed: "
+                                        "+env.scenario.a.b=4"),
     # group choices
     (["mixer=qmax"], "mixer=qmax is not an option; allowed: duelmix, qfix_lin, qfix_mono, qfix_sum, qmix, qplex"),
     (["env=atari"], "env=atari is not an option; allowed: box_pushing, lbf, matrix, mpe, overcooked, rware, smaclite, smacv2, "

@@ -202,6 +202,40 @@ def test_a_study_runs_skips_what_is_finished_and_reports(tmp_path):
     assert (tmp_path / "runs" / "figures" / "profile_reference_box_pushing_4x4.png").is_file()
 
 
+def test_slimming_leaves_what_is_not_a_finished_runs_final_state_and_survives_failures(tmp_path, monkeypatch):
+    import time
+
+    import torch
+
+    from lightning_marl import checkpoint_files
+    from lightning_marl.study.runner import slim
+
+    run = plan(load_spec(write_spec(tmp_path, seeds=(0,))))[0]
+    ckpt = run.folder / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+
+    def write_checkpoint():
+        torch.save({"state_dict": {}, "hyper_parameters": {}, "global_step": 1,
+                    "MARLDataModule": {"env_steps": 7, "replay": {"obs": torch.ones(3)}}}, ckpt)
+
+    said = []
+    write_checkpoint()
+    slim(run, "without_replay", said.append)  # no finished.json in the folder (finished only in an archive)
+    slim(run, "full", said.append)
+    (run.folder / "finished.json").write_text("{}")
+    time.sleep(0.01)
+    write_checkpoint()  # written after the run finished: a resume extending it
+    slim(run, "without_replay", said.append)
+    assert "replay" in checkpoint_files.load_checkpoint(ckpt)["MARLDataModule"] and said == []
+    os.utime(ckpt, (0, 0))  # the finished state
+    monkeypatch.setattr(checkpoint_files, "drop_replay", lambda path: (_ for _ in ()).throw(RuntimeError("disk full")))
+    slim(run, "without_replay", said.append)
+    assert said == [f"cannot slim {ckpt}: RuntimeError: disk full"]
+    monkeypatch.undo()
+    slim(run, "without_replay", said.append)
+    assert "replay" not in checkpoint_files.load_checkpoint(ckpt)["MARLDataModule"] and said[-1].startswith("slimmed ")
+
+
 def test_a_report_without_out_goes_to_the_expanded_runs_dir(tmp_path, monkeypatch, capsys):
     """``~`` in a spec's paths is the home folder, expanded when the spec is read: ``report`` without
     ``--out`` writes into the study's runs_dir there, and no folder named ``~`` appears in the working

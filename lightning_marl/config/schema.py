@@ -206,8 +206,8 @@ class EvalConfig(Frozen):
     num_envs: int = spec(8, "evaluation games played at once", ge=1)
     epsilon: float = spec(0.0, "exploration of the test episodes (0: greedy; EPyMARL's benchmark paper: 0.05 on RWARE)",
                           ge=0.0, le=1.0)
-    env: Dict[str, Any] = spec(help="env options that differ in the evaluation games, e.g. eval.env.random_init=false "
-                                    "(add keys with +eval.env.<option>=...)", factory=dict)
+    env: Dict[str, Any] = spec(help="env options that differ in the evaluation games, e.g. +eval.env.random_init=false "
+                                    "(Hydra's + adds a key)", factory=dict)
 
 
 @dataclass

@@ -309,8 +309,11 @@ def from_omegaconf(err: BaseException, raw: Optional[dict] = None) -> ConfigErro
         where = f" of {parent}" + (f" ({name})" if isinstance(name, str) else "") if parent else ""
         return refuse(str(full_key), value, ", ".join(n for n in names if n != "name") or "no options",
                       f"is not an option{where}")
-    typed = max((k for k in raw or {} if full_key and (str(full_key) + ".").startswith(k + ".")), key=len,
-                default=None)  # the override that reached the key (env.scenario, not the group choice env)
+    # the override that reached the key: at it or below it (env.scenario.a.b=4 fails at env.scenario.a), else the
+    # nearest above it (env.scenario={a: 1} fails at env.scenario.a), never the group choice env
+    full = f"{full_key}."
+    typed = max((k for k in raw or {} if full_key and (full.startswith(k + ".") or k.startswith(full))),
+                key=lambda k: (k.startswith(full), len(k)), default=None)
     if schema is dict and typed is not None:  # a free-form mapping (env.scenario) gets a key it lacks
         return refuse(typed, raw[typed], f"+{typed}={raw[typed]} (Hydra's + adds keys a mapping does not have yet)",
                       "sets keys the mapping does not have")

@@ -184,18 +184,20 @@ def slim(run: Run, finished_checkpoint: str, say=print) -> None:
     """A finished run's ``last.ckpt`` (and rank files) without the replay where ``finished_checkpoint``
     is ``without_replay`` (a study spec's setting: the replay is most of a checkpoint, and a finished run
     needs it only to be continued bitwise). A failure is reported and leaves the checkpoint as it was."""
-    ckpt = run.folder / "checkpoints" / "last.ckpt"
-    if finished_checkpoint != "without_replay" or run.peer is not None or not ckpt.is_file():
-        return
-    from lightning_marl.checkpoint_files import CheckpointError, drop_replay  # torch: only when there is one
-
-    before = ckpt.stat().st_size
+    ckpt, done = run.folder / "checkpoints" / "last.ckpt", run.folder / FINISHED
+    if finished_checkpoint != "without_replay" or run.peer is not None or not ckpt.is_file() or not done.is_file():
+        return  # (a run finished only in the archive: its folder's checkpoint is not the finished state)
     try:
+        before = ckpt.stat()
+        if before.st_mtime > done.stat().st_mtime:  # written after the run finished: a resume that extends it
+            return
+        from lightning_marl.checkpoint_files import drop_replay  # torch: only when there is a checkpoint
+
         if drop_replay(ckpt):
             say(f"slimmed {run.preset} {run.label} seed {run.seed}: {ckpt} without its replay "
-                f"({before / 2**20:,.0f} -> {ckpt.stat().st_size / 2**20:,.0f} MiB)")
-    except (OSError, CheckpointError) as err:
-        say(f"cannot slim {ckpt}: {err}")
+                f"({before.st_size / 2**20:,.1f} -> {ckpt.stat().st_size / 2**20:,.1f} MiB)")
+    except Exception as err:  # noqa: BLE001 - e.g. a full disk (torch raises RuntimeError): the runs go on
+        say(f"cannot slim {ckpt}: {type(err).__name__}: {err}")
 
 
 def run_all(runs: Sequence[Run], jobs: int = 1, limit: Optional[int] = None, say=print,
