@@ -35,6 +35,7 @@ STEP_FILE = re.compile(r"step(\d+)\.ckpt")
 RANK_FOLDER = "rank_states"
 RANK_FILE = re.compile(r"(?P<id>[0-9a-f]+)\.rank(?P<rank>\d+)\.pt")
 RANKS = "ranks"  # the key of the rank reference in the data-module state
+REPLAY = "replay"  # the key of the replay contents in the data-module state (absent: checkpoint.replay=false)
 
 
 class CheckpointError(ConfigError):
@@ -180,14 +181,13 @@ def drop_replay(ckpt: Path | str) -> bool:
     state = load_checkpoint(ckpt)
     data = state[DATA_STATE]
     ranks = [load_rank_state(ckpt, data, rank) for rank in range(1, rank_reference(data)["world_size"])]
-    if "replay" not in data and not any("replay" in rank_state for rank_state in ranks):
+    if not any(REPLAY in rank_state for rank_state in [data, *ranks]):
         return False
-    data = {k: v for k, v in data.items() if k != "replay"}
+    data, *ranks = [{k: v for k, v in s.items() if k != REPLAY} for s in [data, *ranks]]
     if ranks:
         data[RANKS] = {**rank_reference(data), "id": uuid.uuid4().hex[:16]}
         for rank, rank_state in enumerate(ranks, start=1):
-            kept = {k: v for k, v in rank_state.items() if k != "replay"}
-            write_atomic(kept, rank_file(ckpt.parent, data[RANKS]["id"], rank))
+            write_atomic(rank_state, rank_file(ckpt.parent, data[RANKS]["id"], rank))
     write_atomic({**state, DATA_STATE: data}, ckpt)
     prune_rank_files(ckpt.parent)
     return True

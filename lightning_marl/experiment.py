@@ -24,6 +24,7 @@ from lightning_marl.callbacks.target_update import TargetNetworkUpdate
 from lightning_marl.callbacks.train_metrics import TrainMetrics
 from lightning_marl.checkpoint_files import (
     DATA_STATE,
+    REPLAY,
     CheckpointError,
     architecture_differences,
     check_world_size,
@@ -134,7 +135,7 @@ def run(cfg: TrainConfig, run_dir: str | os.PathLike, ckpt_path: Optional[str | 
         log.info("run folder: %s", run_dir)
         if ckpt_path is not None:
             log.info("continuing from %s (update %d)", ckpt_path, resumed_step)
-            if "replay" not in saved[DATA_STATE]:
+            if REPLAY not in saved[DATA_STATE]:
                 log.info("the checkpoint holds no replay (checkpoint.replay=false, or a study's finished run kept "
                          "without it): the run refills its replay before it updates again, so it is not bitwise "
                          "the run that kept its replay")

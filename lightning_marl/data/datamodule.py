@@ -27,7 +27,7 @@ from tensordict import TensorDict
 from torch.utils.data import DataLoader, IterableDataset
 
 from lightning_marl import rank_states
-from lightning_marl.checkpoint_files import RANKS
+from lightning_marl.checkpoint_files import RANKS, REPLAY
 from lightning_marl.config.schema import SampleUnit, TrainConfig
 from lightning_marl.data.collection import InProcessCollection, WorkerCollection
 from lightning_marl.data.collector import mark_timeouts_terminal
@@ -218,7 +218,7 @@ class MARLDataModule(L.LightningDataModule):
                  "last_stats": dict(self.last_stats),
                  "rng": _global_rng_states()}
         if self.keep_replay_in_checkpoint and self.replay is not None:
-            state["replay"] = self.replay.state_dict()
+            state[REPLAY] = self.replay.state_dict()
         state.update(self._env_rng_states() if self.collection is not None else self._env_rng)
         callback = self.trainer.checkpoint_callback if self.trainer is not None else None
         state[RANKS] = rank_states.save(self.trainer, state, getattr(callback, "dirpath", None))
@@ -249,8 +249,8 @@ class MARLDataModule(L.LightningDataModule):
         self.pending_updates, self.last_stats = state["pending_updates"], dict(state["last_stats"])
         self.update_credit = state.get("update_credit", 0)  # (checkpoints before 2026-12-05 have none)
         self._start_steps, self._start_time = self.env_steps, time.perf_counter()
-        if "replay" in state:
-            self.replay.load_state_dict(state["replay"])
+        if REPLAY in state:
+            self.replay.load_state_dict(state[REPLAY])
         for name, part in self._seeded_parts():
             set_rng_state(part.env, state.get(name))
         if "eval_policy_rng" in state:
