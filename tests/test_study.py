@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 pytest.importorskip("rliable")
 
 from lightning_marl.study import aggregate as agg  # noqa: E402
-from lightning_marl.study.records import CLAIM, claim  # noqa: E402
+from lightning_marl.study.records import CLAIM, claim, is_finished  # noqa: E402
 from lightning_marl.study.runner import command, run_all  # noqa: E402
 from lightning_marl.study.spec import load_spec, plan  # noqa: E402
 
@@ -678,6 +679,49 @@ def test_status_estimates_the_training_left_from_the_finished_runs(tmp_path, cap
     finished("qmix", 0, 7200.0)  # now qmix's own median: 7200 - 1500 + 7200, and vdn 2: 2000
     main(["status", str(spec)])
     assert "remaining: ~4.1 h of training for 3 of the 3 unfinished runs" in capsys.readouterr().out
+
+
+def test_with_a_deadline_only_the_runs_expected_to_end_by_then_start(tmp_path, capsys):
+    """--until: a run starts only if its estimate (status's) ends before the deadline; the others, and runs
+    with no estimate, are left untouched for a later call, and the runner ends without error."""
+    import time
+
+    from lightning_marl.study import main
+
+    spec = write_spec(tmp_path, seeds=(0, 1))
+    with pytest.raises(SystemExit) as stop:  # nothing finished: no estimate, nothing starts
+        main(["run", str(spec), "--until", (datetime.now() + timedelta(hours=2)).isoformat(timespec="minutes")])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0 and "'after_deadline': 4" in out and "'done': 0" in out, out
+    assert out.count("no finished run of its preset to estimate its time by") == 4, out
+    runs = {(run.label, run.seed): run for run in plan(load_spec(spec))}
+    assert not any(run.folder.exists() for run in runs.values())
+
+    for label, wall in (("vdn", 5.0), ("qmix", 36_000.0)):  # seed 0 of each finished: vdn fast, qmix 10 h
+        runs[(label, 0)].folder.mkdir(parents=True)
+        (runs[(label, 0)].folder / "finished.json").write_text(json.dumps({"wall_s": wall}))
+    said = []
+    counts = run_all(list(runs.values()), deadline=time.time() + 3600, say=said.append)
+    assert counts["done"] == 1 and counts["after_deadline"] == 1 and counts["failed"] == 0, said
+    assert is_finished(runs[("vdn", 1)]) and not runs[("qmix", 1)].folder.exists()
+    assert any(line.startswith("later  reference/box_pushing_4x4 qmix seed 1: its ~600 min of training left "
+                               "would end after the deadline") for line in said), said
+
+
+def test_a_deadline_that_is_not_a_time_to_come_is_refused(tmp_path, capsys):
+    from lightning_marl.study import deadline, main
+
+    now = datetime(2026, 12, 6, 23, 0)
+    assert datetime.fromtimestamp(deadline("23:30", now)) == datetime(2026, 12, 6, 23, 30)
+    assert datetime.fromtimestamp(deadline("01:05", now)) == datetime(2026, 12, 7, 1, 5)  # its next occurrence
+    assert datetime.fromtimestamp(deadline("2026-12-07T01:05", now)) == datetime(2026, 12, 7, 1, 5)
+    spec = write_spec(tmp_path)
+    for bad in ("25:00", "soon", "2020-01-01T00:00"):
+        with pytest.raises(SystemExit) as stop:
+            main(["run", str(spec), "--until", bad])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and f"--until={bad} is not a time to come; allowed: HH:MM" in err, err
+        assert "Traceback" not in err and not (tmp_path / "runs").exists()
 
 
 def test_every_committed_study_spec_loads_and_its_runs_pass_the_config_checks():

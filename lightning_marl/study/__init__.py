@@ -1,10 +1,14 @@
 """Studies: a grid of training runs from a spec (:mod:`.spec`), run and continued by :mod:`.runner`,
 aggregated with robust statistics (:mod:`.aggregate`) into a report (:mod:`.report`).
 
-    lightning-marl-study run studies/box_pushing_reference.yaml --jobs 2
+    lightning-marl-study run studies/box_pushing_reference.yaml --jobs 2 [--until 23:30]
     lightning-marl-study status studies/box_pushing_reference.yaml
     lightning-marl-study report studies/box_pushing_reference.yaml [--out docs/results/box_pushing_reference]
     lightning-marl-study verify studies/box_pushing_reference.yaml [--env-steps 50000] [--dirty] [--trained-by COMMIT]
+
+run --until: start only the runs expected to end by then (each run's estimate as status gives it;
+a run with none is not started), leaving the rest for a later call; a started run is not stopped.
+For a session or a batch job with an end: its time goes to runs it can finish.
 
 verify trains the first --env-steps of each finished run again and compares its metrics with the
 record, row for row (:mod:`.verify`): whether this code on this machine reproduces the archive;
@@ -20,10 +24,30 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Optional, Sequence
 
 from lightning_marl.errors import ConfigError
+
+
+def deadline(text: str, now: Optional[datetime] = None) -> float:
+    """``--until``: HH:MM (its next occurrence, local time) or an ISO date and time, as :func:`time.time`."""
+    now = now or datetime.now()
+    try:
+        if len(text) <= 5 and ":" in text:
+            hour, minute = (int(part) for part in text.split(":"))
+            when = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+            return (when if when > now else when + timedelta(days=1)).timestamp()
+        when = datetime.fromisoformat(text)
+        if when.tzinfo is not None:  # an offset given: compared in local time
+            when = when.astimezone().replace(tzinfo=None)
+    except ValueError:
+        when = None
+    if when is None or when <= now:
+        raise ConfigError(f"--until={text} is not a time to come; allowed: HH:MM (its next occurrence, local time) "
+                          "or a later ISO date and time such as 2026-12-07T01:05")
+    return when.timestamp()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -40,6 +64,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("spec")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (run)")
     parser.add_argument("--limit", type=int, default=None, help="start at most this many runs (run)")
+    parser.add_argument("--until", default=None, metavar="HH:MM|ISO",
+                        help="start only the runs expected to end by then (run)")
     parser.add_argument("--first-only", action="store_true",
                         help="only the runs of the spec's `first` configurations (run, status)")
     parser.add_argument("--out", default=None, help="report folder (report; default: the study's runs_dir)")
@@ -56,6 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             raise ConfigError(f"--env-steps={args.env_steps} is out of range; allowed: an integer >= 1")
         if not Path(args.spec).is_file():
             raise ConfigError(f"spec={args.spec} does not exist; allowed: a study spec YAML file")
+        until = deadline(args.until) if args.until is not None else None
         spec = load_spec(args.spec)
         runs = plan(spec)
         if args.first_only:
@@ -73,7 +100,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         sys.exit(2)
     if args.action == "run":
         counts = run_all(runs, jobs=args.jobs, limit=args.limit, twins=twins(todo, others) if others else None,
-                         finished_checkpoint=spec.finished_checkpoint)
+                         finished_checkpoint=spec.finished_checkpoint, deadline=until)
         print(f"{spec.name}: {counts}")
         sys.exit(128 + counts["stopped_by"] if counts["stopped_by"] else 1 if counts["failed"] else 0)
     if args.action == "status":

@@ -50,27 +50,31 @@ def reused_from(run: Run) -> Optional[str]:
     return finished_record(run).get("reused_from")
 
 
-def remaining_wall(runs: list[Run]) -> tuple[float, int]:
-    """The seconds of training the unfinished ``runs`` still need one at a time, estimated: per run the
-    median wall time of the finished runs of its preset and configuration (else of its preset), less
-    what the run has trained already (:data:`WALL`); and how many unfinished runs have neither to go by."""
+def wall_left(runs: list[Run]) -> dict[Run, Optional[float]]:
+    """The seconds of training each unfinished run of ``runs`` still needs, estimated: the median wall
+    time of the finished runs of its preset and configuration (else of its preset), less what the run
+    has trained already (:data:`WALL`); None for a run with neither to go by."""
     walls: dict = {}
     for run in runs:
         wall = finished_record(run).get("wall_s") if is_finished(run) else None
         if wall is not None:
             walls.setdefault((run.preset, run.label), []).append(wall)
             walls.setdefault((run.preset, None), []).append(wall)
-    seconds, unknown = 0.0, 0
+    left: dict[Run, Optional[float]] = {}
     for run in runs:
         if is_finished(run):
             continue
         known = walls.get((run.preset, run.label)) or walls.get((run.preset, None))
-        if not known:
-            unknown += 1
-            continue
         trained = float((run.folder / WALL).read_text()) if (run.folder / WALL).is_file() else 0.0
-        seconds += max(0.0, statistics.median(known) - trained)
-    return seconds, unknown
+        left[run] = max(0.0, statistics.median(known) - trained) if known else None
+    return left
+
+
+def remaining_wall(runs: list[Run]) -> tuple[float, int]:
+    """The seconds of training the unfinished ``runs`` still need one at a time (:func:`wall_left`), and
+    how many of them have no estimate."""
+    left = wall_left(runs).values()
+    return sum(s for s in left if s is not None), sum(s is None for s in left)
 
 
 def copy_record(source: Path, target: Path, missing_ok: bool = False, peer: bool = False) -> None:

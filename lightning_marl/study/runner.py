@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from lightning_marl.study import peers
-from lightning_marl.study.records import CLAIM, FINISHED, WALL, archive, claim, claimed, is_finished, record
+from lightning_marl.study.records import CLAIM, FINISHED, WALL, archive, claim, claimed, is_finished, record, wall_left
 from lightning_marl.study.spec import Run, StudySpec
 
 LOG, SESSIONS = "study.log", ".code"
@@ -201,7 +201,8 @@ def slim(run: Run, finished_checkpoint: str, say=print) -> None:
 
 
 def run_all(runs: Sequence[Run], jobs: int = 1, limit: Optional[int] = None, say=print,
-            twins: Optional[dict] = None, finished_checkpoint: str = StudySpec.finished_checkpoint) -> dict[str, int]:
+            twins: Optional[dict] = None, finished_checkpoint: str = StudySpec.finished_checkpoint,
+            deadline: Optional[float] = None) -> dict[str, int]:
     """Train every unfinished, unclaimed run, ``jobs`` at a time (``limit``: at most that many).
     Finished runs' checkpoints keep what ``finished_checkpoint`` says (:func:`slim`), those finished
     before this call included.
@@ -214,7 +215,13 @@ def run_all(runs: Sequence[Run], jobs: int = 1, limit: Optional[int] = None, say
 
     SIGTERM/SIGINT/SIGUSR1/SIGUSR2 to the runner go to its runs (each stops after its update and
     writes a checkpoint); the runner waits for them, starts nothing new and exits with the signal's
-    code (``counts["stopped_by"]``). Runs must never outlive their runner: their claim is the
+    code (``counts["stopped_by"]``). ``deadline`` (a time, as :func:`time.time`): a run starts only
+    if its estimated training left (:func:`.records.wall_left`: its configuration's median finished
+    wall time, less what it has trained) ends before it; the others, and those with no estimate, are
+    left for a later call (``counts["after_deadline"]``), so that a session or a batch job that ends at
+    the deadline spends its time on runs it can finish (a peer framework's run cannot resume; one of
+    this trainer's resumes, but a machine that is not kept loses what it trained). A started run is
+    never stopped by the deadline. Runs must never outlive their runner: their claim is the
     runner's, and a later runner would start a second trainer in the same folder (so an error in the
     runner itself stops its runs the same way before it propagates)."""
     twins = twins or {}
@@ -223,7 +230,7 @@ def run_all(runs: Sequence[Run], jobs: int = 1, limit: Optional[int] = None, say
         if run not in todo and not claimed(run):
             slim(run, finished_checkpoint, say)
     counts = {"finished_before": len(runs) - len(todo), "done": 0, "reused": 0, "failed": 0, "stopped": 0,
-              "skipped": 0, "waiting": 0, "stopped_by": 0}
+              "skipped": 0, "waiting": 0, "after_deadline": 0, "stopped_by": 0}
     active: list[tuple[Run, subprocess.Popen]] = []
     started = 0
     queue = list(todo)
@@ -250,10 +257,25 @@ def run_all(runs: Sequence[Run], jobs: int = 1, limit: Optional[int] = None, say
             counts["reused"] += 1
             say(f"reused {run.preset} {run.label} seed {run.seed} <- {record(twin)}")
 
+    def fits(run: Run) -> bool:
+        """Whether the run is expected to end before the deadline (if any); if not, it leaves the queue."""
+        if deadline is None or claimed(run):  # a run another runner trains is skipped as such
+            return True
+        left = wall_left(runs).get(run)
+        if left is not None and time.time() + left <= deadline:
+            return True
+        queue.remove(run)
+        counts["after_deadline"] += 1
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(deadline))
+        why = ("no finished run of its preset to estimate its time by" if left is None else
+               f"its ~{left / 60:.0f} min of training left would end after the deadline")
+        say(f"later  {run.preset} {run.label} seed {run.seed}: {why} ({when})")
+        return False
+
     def next_run() -> Optional[Run]:
-        """The first queued run whose twin (if any) is not being trained elsewhere."""
-        for run in queue:
-            if not (twins.get(run) and twins.in_training(run)):
+        """The first queued run whose twin (if any) is not being trained elsewhere and that fits the deadline."""
+        for run in list(queue):
+            if not (twins.get(run) and twins.in_training(run)) and fits(run):
                 queue.remove(run)
                 return run
         return None
