@@ -7,7 +7,7 @@ import os
 import re
 import subprocess
 import sys
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -672,8 +672,10 @@ def test_status_estimates_the_training_left_from_the_finished_runs(tmp_path, cap
 
     finished("vdn", 0, 1000.0)
     finished("vdn", 1, 3000.0)
-    runs[("qmix", 1)].folder.mkdir(parents=True)
-    (runs[("qmix", 1)].folder / WALL).write_text("1500.0")  # started: trained 1500 s of its estimated 2000
+    for name in ("checkpoints/last.ckpt", ".hydra/config.yaml"):  # started, and resumes from its checkpoint:
+        (runs[("qmix", 1)].folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (runs[("qmix", 1)].folder / name).touch()
+    (runs[("qmix", 1)].folder / WALL).write_text("1500.0")  # trained 1500 s of its estimated 2000
     main(["status", str(spec)])  # vdn 2: 2000; qmix (none finished: the preset's median) 2000 + 500 + 2000
     assert "remaining: ~1.8 h of training for 4 of the 4 unfinished runs" in capsys.readouterr().out
     finished("qmix", 0, 7200.0)  # now qmix's own median: 7200 - 1500 + 7200, and vdn 2: 2000
@@ -687,6 +689,7 @@ def test_with_a_deadline_only_the_runs_expected_to_end_by_then_start(tmp_path, c
     import time
 
     from lightning_marl.study import main
+    from lightning_marl.study.records import WALL
 
     spec = write_spec(tmp_path, seeds=(0, 1))
     with pytest.raises(SystemExit) as stop:  # nothing finished: no estimate, nothing starts
@@ -700,10 +703,12 @@ def test_with_a_deadline_only_the_runs_expected_to_end_by_then_start(tmp_path, c
     for label, wall in (("vdn", 5.0), ("qmix", 36_000.0)):  # seed 0 of each finished: vdn fast, qmix 10 h
         runs[(label, 0)].folder.mkdir(parents=True)
         (runs[(label, 0)].folder / "finished.json").write_text(json.dumps({"wall_s": wall}))
+    runs[("qmix", 1)].folder.mkdir(parents=True)  # trained 35,990 s but left no checkpoint: it starts over,
+    (runs[("qmix", 1)].folder / WALL).write_text("35990.0")  # so its time left is the whole 10 h, not 10 s
     said = []
     counts = run_all(list(runs.values()), deadline=time.time() + 3600, say=said.append)
     assert counts["done"] == 1 and counts["after_deadline"] == 1 and counts["failed"] == 0, said
-    assert is_finished(runs[("vdn", 1)]) and not runs[("qmix", 1)].folder.exists()
+    assert is_finished(runs[("vdn", 1)]) and sorted(p.name for p in runs[("qmix", 1)].folder.iterdir()) == [WALL]
     assert any(line.startswith("later  reference/box_pushing_4x4 qmix seed 1: its ~600 min of training left "
                                "would end after the deadline") for line in said), said
 
@@ -716,12 +721,17 @@ def test_a_deadline_that_is_not_a_time_to_come_is_refused(tmp_path, capsys):
     assert datetime.fromtimestamp(deadline("01:05", now)) == datetime(2026, 12, 7, 1, 5)  # its next occurrence
     assert datetime.fromtimestamp(deadline("2026-12-07T01:05", now)) == datetime(2026, 12, 7, 1, 5)
     spec = write_spec(tmp_path)
-    for bad in ("25:00", "soon", "2020-01-01T00:00"):
+    assert datetime.fromtimestamp(deadline("2026-12-07T01:05+00:00", now)) == \
+        datetime.fromtimestamp(datetime(2026, 12, 7, 1, 5, tzinfo=timezone.utc).timestamp())  # its offset kept
+    for bad in ("25:00", "7:5", "+1:30", "soon", "2020-01-01T00:00"):
         with pytest.raises(SystemExit) as stop:
             main(["run", str(spec), "--until", bad])
         err = capsys.readouterr().err
         assert stop.value.code == 2 and f"--until={bad} is not a time to come; allowed: HH:MM" in err, err
         assert "Traceback" not in err and not (tmp_path / "runs").exists()
+    with pytest.raises(SystemExit) as stop:
+        main(["status", str(spec), "--until", "23:30"])
+    assert stop.value.code == 2 and "--until is for run, not status" in capsys.readouterr().err
 
 
 def test_every_committed_study_spec_loads_and_its_runs_pass_the_config_checks():

@@ -6,9 +6,9 @@ aggregated with robust statistics (:mod:`.aggregate`) into a report (:mod:`.repo
     lightning-marl-study report studies/box_pushing_reference.yaml [--out docs/results/box_pushing_reference]
     lightning-marl-study verify studies/box_pushing_reference.yaml [--env-steps 50000] [--dirty] [--trained-by COMMIT]
 
-run --until: start only the runs expected to end by then (each run's estimate as status gives it;
-a run with none is not started), leaving the rest for a later call; a started run is not stopped.
-For a session or a batch job with an end: its time goes to runs it can finish.
+run --until: start only the runs expected to end by then (each run's estimate as status gives it, a
+median: leave a margin; a run with none is not started), leaving the rest for a later call; a started
+run is not stopped. For a session or a batch job with an end: its time goes to runs it can finish.
 
 verify trains the first --env-steps of each finished run again and compares its metrics with the
 record, row for row (:mod:`.verify`): whether this code on this machine reproduces the archive;
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -32,19 +33,19 @@ from lightning_marl.errors import ConfigError
 
 
 def deadline(text: str, now: Optional[datetime] = None) -> float:
-    """``--until``: HH:MM (its next occurrence, local time) or an ISO date and time, as :func:`time.time`."""
+    """``--until``: HH:MM (its next occurrence, local time) or an ISO date and time (local time unless it
+    names an offset), as :func:`time.time`."""
     now = now or datetime.now()
+    when = None
     try:
-        if len(text) <= 5 and ":" in text:
-            hour, minute = (int(part) for part in text.split(":"))
-            when = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-            return (when if when > now else when + timedelta(days=1)).timestamp()
-        when = datetime.fromisoformat(text)
-        if when.tzinfo is not None:  # an offset given: compared in local time
-            when = when.astimezone().replace(tzinfo=None)
+        if re.fullmatch(r"\d\d:\d\d", text):
+            when = now.replace(hour=int(text[:2]), minute=int(text[3:]), second=0, microsecond=0)
+            when = when if when > now else when + timedelta(days=1)
+        else:
+            when = datetime.fromisoformat(text)
     except ValueError:
-        when = None
-    if when is None or when <= now:
+        pass
+    if when is None or when.timestamp() <= now.timestamp():
         raise ConfigError(f"--until={text} is not a time to come; allowed: HH:MM (its next occurrence, local time) "
                           "or a later ISO date and time such as 2026-12-07T01:05")
     return when.timestamp()
@@ -82,6 +83,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             raise ConfigError(f"--env-steps={args.env_steps} is out of range; allowed: an integer >= 1")
         if not Path(args.spec).is_file():
             raise ConfigError(f"spec={args.spec} does not exist; allowed: a study spec YAML file")
+        if args.until is not None and args.action != "run":
+            raise ConfigError(f"--until is for run, not {args.action}; allowed: run <spec> --until HH:MM")
         until = deadline(args.until) if args.until is not None else None
         spec = load_spec(args.spec)
         runs = plan(spec)
@@ -114,7 +117,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             elif left:
                 print(f"remaining: ~{seconds / 3600:.1f} h of training for {left - unknown} of the {left} "
                       "unfinished runs, one at a time (each: the median wall time of its configuration's "
-                      "finished runs, else its preset's, less what it has trained)"
+                      "finished runs, else its preset's of the same framework, less what it has trained if it resumes)"
                       + (f"; the other {unknown} have no finished run of their preset to go by" if unknown else ""))
             for run in runs:
                 state = ("reused" if reused_from(run) else "finished") if is_finished(run) else \

@@ -50,22 +50,49 @@ def reused_from(run: Run) -> Optional[str]:
     return finished_record(run).get("reused_from")
 
 
+def resumable(run: Run) -> bool:
+    """Whether the run continues from what it trained (this trainer's run with a checkpoint and its
+    config); else it starts over: a peer framework's run always does."""
+    return run.peer is None and (run.folder / "checkpoints" / "last.ckpt").is_file() and \
+        (run.folder / ".hydra" / "config.yaml").is_file()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a reader (another runner's
+    ``status`` or estimate) sees the old file or the new one, never half of it."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def framework_preset(run: Run) -> tuple:
+    """The key of the run's preset and framework (None: this trainer), for :func:`wall_left`."""
+    return run.preset, run.variant if run.peer is not None else None, "preset"
+
+
 def wall_left(runs: list[Run]) -> dict[Run, Optional[float]]:
     """The seconds of training each unfinished run of ``runs`` still needs, estimated: the median wall
-    time of the finished runs of its preset and configuration (else of its preset), less what the run
-    has trained already (:data:`WALL`); None for a run with neither to go by."""
+    time of the finished runs of its preset and configuration (else of its preset's runs of the same
+    framework: this trainer's, or the peer's), less what the run has trained already (:data:`WALL`) if it
+    resumes (:func:`resumable`); None for a run with neither to go by."""
     walls: dict = {}
     for run in runs:
-        wall = finished_record(run).get("wall_s") if is_finished(run) else None
+        try:
+            wall = finished_record(run).get("wall_s") if is_finished(run) else None
+        except (OSError, ValueError):  # being written by another process: no figure from it this time
+            wall = None
         if wall is not None:
             walls.setdefault((run.preset, run.label), []).append(wall)
-            walls.setdefault((run.preset, None), []).append(wall)
+            walls.setdefault(framework_preset(run), []).append(wall)
     left: dict[Run, Optional[float]] = {}
     for run in runs:
         if is_finished(run):
             continue
-        known = walls.get((run.preset, run.label)) or walls.get((run.preset, None))
-        trained = float((run.folder / WALL).read_text()) if (run.folder / WALL).is_file() else 0.0
+        known = walls.get((run.preset, run.label)) or walls.get(framework_preset(run))
+        try:
+            trained = float((run.folder / WALL).read_text()) if resumable(run) else 0.0
+        except (OSError, ValueError):  # none yet, or being written
+            trained = 0.0
         left[run] = max(0.0, statistics.median(known) - trained) if known else None
     return left
 

@@ -34,7 +34,15 @@ from typing import Iterable, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from lightning_marl.study.records import FINISHED, claimed, copy_record, finished_record, is_finished, record
+from lightning_marl.study.records import (
+    FINISHED,
+    claimed,
+    copy_record,
+    finished_record,
+    is_finished,
+    record,
+    write_atomic,
+)
 from lightning_marl.study.spec import Run
 
 # settings that change what a run writes (its logs, checkpoint cadence, console), never what it learns
@@ -168,4 +176,4 @@ def adopt(run: Run, twin: Run) -> None:
     copy_record(source, target, missing_ok=True, peer=twin.peer is not None)
     done = finished_record(twin)
     done.update(reused_from=str(source), argv=list(run.argv))
-    (target / FINISHED).write_text(json.dumps(done))
+    write_atomic(target / FINISHED, json.dumps(done))

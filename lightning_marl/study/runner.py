@@ -20,7 +20,19 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from lightning_marl.study import peers
-from lightning_marl.study.records import CLAIM, FINISHED, WALL, archive, claim, claimed, is_finished, record, wall_left
+from lightning_marl.study.records import (
+    CLAIM,
+    FINISHED,
+    WALL,
+    archive,
+    claim,
+    claimed,
+    is_finished,
+    record,
+    resumable,
+    wall_left,
+    write_atomic,
+)
 from lightning_marl.study.spec import Run, StudySpec
 
 LOG, SESSIONS = "study.log", ".code"
@@ -33,7 +45,7 @@ def command(run: Run) -> list[str]:
     if run.peer is not None:
         return peers.command(run)
     base = [sys.executable, "-m", "lightning_marl.cli", *RUNNER_OVERRIDES]
-    if (run.folder / "checkpoints" / "last.ckpt").is_file() and (run.folder / ".hydra" / "config.yaml").is_file():
+    if resumable(run):
         return base + [f"resume={run.folder}"]
     return base + [*run.argv, f"hydra.run.dir={run.folder}"]
 
@@ -43,7 +55,7 @@ def clear_unresumable(run: Run) -> None:
     that the new attempt does not append to them. A peer framework's run always starts over."""
     if run.peer is not None:
         return peers.start_over(run, keep=(CLAIM, LOG, SESSIONS))
-    if (run.folder / "checkpoints" / "last.ckpt").is_file():
+    if resumable(run):
         return
     for name in ("metrics.csv", "hparams.yaml", "train.log", SESSIONS, WALL):
         (run.folder / name).unlink(missing_ok=True)
@@ -147,7 +159,7 @@ def track(run: Run, proc: subprocess.Popen) -> float:
 def record_wall(run: Run, proc: subprocess.Popen) -> float:
     """Write the run's wall time (its earlier sessions' and this one's up to now) to its folder."""
     wall = proc.wall_before + time.time() - proc.started  # type: ignore[attr-defined]
-    (run.folder / WALL).write_text(f"{wall:.1f}")
+    write_atomic(run.folder / WALL, f"{wall:.1f}")
     return wall
 
 
@@ -167,7 +179,7 @@ def finish(run: Run, proc: subprocess.Popen, finished_checkpoint: str, say=print
     wall = record_wall(run, proc)
     if ok:
         versions = (run.folder / SESSIONS).read_text().split() if (run.folder / SESSIONS).is_file() else []
-        (run.folder / FINISHED).write_text(json.dumps({
+        write_atomic(run.folder / FINISHED, json.dumps({
             "host": socket.gethostname(), "machine": machine(), "wall_s": round(wall, 1),
             "peak_rss_mb": round(proc.peak_rss, 1),  # type: ignore[attr-defined]
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": list(run.argv),
@@ -257,11 +269,11 @@ def run_all(runs: Sequence[Run], jobs: int = 1, limit: Optional[int] = None, say
             counts["reused"] += 1
             say(f"reused {run.preset} {run.label} seed {run.seed} <- {record(twin)}")
 
-    def fits(run: Run) -> bool:
+    def fits(run: Run, estimates: dict) -> bool:
         """Whether the run is expected to end before the deadline (if any); if not, it leaves the queue."""
-        if deadline is None or claimed(run):  # a run another runner trains is skipped as such
+        if deadline is None or claimed(run) or is_finished(run):  # trained elsewhere: skipped as such
             return True
-        left = wall_left(runs).get(run)
+        left = estimates.get(run)
         if left is not None and time.time() + left <= deadline:
             return True
         queue.remove(run)
@@ -274,8 +286,9 @@ def run_all(runs: Sequence[Run], jobs: int = 1, limit: Optional[int] = None, say
 
     def next_run() -> Optional[Run]:
         """The first queued run whose twin (if any) is not being trained elsewhere and that fits the deadline."""
+        estimates = wall_left(runs) if deadline is not None else {}
         for run in list(queue):
-            if not (twins.get(run) and twins.in_training(run)) and fits(run):
+            if not (twins.get(run) and twins.in_training(run)) and fits(run, estimates):
                 queue.remove(run)
                 return run
         return None
