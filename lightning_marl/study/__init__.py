@@ -9,6 +9,8 @@ aggregated with robust statistics (:mod:`.aggregate`) into a report (:mod:`.repo
 run --until: start only the runs expected to end by then (each run's estimate as status gives it, a
 median: leave a margin; a run with none is not started), leaving the rest for a later call; a started
 run is not stopped. For a session or a batch job with an end: its time goes to runs it can finish.
+HH:MM is its next occurrence when the command starts: a script calling run several times passes
+one ISO date and time instead.
 
 verify trains the first --env-steps of each finished run again and compares its metrics with the
 record, row for row (:mod:`.verify`): whether this code on this machine reproduces the archive;
