@@ -227,14 +227,13 @@ def run_all(runs: Sequence[Run], jobs: int = 1, limit: Optional[int] = None, say
 
     SIGTERM/SIGINT/SIGUSR1/SIGUSR2 to the runner go to its runs (each stops after its update and
     writes a checkpoint); the runner waits for them, starts nothing new and exits with the signal's
-    code (``counts["stopped_by"]``). ``deadline`` (a time, as :func:`time.time`): a run starts only
-    if its estimated training left (:func:`.records.wall_left`: its configuration's median finished
-    wall time, less what it has trained) ends before it; the others, and those with no estimate, are
-    left for a later call (``counts["after_deadline"]``), so that a session or a batch job that ends at
-    the deadline spends its time on runs it can finish (a peer framework's run cannot resume; one of
-    this trainer's resumes, but a machine that is not kept loses what it trained). A started run is
-    never stopped by the deadline. Runs must never outlive their runner: their claim is the
-    runner's, and a later runner would start a second trainer in the same folder (so an error in the
+    code (``counts["stopped_by"]``). ``deadline`` (a time, as :func:`time.time`): a run starts only if
+    its estimated training left (:func:`.records.wall_left`) ends before it; the others, and those with
+    no estimate, are left for a later call (``counts["after_deadline"]``), so that a session or a batch
+    job that ends at the deadline spends its time on runs it can finish (a peer framework's run cannot
+    resume; one of this trainer's resumes, but a machine that is not kept loses what it trained). A
+    started run is never stopped by the deadline. Runs must never outlive their runner: their claim is
+    the runner's, and a later runner would start a second trainer in the same folder (so an error in the
     runner itself stops its runs the same way before it propagates)."""
     twins = twins or {}
     todo = [r for r in runs if not is_finished(r)]
