@@ -65,30 +65,26 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-def framework_preset(run: Run) -> tuple:
-    """The key of the run's preset and framework (None: this trainer), for :func:`wall_left`."""
-    return run.preset, run.variant if run.peer is not None else None, "preset"
-
-
 def wall_left(runs: list[Run]) -> dict[Run, Optional[float]]:
     """The seconds of training each unfinished run of ``runs`` still needs, estimated: the median wall
     time of the finished runs of its preset and configuration (else of its preset's runs of the same
     framework: this trainer's, or the peer's), less what the run has trained already (:data:`WALL`) if it
     resumes (:func:`resumable`); None for a run with neither to go by."""
-    walls: dict = {}
+    by_config: dict = {}  # (preset, configuration) -> finished walls
+    by_framework: dict = {}  # (preset, framework: the peer's name, None for this trainer) -> finished walls
     for run in runs:
         try:
             wall = finished_record(run).get("wall_s") if is_finished(run) else None
         except (OSError, ValueError):  # being written by another process: no figure from it this time
             wall = None
         if wall is not None:
-            walls.setdefault((run.preset, run.label), []).append(wall)
-            walls.setdefault(framework_preset(run), []).append(wall)
+            by_config.setdefault((run.preset, run.label), []).append(wall)
+            by_framework.setdefault((run.preset, run.peer and run.peer.name), []).append(wall)
     left: dict[Run, Optional[float]] = {}
     for run in runs:
         if is_finished(run):
             continue
-        known = walls.get((run.preset, run.label)) or walls.get(framework_preset(run))
+        known = by_config.get((run.preset, run.label)) or by_framework.get((run.preset, run.peer and run.peer.name))
         try:
             trained = float((run.folder / WALL).read_text()) if resumable(run) else 0.0
         except (OSError, ValueError):  # none yet, or being written
