@@ -72,18 +72,20 @@ def wall_left(runs: list[Run]) -> dict[Run, Optional[float]]:
     resumes (:func:`resumable`); None for a run with neither to go by."""
     by_config: dict = {}  # (preset, configuration) -> finished walls
     by_framework: dict = {}  # (preset, framework: the peer's name, None for this trainer) -> finished walls
+    unfinished = []
     for run in runs:
+        if not is_finished(run):
+            unfinished.append(run)
+            continue
         try:
-            wall = finished_record(run).get("wall_s") if is_finished(run) else None
+            wall = finished_record(run).get("wall_s")
         except (OSError, ValueError):  # being written by another process: no figure from it this time
             wall = None
         if wall is not None:
             by_config.setdefault((run.preset, run.label), []).append(wall)
             by_framework.setdefault((run.preset, run.peer and run.peer.name), []).append(wall)
     left: dict[Run, Optional[float]] = {}
-    for run in runs:
-        if is_finished(run):
-            continue
+    for run in unfinished:
         known = by_config.get((run.preset, run.label)) or by_framework.get((run.preset, run.peer and run.peer.name))
         try:
             trained = float((run.folder / WALL).read_text()) if resumable(run) else 0.0
