@@ -13,6 +13,8 @@ is allow-listed (numpy's array reconstruction, ``ndarray`` and ``dtype``), nothi
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import pickle
 import re
 from pathlib import Path
@@ -88,9 +90,29 @@ def rank_reference(data_state: dict[str, Any]) -> dict[str, Any]:
     return data_state.get(RANKS) or {"world_size": 1}
 
 
-def check_world_size(ckpt: Path | str, data_state: dict[str, Any], world: int) -> None:
-    """Refuse to continue a checkpoint of W ranks with another number of ranks."""
-    saved = rank_reference(data_state)["world_size"]
+@dataclasses.dataclass(frozen=True)
+class CheckpointSummary:
+    """What a resume reads from its checkpoint before training, as plain values.
+
+    :func:`load_checkpoint` maps the file into memory: a tensor of it that stays alive keeps the whole
+    file mapped, and once the run replaces the file (its next ``last.ckpt``) the old file's disk space
+    stays in use until the process ends. A summary holds none of the file's tensors."""
+
+    global_step: int
+    env_steps: int
+    hyper_parameters: dict[str, Any]
+    world_size: int
+    has_replay: bool  # rank 0's data-module state holds replay contents
+
+    @classmethod
+    def of(cls, state: dict[str, Any]) -> "CheckpointSummary":
+        data = state[DATA_STATE]
+        return cls(int(state["global_step"]), int(data["env_steps"]), copy.deepcopy(state["hyper_parameters"]),
+                   int(rank_reference(data)["world_size"]), REPLAY in data)
+
+
+def check_world_size(ckpt: Path | str, saved: int, world: int) -> None:
+    """Refuse to continue a checkpoint of ``saved`` ranks with another number of ranks (``world``)."""
     if saved != world:
         raise CheckpointError(f"checkpoint {ckpt} holds the data (replay, games, RNG states) of {saved} rank(s) and "
                               f"this run has {world}; allowed: resume with {saved} rank(s) (trainer.devices x "

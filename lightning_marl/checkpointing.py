@@ -2,19 +2,23 @@
 resumed run's metrics file instead of replacing it."""
 from __future__ import annotations
 
+import copy
 import csv
 import logging
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import yaml
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
+
+from lightning_marl.checkpoint_files import DATA_STATE, REPLAY
+from lightning_marl.data.replay import EPISODES
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +49,33 @@ def write_atomic(obj: Any, path: Path) -> None:
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file in the target folder, fsyncs it and renames it
-    over the target: a reader (or a resumed run) sees the old file or the new one, never half a file."""
+    over the target: a reader (or a resumed run) sees the old file or the new one, never half a file.
+    Reads a local checkpoint memory-mapped, see :meth:`load_checkpoint`."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
         write_atomic(checkpoint, Path(path))
         log.info("checkpoint written: %s", path)
+
+    def load_checkpoint(self, path, map_location: Optional[Callable] = lambda storage, loc: storage,
+                        weights_only: Optional[bool] = None) -> dict[str, Any]:
+        """The checkpoint at ``path``, its replay episodes left in the file (memory-mapped: the replay
+        copies them into its own storage as it loads them) and everything else read into memory.
+
+        Lightning's reading (``torch.load`` without ``mmap``) puts the whole file in memory first, so a
+        resumed run held its replay twice while it started (SMACLite 3s5z study runs peaked at 7.7-7.8
+        GB when resumed, at 5.3-5.6 GB when not). Mapped pages are the page cache's: the kernel can drop them under
+        pressure, and they are gone from the process once Lightning drops the checkpoint after
+        restoring. Nothing else stays mapped: the optimizer keeps the tensors it is given, and a mapped
+        tensor kept alive keeps the whole file mapped (and on disk once the run replaces it)."""
+        if not os.path.isfile(path):  # not a local file (an fsspec URL): Lightning's own reading
+            return super().load_checkpoint(path, map_location, weights_only)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=weights_only, mmap=True)
+        replay = checkpoint.get(DATA_STATE, {}).get(REPLAY, {})
+        episodes = replay.pop(EPISODES, None)
+        checkpoint = copy.deepcopy(checkpoint)  # in memory: nothing but the episodes keeps the file mapped
+        if episodes is not None:
+            checkpoint[DATA_STATE][REPLAY][EPISODES] = episodes
+        return checkpoint
 
 
 class MetricsCSV(Logger):

@@ -23,9 +23,8 @@ from lightning_marl.callbacks.signals import StopOnSignal
 from lightning_marl.callbacks.target_update import TargetNetworkUpdate
 from lightning_marl.callbacks.train_metrics import TrainMetrics
 from lightning_marl.checkpoint_files import (
-    DATA_STATE,
-    REPLAY,
     CheckpointError,
+    CheckpointSummary,
     architecture_differences,
     check_world_size,
     load_checkpoint,
@@ -94,10 +93,10 @@ def build_callbacks(cfg: TrainConfig, run_dir: Path, env_info: dict, stop: StopO
 
 
 def run(cfg: TrainConfig, run_dir: str | os.PathLike, ckpt_path: Optional[str | os.PathLike] = None,
-        extra_callbacks: Sequence[Callback] = (), saved: Optional[dict] = None) -> dict[str, Any]:
-    """Train as configured (continuing from ``ckpt_path`` if given; ``saved``: that checkpoint, if the
-    caller has read it already) and write everything to ``run_dir``; returns the last evaluation
-    metrics and where the outputs are.
+        extra_callbacks: Sequence[Callback] = (), summary: Optional[CheckpointSummary] = None) -> dict[str, Any]:
+    """Train as configured (continuing from ``ckpt_path`` if given; ``summary``: what the caller has
+    read from it already) and write everything to ``run_dir``; returns the last evaluation metrics and
+    where the outputs are.
 
     ``cfg`` is the validated config (:func:`lightning_marl.config.load`, or ``python train.py``'s):
     nothing here checks or completes it again."""
@@ -107,8 +106,8 @@ def run(cfg: TrainConfig, run_dir: str | os.PathLike, ckpt_path: Optional[str | 
     run_dir = Path(run_dir)
     resumed_step = resumed_env_steps = None
     if ckpt_path is not None:
-        saved = saved if saved is not None else load_checkpoint(ckpt_path)
-        resumed_step, resumed_env_steps = int(saved["global_step"]), int(saved[DATA_STATE]["env_steps"])
+        summary = summary if summary is not None else CheckpointSummary.of(load_checkpoint(ckpt_path))
+        resumed_step, resumed_env_steps = summary.global_step, summary.env_steps
     run_dir.mkdir(parents=True, exist_ok=True)
     tidy(run_dir / "checkpoints", cfg.checkpoint.keep_all)  # what an earlier crash left behind
     if cfg.threads is not None:
@@ -117,7 +116,7 @@ def run(cfg: TrainConfig, run_dir: str | os.PathLike, ckpt_path: Optional[str | 
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule.env_info())
     if ckpt_path is not None:
-        differences = architecture_differences(saved["hyper_parameters"], module.hparams)
+        differences = architecture_differences(summary.hyper_parameters, module.hparams)
         if differences:
             raise CheckpointError(f"checkpoint {ckpt_path} was trained with another architecture "
                                   f"({'; '.join(differences)}); allowed: the run's own agent and mixer settings")
@@ -130,12 +129,12 @@ def run(cfg: TrainConfig, run_dir: str | os.PathLike, ckpt_path: Optional[str | 
         enable_model_summary=False, plugins=[AtomicCheckpointIO()],
         **plain(cfg.trainer))
     if ckpt_path is not None:  # (before the other ranks start)
-        check_world_size(ckpt_path, saved[DATA_STATE], trainer.world_size)
+        check_world_size(ckpt_path, summary.world_size, trainer.world_size)
     if trainer.is_global_zero:
         log.info("run folder: %s", run_dir)
         if ckpt_path is not None:
             log.info("continuing from %s (update %d)", ckpt_path, resumed_step)
-            if REPLAY not in saved[DATA_STATE]:
+            if not summary.has_replay:
                 log.info("the checkpoint holds no replay (checkpoint.replay=false, or a study's finished run kept "
                          "without it): the run refills its replay before it updates again, so it is not bitwise "
                          "the run that kept its replay")

@@ -24,6 +24,7 @@ from lightning_marl.checkpoint_files import (
     load_rank_state,
     prune_rank_files,
     rank_file,
+    rank_reference,
 )
 from lightning_marl.checkpointing import write_atomic
 
@@ -49,6 +50,6 @@ def restore(trainer, ckpt: Path | str, state: dict[str, Any]) -> dict[str, Any]:
     """This rank's data-module state of the checkpoint ``ckpt``, whose own (rank 0's) is ``state``;
     a checkpoint of another number of ranks is refused."""
     world = trainer.world_size if trainer is not None else 1
-    check_world_size(ckpt, state, world)
+    check_world_size(ckpt, rank_reference(state)["world_size"], world)
     return load_rank_state(ckpt, state, trainer.global_rank if world > 1 else 0)
 

@@ -1,6 +1,7 @@
 """Checkpoints: loading runs no code, broken files are named (and resume falls back), architecture
 mismatches are one line, signals stop with a checkpoint, the folder stays tidy, and the replay is
 stored up to what it holds."""
+import gc
 import os
 import shutil
 import signal
@@ -12,9 +13,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from lightning_marl.checkpoint_files import (
+    DATA_STATE,
     RANKS,
+    REPLAY,
     CheckpointError,
     choose_checkpoint,
     drop_replay,
@@ -22,8 +26,10 @@ from lightning_marl.checkpoint_files import (
     load_rank_state,
     rank_file,
 )
+from lightning_marl.checkpointing import AtomicCheckpointIO
 from lightning_marl.cli.resume import plan_resume
 from lightning_marl.config import load
+from lightning_marl.data.replay import EPISODES
 from lightning_marl.experiment import run
 from tests.test_resume import BASE, assert_same_training_state, final_state
 
@@ -157,6 +163,52 @@ def test_the_replay_is_stored_up_to_what_it_holds(make_config, tmp_path):
         assert sizes[steps] < 0.25 * per_episode * 5000  # far below a checkpoint of the whole capacity
     grown = (sizes[1600] - sizes[400]) / (stored[1600] - stored[400])
     assert 0.5 * per_episode < grown < 2 * per_episode  # the file grows by the episodes added
+
+
+def mapped_files(folder: Path) -> list[str]:
+    """The files under ``folder`` that this process has memory-mapped (Linux: /proc/self/maps)."""
+    gc.collect()
+    with open("/proc/self/maps") as f:
+        return sorted({line.split(None, 5)[5].strip() for line in f
+                       if len(line.split(None, 5)) == 6 and line.split(None, 5)[5].startswith(str(folder))})
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads the process's mappings from /proc")
+def test_reading_a_checkpoint_to_resume_maps_only_its_replay_episodes(matrix_run):
+    """Lightning's restore reads the checkpoint with the replay's episodes memory-mapped (the replay copies
+    them into its own storage) and all else in memory: once the episodes are dropped, nothing of the file
+    stays mapped (a kept tensor, e.g. an optimizer state, would keep the whole file mapped)."""
+    path = matrix_run / "checkpoints" / "last.ckpt"
+    plain = torch.load(path, map_location="cpu", weights_only=True)
+    restored = AtomicCheckpointIO().load_checkpoint(path, weights_only=True)
+    assert mapped_files(matrix_run) == [str(path)]
+    episodes = restored[DATA_STATE][REPLAY].pop(EPISODES)
+    assert all(torch.equal(t, plain[DATA_STATE][REPLAY][EPISODES][k]) for k, t in episodes.items())
+    plain[DATA_STATE][REPLAY].pop(EPISODES)
+    assert mapped_files(matrix_run) == [str(path)]  # the episodes still hold it
+    del episodes
+    assert mapped_files(matrix_run) == []
+    state = restored["optimizer_states"][0]["state"]
+    assert state and all(torch.equal(v, plain["optimizer_states"][0]["state"][i][k])
+                         for i, s in state.items() for k, v in s.items())
+    assert torch.equal(restored["MARLDataModule"]["rng"]["torch"], plain["MARLDataModule"]["rng"]["torch"])
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads the process's mappings from /proc")
+def test_a_resumed_run_keeps_no_checkpoint_file_mapped_while_it_trains(make_config, tmp_path):
+    """Nothing of the checkpoint a run resumed from stays mapped once it trains: a mapped file that the
+    run then replaces (its next last.ckpt) would keep using its disk space until the process ends."""
+    overrides = MATRIX + ["checkpoint.every_n_updates=5"]
+    run(load(overrides + ["total_env_steps=240"]), tmp_path)
+    seen: list[list[str]] = []
+
+    class Mappings(Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            seen.append(mapped_files(tmp_path))
+
+    run(load(overrides + ["total_env_steps=480"]), tmp_path, ckpt_path=tmp_path / "checkpoints" / "last.ckpt",
+        extra_callbacks=[Mappings()])
+    assert len(seen) >= 10 and all(found == [] for found in seen), [found for found in seen if found][:1]
 
 
 def wait_for_periodic(run_dir: Path, proc: subprocess.Popen, update: int, seconds: float = 120) -> None:

@@ -168,8 +168,8 @@ def test_two_train_py_started_together_write_two_folders(tmp_path):
 
 
 def saved_run(tmp_path, make_config, overrides) -> Path:
-    """A run folder as train.py leaves it: its config, and a checkpoint with the hyperparameters
-    that resume reads (no weights: these tests stop before training)."""
+    """A run folder as train.py leaves it: its config, and a checkpoint with the counters and
+    hyperparameters that resume reads (no weights: these tests stop before training)."""
     import torch
 
     from lightning_marl.config import plain
@@ -179,7 +179,7 @@ def saved_run(tmp_path, make_config, overrides) -> Path:
     (run / "checkpoints").mkdir()
     cfg = make_config(overrides)
     typed = validate(cfg)
-    torch.save({"state_dict": {}, "MARLDataModule": {}, "global_step": 0,
+    torch.save({"state_dict": {}, "MARLDataModule": {"env_steps": 0}, "global_step": 0,
                 "hyper_parameters": {"agent": plain(typed.agent), "mixer": plain(typed.mixer)}},
                run / "checkpoints" / "last.ckpt")
     OmegaConf.save(cfg, run / ".hydra" / "config.yaml")

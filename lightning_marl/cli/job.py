@@ -35,7 +35,7 @@ def run_job(typed: TrainConfig, record: DictConfig, session: Path, run_dir: Path
         if plan is not None:
             write_config(run_config(plan.cfg), run_dir / ".hydra" / "config.yaml")  # later resumes keep the overrides
         write_config(record, session / ".hydra" / "config.yaml")  # this session's record: the effective config
-        result = run(typed, run_dir, ckpt_path=plan.ckpt if plan else None, saved=plan.state if plan else None)
+        result = run(typed, run_dir, ckpt_path=plan.ckpt if plan else None, summary=plan.checkpoint if plan else None)
     final = result["final"]
     if result["is_global_zero"]:
         log.info("final greedy evaluation after %d env steps: %s", result["env_steps"],

@@ -12,8 +12,8 @@ from typing import Any, Callable, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_marl.checkpoint_files import (
-    DATA_STATE,
     CheckpointError,
+    CheckpointSummary,
     architecture_differences,
     check_world_size,
     choose_checkpoint,
@@ -29,13 +29,13 @@ from lightning_marl.errors import ConfigError, refuse
 @dataclasses.dataclass(frozen=True)
 class ResumePlan:
     """What a resumed session continues: the run's effective config (composed and typed), its folder,
-    the checkpoint chosen and that checkpoint's contents (read once)."""
+    the checkpoint chosen and what the run reads from it before training (read once)."""
 
     cfg: DictConfig
     typed: TrainConfig
     run_dir: Path
     ckpt: Path
-    state: dict[str, Any]
+    checkpoint: CheckpointSummary
 
 
 def plan_resume(resume: str, overrides: Sequence[str], warn: Optional[Callable[[str], None]] = None) -> ResumePlan:
@@ -45,6 +45,8 @@ def plan_resume(resume: str, overrides: Sequence[str], warn: Optional[Callable[[
     so). Raises ConfigError (or CheckpointError)."""
     run_dir, ckpt = find_checkpoint(resume)
     ckpt, state = choose_checkpoint(ckpt, warn)
+    summary = CheckpointSummary.of(state)
+    del state  # (it maps the whole file: see CheckpointSummary)
     saved_file = run_dir / ".hydra" / "config.yaml"
     if not saved_file.is_file():
         raise ConfigError(f"resume={resume} has no .hydra/config.yaml; allowed: a folder written by train.py")
@@ -57,13 +59,13 @@ def plan_resume(resume: str, overrides: Sequence[str], warn: Optional[Callable[[
     values = apply_overrides(cfg, overrides)
     cfg.resume = str(resume)
     typed = to_typed(cfg, values)
-    differences = architecture_differences(state["hyper_parameters"], {"agent": plain(typed.agent),
+    differences = architecture_differences(summary.hyper_parameters, {"agent": plain(typed.agent),
                                                                        "mixer": plain(typed.mixer)})
     if differences:
         raise CheckpointError(f"resume={resume}: its checkpoint {ckpt} was trained with another architecture "
                               f"({'; '.join(differences)}); allowed: overrides that keep the agent and mixer")
-    check_world_size(ckpt, state[DATA_STATE], typed.trainer.devices * typed.trainer.num_nodes)
-    return ResumePlan(cfg, typed, run_dir, ckpt, state)
+    check_world_size(ckpt, summary.world_size, typed.trainer.devices * typed.trainer.num_nodes)
+    return ResumePlan(cfg, typed, run_dir, ckpt, summary)
 
 
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> list[tuple[str, Any]]:

@@ -18,6 +18,8 @@ from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 
 from lightning_marl.data.priority import EpisodePrioritySampler
 
+EPISODES = "episodes"  # the key of the held episodes in the replay's checkpoint state
+
 
 class EpisodeReplay:
     """``capacity`` episodes, batches of ``batch_size``. With ``prioritized``, beta grows linearly
@@ -80,7 +82,8 @@ class EpisodeReplay:
         state = {"length": n, "writer": self.buffer.writer.state_dict(), "sampler": self.buffer.sampler.state_dict()}
         if n:
             episodes = self.buffer.storage[:n].exclude("index").apply(_own_storage)
-            state.update(episodes=episodes.to_dict(), batch_size=list(episodes.batch_size))  # [n, episode_limit + 1]
+            state.update({EPISODES: episodes.to_dict(),
+                          "batch_size": list(episodes.batch_size)})  # [n, episode_limit + 1]
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -89,7 +92,7 @@ class EpisodeReplay:
             self.buffer.load_state_dict(state)
             return
         if state["length"]:
-            self.extend(TensorDict(state["episodes"], batch_size=state["batch_size"]))  # slots 0..n-1
+            self.extend(TensorDict(state[EPISODES], batch_size=state["batch_size"]))  # slots 0..n-1
         self.buffer.writer.load_state_dict(state["writer"])
         self.buffer.sampler.load_state_dict(state["sampler"])
 
