@@ -1,4 +1,5 @@
-"""Reading checkpoints safely, choosing the one to resume from, and keeping a run's checkpoint folder tidy.
+"""Reading checkpoints safely, writing them atomically, choosing the one to resume from, and keeping a
+run's checkpoint folder tidy.
 
 A run's checkpoint folder holds ``last.ckpt``, periodic ``step<N>.ckpt`` files and, for a DDP run,
 ``rank_states/<id>.rank<r>.pt``: the data-module state of rank ``r`` > 0 for the checkpoint whose own
@@ -15,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import os
 import pickle
 import re
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -83,6 +86,30 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} lacks the data of its other ranks ({', '.join(map(str, absent))} "
                               "missing); allowed: a checkpoint folder moved or copied whole, with its rank_states/")
     return state
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(obj: Any, path: Path) -> None:
+    """``torch.save(obj)`` to a temporary file in the target folder, fsync, and rename it over ``path``:
+    a reader sees the old file or the new one, never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a checkpoint is as readable as other files
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def rank_reference(data_state: dict[str, Any]) -> dict[str, Any]:
@@ -196,8 +223,6 @@ def drop_replay(ckpt: Path | str) -> bool:
     the old checkpoint or the new one, whole. Returns whether there was a replay to drop (nothing is
     written where there was none)."""
     import uuid
-
-    from lightning_marl.checkpointing import write_atomic  # (lightning's logger base: not for every reader)
 
     ckpt = Path(ckpt)
     state = load_checkpoint(ckpt)

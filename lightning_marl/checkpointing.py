@@ -6,7 +6,6 @@ import copy
 import csv
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -17,34 +16,10 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
-from lightning_marl.checkpoint_files import DATA_STATE, REPLAY
+from lightning_marl.checkpoint_files import DATA_STATE, REPLAY, write_atomic
 from lightning_marl.data.replay import EPISODES
 
 log = logging.getLogger(__name__)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(obj: Any, path: Path) -> None:
-    """``torch.save(obj)`` to a temporary file in the target folder, fsync, and rename it over ``path``:
-    a reader sees the old file or the new one, never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a checkpoint is as readable as other files
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -25,8 +25,8 @@ from lightning_marl.checkpoint_files import (
     prune_rank_files,
     rank_file,
     rank_reference,
+    write_atomic,
 )
-from lightning_marl.checkpointing import write_atomic
 
 
 def save(trainer, state: dict[str, Any], folder: Optional[Path]) -> dict[str, Any]:
