@@ -14,7 +14,6 @@ is allow-listed (numpy's array reconstruction, ``ndarray`` and ``dtype``), nothi
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import os
 import pickle
@@ -134,7 +133,7 @@ class CheckpointSummary:
     @classmethod
     def of(cls, state: dict[str, Any]) -> "CheckpointSummary":
         data = state[DATA_STATE]
-        return cls(int(state["global_step"]), int(data["env_steps"]), copy.deepcopy(state["hyper_parameters"]),
+        return cls(int(state["global_step"]), int(data["env_steps"]), dict(state["hyper_parameters"]),
                    int(rank_reference(data)["world_size"]), REPLAY in data)
 
 

@@ -169,8 +169,8 @@ def mapped_files(folder: Path) -> list[str]:
     """The files under ``folder`` that this process has memory-mapped (Linux: /proc/self/maps)."""
     gc.collect()
     with open("/proc/self/maps") as f:
-        return sorted({line.split(None, 5)[5].strip() for line in f
-                       if len(line.split(None, 5)) == 6 and line.split(None, 5)[5].startswith(str(folder))})
+        fields = [line.split(None, 5) for line in f]
+    return sorted({f[5].strip() for f in fields if len(f) == 6 and f[5].startswith(str(folder))})
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads the process's mappings from /proc")
