@@ -177,11 +177,18 @@ def test_a_study_runs_skips_what_is_finished_and_reports(tmp_path):
         shutil.rmtree(r.folder)
     again = study("run", str(spec), cwd=tmp_path)
     assert again.returncode == 0 and "start " not in again.stdout and "'finished_before': 4" in again.stdout
+    import json
+
+    resumed = runs[3].archive / "finished.json"  # as if it had been resumed: the page says whose peak is inflated
+    assert json.loads(resumed.read_text())["sessions"] == 1
+    resumed.write_text(json.dumps({**json.loads(resumed.read_text()), "sessions": 2, "peak_rss_mb": 4321.0}))
     report = study("report", str(spec), cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-2000:]
     text = (tmp_path / "runs" / "report.md").read_text()
     assert "## reference/box_pushing_4x4" in text and "| qmix | 2 |" in text and "| vdn | 2 |" in text
     assert "| qmix > vdn |" in text
+    assert "1 of the finished runs are known to have been resumed from a checkpoint" in text
+    assert f"{runs[3].preset} {runs[3].label} seed {runs[3].seed} (4,321 MiB)" in text
     # the page says how to reproduce it and what ran: command, grid, machine, code, effective settings
     assert f"python scripts/study.py run {spec}" in text and "seeds 0, 1" in text and "total_env_steps=240" in text
     assert "cores" in text and "torch " in text and "Code (commit of each session" in text
@@ -652,6 +659,43 @@ def test_a_runs_wall_time_is_kept_while_it_trains_and_adds_up_over_sessions(tmp_
         assert proc.peak_rss > 0  # the process's memory, sampled
     finally:
         proc.wait()
+
+
+def test_a_resumed_runs_peak_memory_and_sessions_add_up_over_its_sessions(tmp_path, monkeypatch):
+    """A run resumed near its end keeps the peak an earlier session reached (the runner writes it to the run's
+    folder as it samples), and its record says how many sessions it trained in; a run that starts over
+    forgets both."""
+    import json
+
+    from lightning_marl.study import runner
+    from lightning_marl.study.records import PEAK, SESSIONS, sessions
+
+    run = plan(load_spec(write_spec(tmp_path, seeds=(0,))))[0]
+    (run.folder / "checkpoints").mkdir(parents=True)
+    (run.folder / "checkpoints" / "last.ckpt").write_bytes(b"")  # resumable: a checkpoint and its config
+    (run.folder / ".hydra").mkdir()
+    (run.folder / ".hydra" / "config.yaml").write_text("{}")
+    (run.folder / SESSIONS).write_text("abc123\n")  # the session that trained it first...
+    (run.folder / PEAK).write_text("999999.0")  # ...and peaked above anything this small process reaches
+    monkeypatch.setattr(runner, "command", lambda r: [sys.executable, "-c", "import time; time.sleep(1)"])
+    proc = runner.start(run)
+    runner.track(run, proc)
+    assert proc.peak_rss == 999999.0 and float((run.folder / PEAK).read_text()) == 999999.0
+    proc.wait()
+    (run.folder / "metrics.csv").write_text("step,loss\n0,1\n")  # what a finished run leaves (archived)
+    assert runner.finish(run, proc, "full")
+    record = json.loads((run.folder / "finished.json").read_text())
+    assert record["peak_rss_mb"] == 999999.0 and record["sessions"] == 2 and sessions(run) == 2
+    (run.folder / "finished.json").unlink()
+    (run.folder / "checkpoints" / "last.ckpt").unlink()  # no checkpoint: it starts over, from no peak
+    proc = runner.start(run)
+    runner.track(run, proc)
+    assert 0 < proc.peak_rss < 999999.0 and float((run.folder / PEAK).read_text()) == round(proc.peak_rss, 1)
+    proc.wait()
+    (run.folder / "metrics.csv").write_text("step,loss\n0,1\n")
+    (run.folder / ".hydra").mkdir()
+    (run.folder / ".hydra" / "config.yaml").write_text("{}")
+    assert runner.finish(run, proc, "full") and sessions(run) == 1
 
 
 def test_status_estimates_the_training_left_from_the_finished_runs(tmp_path, capsys):

@@ -25,6 +25,8 @@ FINISHED, CLAIM = "finished.json", ".claim"
 ARCHIVED = (FINISHED, "metrics.csv")  # what a finished run leaves in the archive, and its config:
 CONFIG, PEER_CONFIG = ".hydra/config.yaml", "peer_config.json"  # this trainer's, or a peer framework's (.peers)
 WALL = ".wall_s"  # in a run folder: the seconds the run has trained over all its sessions (the runner keeps it)
+PEAK = ".peak_rss_mb"  # in a run folder: its processes' peak resident memory over all its sessions, MiB (the same)
+SESSIONS = ".code"  # in a run folder: the code version of each session the run trained in, one line each
 
 
 def record(run: Run) -> Path:
@@ -41,6 +43,15 @@ def is_finished(run: Run) -> bool:
 def finished_record(run: Run) -> dict:
     """The finished run's ``finished.json``: host, machine, wall time, code versions, ``reused_from``."""
     return json.loads((record(run) / FINISHED).read_text())
+
+
+def sessions(run: Run) -> Optional[int]:
+    """How many sessions a finished run trained in (more than one: it was resumed from a checkpoint);
+    None where neither its record nor its run folder says (runs finished before this was recorded)."""
+    counted = finished_record(run).get("sessions")
+    if counted is None and (run.folder / SESSIONS).is_file():
+        counted = len((run.folder / SESSIONS).read_text().split())
+    return counted
 
 
 def reused_from(run: Run) -> Optional[str]:

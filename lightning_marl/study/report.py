@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from lightning_marl.study import aggregate as agg
-from lightning_marl.study.records import finished_record, is_finished, record, reused_from
+from lightning_marl.study.records import finished_record, is_finished, record, reused_from, sessions
 from lightning_marl.study.reuse import effective
 from lightning_marl.study.spec import Run, StudySpec
 
@@ -296,6 +296,7 @@ def write_report(spec: StudySpec, runs: list[Run], out_dir: Path, spec_path: Opt
     total = len(runs)
     done = sum(is_finished(r) for r in runs)
     reused = [r for r in runs if reused_from(r)]
+    resumed = [r for r in runs if r.peer is None and is_finished(r) and (sessions(r) or 1) > 1]
     lines = [f"# Study report: {spec.name}", "",
              f"{done} of {total} runs finished. Score: `{spec.metric}` (final = the last greedy evaluation, "
              "AUC = its mean over the run's env steps, both up to the preset's common horizon: the earliest last "
@@ -306,6 +307,14 @@ def write_report(spec: StudySpec, runs: list[Run], out_dir: Path, spec_path: Opt
              f"that end more than {spec.tolerance:g} below the best score they reached. Wall s: the training time "
              "of a run's sessions that the runner saw end; peak memory: the resident memory of the run's processes "
              "together, sampled every second.", ""]
+    if resumed:
+        peaks = ", ".join(f"{r.preset} {r.label} seed {r.seed} "
+                          f"({finished_record(r).get('peak_rss_mb', float('nan')):,.0f} MiB)" for r in resumed)
+        lines[-1:-1] = [f"{len(resumed)} of the finished runs are known to have been resumed from a checkpoint (to "
+                        "have trained over several sessions; runs finished before 2026-12-07 may not say): their "
+                        "peak memory counts the checkpoint read while it restores (its mapped pages, page cache the "
+                        "kernel drops under pressure, docs/checkpoints.md; before 2026-12-07 14:55, commit 4327b0b, a "
+                        f"second copy of the replay), so it can exceed a run's own: {peaks}.", ""]
     if reused:
         lines[-1:-1] = [f"{len(reused)} of the finished runs are shared with other studies (the same config and seed, "
                         "trained once; `reused_from` in their finished.json): "

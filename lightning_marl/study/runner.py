@@ -23,6 +23,8 @@ from lightning_marl.study import peers
 from lightning_marl.study.records import (
     CLAIM,
     FINISHED,
+    PEAK,
+    SESSIONS,
     WALL,
     archive,
     claim,
@@ -35,7 +37,7 @@ from lightning_marl.study.records import (
 )
 from lightning_marl.study.spec import Run, StudySpec
 
-LOG, SESSIONS = "study.log", ".code"
+LOG = "study.log"
 RUNNER_OVERRIDES = ("trainer.enable_progress_bar=false",)  # runs share the runner's log: no progress bar
 
 
@@ -57,7 +59,7 @@ def clear_unresumable(run: Run) -> None:
         return peers.start_over(run, keep=(CLAIM, LOG, SESSIONS))
     if resumable(run):
         return
-    for name in ("metrics.csv", "hparams.yaml", "train.log", SESSIONS, WALL):
+    for name in ("metrics.csv", "hparams.yaml", "train.log", SESSIONS, WALL, PEAK):
         (run.folder / name).unlink(missing_ok=True)
     for name in (".hydra", "checkpoints", "resumed"):
         shutil.rmtree(run.folder / name, ignore_errors=True)
@@ -140,19 +142,23 @@ def start(run: Run) -> subprocess.Popen:
     log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} code {code}: {' '.join(command(run))}\n")
     log.flush()
     env = {**os.environ, **run.peer.env} if run.peer is not None else None
-    spent = run.folder / WALL  # the earlier sessions' wall time (kept up to date while a run trains)
+    spent, peak = run.folder / WALL, run.folder / PEAK  # the earlier sessions' (kept up to date while a run trains)
     proc = subprocess.Popen(command(run), stdout=log, stderr=subprocess.STDOUT, env=env)
     proc.started = time.time()  # type: ignore[attr-defined]
     proc.wall_before = float(spent.read_text()) if spent.is_file() else 0.0  # type: ignore[attr-defined]
-    proc.peak_rss = 0.0  # type: ignore[attr-defined]  # MiB, the run's processes together (sampled)
+    proc.peak_rss = float(peak.read_text()) if peak.is_file() else 0.0  # type: ignore[attr-defined]  # MiB, the
+    # run's processes together (sampled), over its sessions: a run resumed near its end keeps an earlier peak
     proc.log = log  # type: ignore[attr-defined]
     return proc
 
 
 def track(run: Run, proc: subprocess.Popen) -> float:
-    """Note a training run's peak memory so far and write its wall time (every session of the run, this
-    one up to now) to its folder, so that a session killed with its runner still counts; the wall time."""
-    proc.peak_rss = max(proc.peak_rss, tree_rss_mb(proc.pid))  # type: ignore[attr-defined]
+    """Note a training run's peak memory so far and write it and its wall time (every session of the run,
+    this one up to now) to its folder, so that a session killed with its runner still counts; the wall time."""
+    now = tree_rss_mb(proc.pid)
+    if now > proc.peak_rss:  # type: ignore[attr-defined]
+        proc.peak_rss = now  # type: ignore[attr-defined]
+        write_atomic(run.folder / PEAK, f"{now:.1f}")
     return record_wall(run, proc)
 
 
@@ -183,7 +189,7 @@ def finish(run: Run, proc: subprocess.Popen, finished_checkpoint: str, say=print
             "host": socket.gethostname(), "machine": machine(), "wall_s": round(wall, 1),
             "peak_rss_mb": round(proc.peak_rss, 1),  # type: ignore[attr-defined]
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": list(run.argv),
-            "code": list(dict.fromkeys(versions))}))
+            "code": list(dict.fromkeys(versions)), "sessions": len(versions)}))
         archive(run)
         for periodic in (run.folder / "checkpoints").glob("step*.ckpt"):  # last.ckpt holds the final state
             periodic.unlink()
