@@ -133,6 +133,12 @@ def tree_rss_mb(pid: int) -> float:
     return sum(rss.get(p, 0.0) for p in tree)
 
 
+def earlier_sessions(run: Run, name: str) -> float:
+    """What the run's earlier sessions left in its folder's file ``name`` (:data:`WALL`, :data:`PEAK`); 0 if none."""
+    path = run.folder / name
+    return float(path.read_text()) if path.is_file() else 0.0
+
+
 def start(run: Run) -> subprocess.Popen:
     clear_unresumable(run)
     code = code_version()
@@ -142,12 +148,12 @@ def start(run: Run) -> subprocess.Popen:
     log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} code {code}: {' '.join(command(run))}\n")
     log.flush()
     env = {**os.environ, **run.peer.env} if run.peer is not None else None
-    spent, peak = run.folder / WALL, run.folder / PEAK  # the earlier sessions' (kept up to date while a run trains)
     proc = subprocess.Popen(command(run), stdout=log, stderr=subprocess.STDOUT, env=env)
     proc.started = time.time()  # type: ignore[attr-defined]
-    proc.wall_before = float(spent.read_text()) if spent.is_file() else 0.0  # type: ignore[attr-defined]
-    proc.peak_rss = float(peak.read_text()) if peak.is_file() else 0.0  # type: ignore[attr-defined]  # MiB, the
-    # run's processes together (sampled), over its sessions: a run resumed near its end keeps an earlier peak
+    # the earlier sessions' wall time and peak memory (MiB, the run's processes together, sampled), kept up to
+    # date while a run trains: a run resumed near its end keeps an earlier session's larger peak
+    proc.wall_before = earlier_sessions(run, WALL)  # type: ignore[attr-defined]
+    proc.peak_rss = earlier_sessions(run, PEAK)  # type: ignore[attr-defined]
     proc.log = log  # type: ignore[attr-defined]
     return proc
 
