@@ -29,6 +29,12 @@ PEAK = ".peak_rss_mb"  # in a run folder: its processes' peak resident memory ov
 SESSIONS = ".code"  # in a run folder: the code version of each session the run trained in, one line each
 
 
+def earlier_sessions(run: Run, name: str) -> float:
+    """What the run's earlier sessions left in its folder's file ``name`` (:data:`WALL`, :data:`PEAK`); 0 if none."""
+    path = run.folder / name
+    return float(path.read_text()) if path.is_file() else 0.0
+
+
 def record(run: Run) -> Path:
     """Where a finished run's record is: its archive folder if it has one there, else its run folder."""
     if run.archive is not None and (run.archive / FINISHED).is_file():
@@ -99,7 +105,7 @@ def wall_left(runs: list[Run]) -> dict[Run, Optional[float]]:
     for run in unfinished:
         known = by_config.get((run.preset, run.label)) or by_framework.get((run.preset, run.peer and run.peer.name))
         try:
-            trained = float((run.folder / WALL).read_text()) if resumable(run) else 0.0
+            trained = earlier_sessions(run, WALL) if resumable(run) else 0.0
         except (OSError, ValueError):  # none yet, or being written
             trained = 0.0
         left[run] = max(0.0, statistics.median(known) - trained) if known else None

@@ -29,6 +29,7 @@ from lightning_marl.study.records import (
     archive,
     claim,
     claimed,
+    earlier_sessions,
     is_finished,
     record,
     resumable,
@@ -131,12 +132,6 @@ def tree_rss_mb(pid: int) -> float:
         tree.update(children)
         frontier += children
     return sum(rss.get(p, 0.0) for p in tree)
-
-
-def earlier_sessions(run: Run, name: str) -> float:
-    """What the run's earlier sessions left in its folder's file ``name`` (:data:`WALL`, :data:`PEAK`); 0 if none."""
-    path = run.folder / name
-    return float(path.read_text()) if path.is_file() else 0.0
 
 
 def start(run: Run) -> subprocess.Popen:
