@@ -311,10 +311,11 @@ def write_report(spec: StudySpec, runs: list[Run], out_dir: Path, spec_path: Opt
         peaks = ", ".join(f"{r.preset} {r.label} seed {r.seed} "
                           f"({finished_record(r).get('peak_rss_mb', float('nan')):,.0f} MiB)" for r in resumed)
         lines[-1:-1] = [f"{len(resumed)} of the finished runs are known to have been resumed from a checkpoint (to "
-                        "have trained over several sessions; runs finished before 2026-12-07 may not say): their "
-                        "peak memory counts the checkpoint read while it restores (its mapped pages, page cache the "
-                        "kernel drops under pressure, docs/checkpoints.md; before 2026-12-07 14:55, commit 4327b0b, a "
-                        f"second copy of the replay), so it can exceed a run's own: {peaks}.", ""]
+                        "have trained over several sessions; runs finished before 2026-12-07 17:25, commit 8db2cd3, "
+                        "may not say): their peak memory counts the checkpoint read while it restores (its mapped "
+                        "pages, page cache the kernel drops under pressure, docs/checkpoints.md; before 2026-12-07 "
+                        "14:55, commit 4327b0b, a second copy of the replay), so it can exceed a run's own: "
+                        f"{peaks}.", ""]
     if reused:
         lines[-1:-1] = [f"{len(reused)} of the finished runs are shared with other studies (the same config and seed, "
                         "trained once; `reused_from` in their finished.json): "
